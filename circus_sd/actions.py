@@ -1,0 +1,56 @@
+"""What a watcher's decisions ask the arbiter to do: plain values, executed at the edges."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    """Start one process for worker `wid`; the answer comes back as spawned/spawn_failed."""
+
+    spawn_id: int
+    wid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """Send `signum` to `pid`; with `tree`, to its descendants too."""
+
+    pid: int
+    signum: int
+    tree: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StartTimer:
+    """Call the watcher's `timer(key)` after `delay` seconds; replaces a timer of the same key."""
+
+    key: Hashable
+    delay: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelTimer:
+    key: Hashable
+
+
+@dataclasses.dataclass(frozen=True)
+class Publish:
+    """An event for the bus: topic `watcher.<name>.<event>`; the arbiter adds the time."""
+
+    event: str
+    payload: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Log:
+    """A decision worth telling the operator, once."""
+
+    level: int
+    message: str
+
+
+Action = Spawn | Signal | StartTimer | CancelTimer | Publish | Log

@@ -1,0 +1,391 @@
+"""The arbiter: one asyncio loop that executes the watchers' decisions and feeds them events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import functools
+import itertools
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+import psutil
+
+from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
+from circus_sd.config.loader import ConfigError, ConfigWarning
+from circus_sd.config.model import Config, WatcherConfig
+from circus_sd.config.options import option_of
+from circus_sd.process import ProcessHandle, own_children, reap_strays
+from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request
+from circus_sd.spawner import Spawner, SpawnError
+from circus_sd.states import HALTED_STATES, Want
+from circus_sd.watcher import Watcher
+
+log = logging.getLogger("circus_sd")
+
+ConfigLoader = Callable[[str], tuple[Config, list[ConfigWarning]]]
+EventListener = Callable[[str, dict[str, Any]], None]
+
+
+class Request(enum.Enum):
+    """What a signal handler may ask of the loop; handlers do nothing but enqueue these."""
+
+    STOP = "stop"
+    RELOAD = "reload"
+
+
+def topic_name(watcher: str) -> str:
+    """Circus's event topic spelling of a watcher name."""
+    return watcher.lower().replace(" ", "_")
+
+
+class Arbiter:
+    """Runs watchers: spawns through the spawner, reaps through pidfds, keeps their timers."""
+
+    def __init__(
+        self,
+        config: Config,
+        spawner: Spawner,
+        loader: ConfigLoader,
+        defaults: ChildDefaults | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.spawner = spawner
+        self.listeners: list[EventListener] = []
+        self._loader = loader
+        self._defaults = defaults or ChildDefaults.capture()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.watchers: dict[str, Watcher] = {}
+        for watcher_config in config.watchers:
+            self._add_watcher(watcher_config)
+        self._handles: dict[int, ProcessHandle] = {}
+        self._owner: dict[int, str] = {}
+        self._timers: dict[tuple[str, Hashable], asyncio.TimerHandle] = {}
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._requests: asyncio.Queue[Request] = asyncio.Queue()
+        self._strays_pending = False
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.time()
+
+    # -- life of the arbiter ---------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Start the watchers, serve signals until told to stop, stop everything. Exit status."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.spawner.attach(loop)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            loop.add_signal_handler(signum, self.request, Request.STOP)
+        loop.add_signal_handler(signal.SIGHUP, self.request, Request.RELOAD)
+        loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        try:
+            await self.start_all()
+            log.info("circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid())
+            if on_ready is not None:
+                on_ready()
+            while True:
+                request = await self._requests.get()
+                if request is Request.STOP:
+                    break
+                await self.reload_config()
+            log.info("stopping")
+            await self.stop_all()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            self._leave_nothing_behind()
+            loop.remove_signal_handler(signal.SIGCHLD)
+        log.info("stopped")
+        return 0
+
+    def request(self, what: Request) -> None:
+        """Queue work for the loop (what signal handlers call)."""
+        if what is Request.STOP:
+            if self._stopping:
+                return
+            self._stopping = True
+        self._requests.put_nowait(what)
+
+    async def start_all(self) -> None:
+        delay = self.config.arbiter.warmup_delay
+        for index, watcher in enumerate(self._by_priority(self.watchers.values())):
+            if not watcher.config.autostart:
+                continue
+            if index and delay:
+                await asyncio.sleep(delay)
+            await self.start_watcher(watcher.name)
+
+    async def stop_all(self) -> None:
+        """Stop watchers in reverse priority order; those of equal priority together."""
+        ordered = list(reversed(self._by_priority(self.watchers.values())))
+        for _priority, group in itertools.groupby(ordered, key=lambda w: w.config.priority):
+            await asyncio.gather(*(self.stop_watcher(w.name) for w in group))
+
+    def _leave_nothing_behind(self) -> None:
+        """After the watchers stopped: kill orphans we adopted, end the spawner, reap all."""
+        self.spawner.close()
+        leftovers = [pid for pid in own_children() if pid != self.spawner.pid]
+        for pid in leftovers:
+            if pid not in self._handles:
+                log.info("killing %s, orphaned by a stopped process", _describe_pid(pid))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in [*leftovers, self.spawner.pid]:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    # -- watchers --------------------------------------------------------------------------------
+
+    def _add_watcher(self, config: WatcherConfig) -> Watcher:
+        watcher = Watcher(config, rng=self._rng)
+        self.watchers[config.name] = watcher
+        return watcher
+
+    @staticmethod
+    def _by_priority(watchers: Iterable[Watcher]) -> list[Watcher]:
+        # Highest priority first, as in Circus; file order among equals (sort is stable).
+        return sorted(watchers, key=lambda w: -w.config.priority)
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """Serializes multi-step work on one watcher; different watchers run concurrently."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def start_watcher(self, name: str) -> None:
+        watcher = self.watchers[name]
+        self._feed(name, watcher.start(self._clock()))
+        await self.wait_for(lambda: watcher.start_settled)
+
+    async def stop_watcher(self, name: str) -> None:
+        watcher = self.watchers[name]
+        self._feed(name, watcher.stop(self._clock()))
+        await self.wait_for(lambda: watcher.state in HALTED_STATES)
+
+    def wait_for(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
+        """A future done once `predicate` holds; checked after every batch of actions."""
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        if predicate():
+            future.set_result(None)
+        else:
+            self._waiters.append((predicate, future))
+        return future
+
+    def _check_waiters(self) -> None:
+        if not self._waiters:
+            return
+        still = []
+        for predicate, future in self._waiters:
+            if future.done():
+                continue
+            if predicate():
+                future.set_result(None)
+            else:
+                still.append((predicate, future))
+        self._waiters = still
+
+    # -- configuration reload --------------------------------------------------------------------
+
+    async def reload_config(self) -> bool:
+        """Re-read the config file and apply only what changed. False if the file is broken."""
+        try:
+            new, warnings = self._loader(self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return False
+        for warning in warnings:
+            log.warning("%s", warning)
+        if new.arbiter != self.config.arbiter:
+            log.warning("the [circus] section changed: restart circus-sd to apply it")
+        old = {w.name: w for w in self.config.watchers}
+        fresh = {w.name: w for w in new.watchers}
+        self.config = new
+        removed = [self.watchers[n] for n in old if n not in fresh and n in self.watchers]
+        for watcher in reversed(self._by_priority(removed)):
+            log.info("%s: removed from the configuration", watcher.name)
+            await self.stop_watcher(watcher.name)
+            del self.watchers[watcher.name]
+            self.publish(watcher.name, "remove", {})
+        for name, config in fresh.items():
+            if name in old and old[name] != config:
+                await self._apply_changed(self.watchers[name], config)
+        added = [self._add_watcher(c) for n, c in fresh.items() if n not in old]
+        for watcher in self._by_priority(added):
+            log.info("%s: added", watcher.name)
+            self.publish(watcher.name, "add", {})
+            if watcher.config.autostart:
+                await self.start_watcher(watcher.name)
+        log.info("configuration reloaded from %s", new.path)
+        return True
+
+    async def _apply_changed(self, watcher: Watcher, config: WatcherConfig) -> None:
+        changed = _changed_options(watcher.config, config)
+        async with self.lock(watcher.name):
+            if all(_is_live(name) for name in changed):
+                log.info("%s: applying %s without a restart", watcher.name, ", ".join(changed))
+                self._feed(watcher.name, watcher.update_config(config, self._clock()))
+            else:
+                log.info("%s: %s changed, restarting it", watcher.name, ", ".join(changed))
+                running = watcher.want is Want.UP
+                await self.stop_watcher(watcher.name)
+                watcher.replace_config(config)
+                if running:
+                    await self.start_watcher(watcher.name)
+            self.publish(watcher.name, "updated", {})
+
+    # -- executing actions -----------------------------------------------------------------------
+
+    def _feed(self, name: str, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Spawn):
+                self._spawn(name, action)
+            elif isinstance(action, Signal):
+                handle = self._handles.get(action.pid)
+                if handle is not None:
+                    handle.send_signal(action.signum, tree=action.tree)
+            elif isinstance(action, StartTimer):
+                self._start_timer(name, action.key, action.delay)
+            elif isinstance(action, CancelTimer):
+                timer = self._timers.pop((name, action.key), None)
+                if timer is not None:
+                    timer.cancel()
+            elif isinstance(action, Publish):
+                self.publish(name, action.event, action.payload)
+            elif isinstance(action, Log):
+                log.log(action.level, "%s", action.message)
+        self._check_waiters()
+
+    def publish(self, watcher: str, event: str, payload: dict[str, Any]) -> None:
+        topic = f"watcher.{topic_name(watcher)}.{event}"
+        body = {**payload, "time": time.time()}
+        for listener in self.listeners:
+            listener(topic, body)
+
+    def _start_timer(self, name: str, key: Hashable, delay: float) -> None:
+        assert self._loop is not None
+        old = self._timers.pop((name, key), None)
+        if old is not None:
+            old.cancel()
+        self._timers[(name, key)] = self._loop.call_later(delay, self._on_timer, name, key)
+
+    def _on_timer(self, name: str, key: Hashable) -> None:
+        self._timers.pop((name, key), None)
+        watcher = self.watchers.get(name)
+        if watcher is not None:
+            self._feed(name, watcher.timer(key, self._clock()))
+
+    def _spawn(self, name: str, action: Spawn) -> None:
+        assert self._loop is not None
+        watcher = self.watchers[name]
+        try:
+            request = build_request(watcher.config, action.wid, self._defaults)
+        except SpawnPlanError as exc:
+            # Answer on the next turn, like a real spawn, so this batch of actions finishes first.
+            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, str(exc))
+            return
+        future = self.spawner.spawn(request)
+        future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
+
+    def _spawn_failed(self, name: str, spawn_id: int, reason: str) -> None:
+        watcher = self.watchers.get(name)
+        if watcher is not None:
+            self._feed(name, watcher.spawn_failed(spawn_id, reason, self._clock()))
+
+    def _on_spawned(
+        self, name: str, spawn_id: int, future: asyncio.Future[tuple[int, int]]
+    ) -> None:
+        assert self._loop is not None
+        try:
+            pid, status_fd = future.result()
+        except SpawnError as exc:
+            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}")
+            return
+        handle = ProcessHandle(pid, status_fd)
+        self._handles[pid] = handle
+        self._owner[pid] = name
+        self._loop.add_reader(handle.pidfd, self._on_exit, pid)
+        self._loop.add_reader(status_fd, self._on_status, pid)
+        watcher = self.watchers.get(name)
+        if watcher is None:
+            handle.send_signal(signal.SIGKILL, tree=True)
+        else:
+            self._feed(name, watcher.spawned(spawn_id, pid, self._clock()))
+        if self._strays_pending and not self.spawner.in_flight:
+            self._on_sigchld()
+
+    def _on_status(self, pid: int) -> None:
+        handle = self._handles[pid]
+        if handle.drain_status():
+            assert self._loop is not None and handle.status_fd is not None
+            self._loop.remove_reader(handle.status_fd)
+            # Exec failed: keep what the child said until its exit is reaped.
+            if not handle.exec_error():
+                handle.close_status()
+
+    def _on_exit(self, pid: int) -> None:
+        assert self._loop is not None
+        handle = self._handles[pid]
+        exit_code = handle.reap()
+        if exit_code is None:
+            return
+        self._loop.remove_reader(handle.pidfd)
+        if handle.status_fd is not None:
+            self._loop.remove_reader(handle.status_fd)
+        exec_error = handle.exec_error()
+        handle.close()
+        del self._handles[pid]
+        name = self._owner.pop(pid)
+        watcher = self.watchers.get(name)
+        if watcher is not None:
+            self._feed(name, watcher.exited(pid, exit_code, self._clock(), exec_error))
+
+    def _on_sigchld(self) -> None:
+        # Children cloned by the spawner are ours before we learn their pid: reaping an unknown
+        # zombie now could steal a fresh child's status, so wait for the spawner's answers.
+        if self.spawner.in_flight:
+            self._strays_pending = True
+            return
+        self._strays_pending = False
+        for pid, status in reap_strays(set(self._handles)):
+            if pid == self.spawner.pid:
+                if not self.spawner.closed:
+                    log.critical("the spawner (pid %d) died with status %d: stopping", pid, status)
+                    self.request(Request.STOP)
+            else:
+                log.debug("reaped orphan %d (status %d)", pid, status)
+
+
+def _changed_options(old: WatcherConfig, new: WatcherConfig) -> list[str]:
+    return [
+        field.name
+        for field in dataclasses.fields(WatcherConfig)
+        if field.compare and getattr(old, field.name) != getattr(new, field.name)
+    ]
+
+
+def _is_live(field_name: str) -> bool:
+    for field in dataclasses.fields(WatcherConfig):
+        if field.name == field_name:
+            declared = option_of(field)
+            return declared is not None and declared.live
+    return False
+
+
+def _describe_pid(pid: int) -> str:
+    try:
+        return f"pid {pid} ({psutil.Process(pid).name()})"
+    except psutil.Error:
+        return f"pid {pid}"

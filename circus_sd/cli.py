@@ -1,0 +1,113 @@
+"""`circus-sd CONFIG`: run the arbiter in the foreground (or `--check` a config and exit)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import sys
+
+from circus_sd import __version__
+from circus_sd.config.loader import ConfigError, load_config
+from circus_sd.config.options import LOG_LEVELS
+
+EX_CONFIG = 78  # sysexits.h: a bad configuration; the systemd unit does not restart on it.
+
+log = logging.getLogger("circus_sd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="circus-sd",
+        description="Run and watch processes described in a Circus-style INI file.",
+    )
+    parser.add_argument("config", help="configuration file (circus.ini)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration and its includes, start nothing",
+    )
+    parser.add_argument(
+        "--log-level",
+        dest="loglevel",
+        choices=LOG_LEVELS,
+        help="log level (default: [circus] loglevel, else info)",
+    )
+    parser.add_argument(
+        "--log-output",
+        dest="logoutput",
+        help="'-' for stderr, a file, or syslog://host:port?facility",
+    )
+    parser.add_argument(
+        "--logger-config", dest="loggerconfig", help="a logging configuration file (INI or JSON)"
+    )
+    parser.add_argument("--pidfile", help="pidfile, locked while the arbiter runs")
+    parser.add_argument("--version", action="version", version=f"circus-sd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config, warnings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"circus-sd: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check:
+        for warning in warnings:
+            print(f"circus-sd: warning: {warning}", file=sys.stderr)
+        print(f"{config.path}: OK, {len(config.watchers)} watcher(s)")
+        return 0
+
+    # Imported here so that `--check` and errors stay fast and light.
+    from circus_sd.arbiter import Arbiter
+    from circus_sd.logging_setup import configure_logging
+    from circus_sd.pidfile import PidFile, PidFileLocked
+    from circus_sd.process import become_subreaper
+    from circus_sd.spawn_plan import ChildDefaults
+    from circus_sd.spawner import Spawner
+
+    try:
+        configure_logging(config.arbiter, args.loglevel, args.logoutput, args.loggerconfig)
+    except (OSError, ValueError) as exc:
+        print(f"circus-sd: {config.path}: [circus] logging: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    for warning in warnings:
+        log.warning("%s", warning)
+
+    pidfile = None
+    pidfile_path = args.pidfile or config.arbiter.pidfile
+    if pidfile_path:
+        pidfile = PidFile(pidfile_path)
+        try:
+            pidfile.acquire()
+        except PidFileLocked as exc:
+            log.error("%s", exc)
+            return 1
+    try:
+        if config.arbiter.umask is not None:
+            os.umask(config.arbiter.umask)
+        defaults = ChildDefaults.capture()
+        _raise_nofile_limit()
+        if not become_subreaper():
+            log.warning("could not become a child subreaper: orphans of children will escape")
+        # Before any thread exists (pyzmq starts some): the spawner is a fork of this process.
+        spawner = Spawner.fork()
+        arbiter = Arbiter(config, spawner, loader=load_config, defaults=defaults)
+        return asyncio.run(arbiter.run())
+    finally:
+        if pidfile is not None:
+            pidfile.release()
+
+
+def _raise_nofile_limit() -> None:
+    """Two pipes and a pidfd per child: take all the fds we may; children get the original."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

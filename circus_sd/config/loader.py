@@ -1,0 +1,677 @@
+"""Load a Circus INI file and its includes into a typed Config, with warnings to log."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import pwd
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
+from types import MappingProxyType
+from typing import Any
+
+from circus_sd.config.ini import IniSection, IniSyntaxError, parse_ini
+from circus_sd.config.model import ArbiterConfig, Config, Location, WatcherConfig
+from circus_sd.config.options import (
+    RLIMITS,
+    OptionValueError,
+    boolean,
+    options_of,
+    rlimit_pair,
+)
+
+
+def _describe(
+    path: str | None, line: int | None, section: str | None, option: str | None, message: str
+) -> str:
+    parts: list[str] = []
+    if path is not None:
+        parts.append(f"{path}:{line}:" if line is not None else f"{path}:")
+    if section is not None:
+        parts.append(f"[{section}]")
+    if option is not None:
+        parts.append(f"{option}:")
+    parts.append(message)
+    return " ".join(parts)
+
+
+class ConfigError(Exception):
+    """A configuration the arbiter cannot run; str() is `file:line: [section] option: message`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        section: str | None = None,
+        option: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.line = line
+        self.section = section
+        self.option = option
+
+    @classmethod
+    def at(
+        cls,
+        location: Location | None,
+        message: str,
+        section: str | None = None,
+        option: str | None = None,
+    ) -> ConfigError:
+        return cls(
+            message,
+            path=location.path if location else None,
+            line=location.line if location else None,
+            section=section,
+            option=option,
+        )
+
+    def __str__(self) -> str:
+        return _describe(self.path, self.line, self.section, self.option, self.message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigWarning:
+    """Something accepted but probably not what the author meant; the caller logs it."""
+
+    location: Location | None
+    section: str | None
+    option: str | None
+    message: str
+
+    def __str__(self) -> str:
+        path = self.location.path if self.location else None
+        line = self.location.line if self.location else None
+        return _describe(path, line, self.section, self.option, self.message)
+
+
+def load_config(
+    path: str, environ: Mapping[str, str] | None = None
+) -> tuple[Config, list[ConfigWarning]]:
+    """Read `path` (and what it includes) into a Config; raise ConfigError on any mistake."""
+    loader = _Loader(os.environ if environ is None else environ, os.geteuid())
+    config = loader.load(path)
+    return config, loader.warnings
+
+
+# -- what the loader knows about Circus's keys ---------------------------------------------------
+
+_WATCHER_OPTIONS = options_of(WatcherConfig)
+_ARBITER_OPTIONS = options_of(ArbiterConfig)
+
+_WATCHER_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+# Circus watcher keys that later versions will implement: accepted, stored in `extra`, warned.
+_NOT_YET = (
+    "stdout_stream.*", "stderr_stream.*", "hooks.*", "use_sockets", "stdin_socket", "on_demand",
+    "virtualenv_py_ver", "listen_fds", "memory_*", "cpu_*", "pids_max", "io_weight", "oom_group",
+    "ready_*",
+)
+
+# The spawn path substitutes `$(circus.…)` in these per process, so the loader leaves them be.
+_SPAWN_TIME_KEYS = frozenset({"cmd", "args", "shell_args"})
+
+_STATS_ADVICE = "use `circusctl stats` or the Prometheus exporter plugin"
+_HTTPD_ADVICE = "circus-web is not supported; use circusctl"
+_CIRCUS_NO_EFFECT: Mapping[str, str] = {
+    "check_delay": "supervision is event-driven; there is no polling tick",
+    "statsd": _STATS_ADVICE,
+    "stats_endpoint": _STATS_ADVICE,
+    "statsd_close_outputs": _STATS_ADVICE,
+    "httpd": _HTTPD_ADVICE,
+    "httpd_host": _HTTPD_ADVICE,
+    "httpd_port": _HTTPD_ADVICE,
+    "httpd_close_outputs": _HTTPD_ADVICE,
+    "multicast_endpoint": "discovery is off by design; give circusctl the endpoint",
+    "stream_backend": "output is read by the event loop",
+    "debug_gc": "only used by Circus's stats",
+    "fqdn_prefix": "only used by Circus's stats",
+}
+
+_FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
+# Flapping plugin key -> the watcher option it gives a default to.
+_FLAPPING_KEYS: Mapping[str, str] = {
+    "attempts": "flapping.attempts",
+    "window": "flapping.window",
+    "retry_in": "flapping.retry_in",
+    "max_retry": "flapping.max_retry",
+}
+_PLUGIN_KEYS = frozenset({"use", "active", "priority"})
+
+# `$(circus.x.y)` and its older spelling `((circus.x.y))`, case-insensitive as in Circus.
+_PLACEHOLDER = re.compile(
+    r"\$\(circus\.([\w.-]+)\)|\(\(circus\.([\w.-]+)\)\)", re.IGNORECASE
+)
+
+
+def _has_placeholder(text: str) -> bool:
+    return _PLACEHOLDER.search(text) is not None
+
+
+def _lookup(name: str, env: Mapping[str, str]) -> str | None:
+    """Circus compares variable names case-insensitively; prefer an exact, then upper-case hit."""
+    for candidate in (name, name.upper()):
+        if candidate in env:
+            return env[candidate]
+    folded = name.casefold()
+    for key in sorted(env):
+        if key.casefold() == folded:
+            return env[key]
+    return None
+
+
+class _UnsetVariable(LookupError):
+    def __init__(self, name: str, placeholder: str) -> None:
+        super().__init__(name)
+        self.name = name
+        self.placeholder = placeholder
+
+
+def _substitute(text: str, env: Mapping[str, str]) -> str:
+    """Replace `$(circus.env.X)`; other `$(circus.…)` placeholders are the spawn path's."""
+
+    def replace(match: re.Match[str]) -> str:
+        prefix, _, variable = (match.group(1) or match.group(2)).partition(".")
+        if prefix.lower() != "env" or not variable:
+            return match.group(0)
+        found = _lookup(variable, env)
+        if found is None:
+            raise _UnsetVariable(variable, match.group(0))
+        return found
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def _is_env_section(name: str) -> bool:
+    return name == "env" or name.startswith("env:")
+
+
+# -- the raw sections, with locations ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Value:
+    text: str
+    location: Location
+
+
+@dataclasses.dataclass
+class _Section:
+    name: str
+    location: Location
+    # Normalised key -> value in file order (lower-case keys, except in env sections).
+    values: dict[str, _Value]
+
+
+def _sections_of(path: str, parsed: list[IniSection]) -> dict[str, _Section]:
+    """One file's sections by name, keys normalised; a repeated section or key is an error."""
+    own: dict[str, _Section] = {}
+    for raw in parsed:
+        location = Location(path, raw.line)
+        if raw.name in own:
+            first_line = own[raw.name].location.line
+            raise ConfigError.at(
+                location, f"section defined twice in this file (first at line {first_line})",
+                raw.name,
+            )
+        keep_case = _is_env_section(raw.name)  # environment variable names are case-sensitive
+        values: dict[str, _Value] = {}
+        for entry in raw.entries:
+            key = entry.key if keep_case else entry.key.lower()
+            if key in values:
+                raise ConfigError.at(
+                    Location(path, entry.line),
+                    f"set twice (first at line {values[key].location.line})",
+                    raw.name,
+                    key,
+                )
+            values[key] = _Value(entry.value, Location(path, entry.line))
+        own[raw.name] = _Section(raw.name, location, values)
+    return own
+
+
+@dataclasses.dataclass(frozen=True)
+class _Visit:
+    """A file on the include stack: its real path (for loops) and the path we show."""
+
+    real: str
+    shown: str
+
+
+class _Loader:
+    def __init__(self, environ: Mapping[str, str], euid: int) -> None:
+        self.environ = environ
+        self.euid = euid
+        self.warnings: list[ConfigWarning] = []
+        self.sections: list[_Section] = []  # every section of every file, includes in place
+        self.read_from: dict[str, str] = {}  # real path -> path shown, of every file read
+
+    def warn(
+        self,
+        location: Location | None,
+        message: str,
+        section: str | None = None,
+        option: str | None = None,
+    ) -> None:
+        self.warnings.append(ConfigWarning(location, section, option, message))
+
+    def load(self, path: str) -> Config:
+        main = os.path.abspath(path)
+        self.read_file(main, ())
+        sections = self.merge()
+        global_env = self.raw_env(sections.get("env"))
+        arbiter_lookup = {**self.environ, **global_env}
+        arbiter = self.arbiter(sections.get("circus"), arbiter_lookup)
+        plugins = [s for s in sections.values() if s.name.startswith("plugin:")]
+        flapping = self.flapping_defaults(plugins, arbiter_lookup)
+        watchers = self.watchers(list(sections.values()), global_env, flapping)
+        self.warn_ignored(list(sections.values()))
+        return Config(path=main, arbiter=arbiter, watchers=tuple(watchers))
+
+    def watchers(
+        self, sections: list[_Section], global_env: dict[str, str], flapping: Mapping[str, Any]
+    ) -> list[WatcherConfig]:
+        """Every [watcher:…] in file order, env from [env] then matching [env:…] in file order."""
+        env_sections = [s for s in sections if s.name.startswith("env:")]
+        matched: set[str] = set()
+        watchers: list[WatcherConfig] = []
+        for section in sections:
+            if not section.name.startswith("watcher:"):
+                continue
+            env = dict(global_env)
+            for env_section in env_sections:
+                if self.env_applies(env_section, section):
+                    env.update(self.raw_env(env_section))
+                    matched.add(env_section.name)
+            watcher = self.watcher(section, env, flapping)
+            self.check_name_clash(watcher, watchers)
+            watchers.append(self.cross_checked(watcher))
+        for env_section in env_sections:
+            if env_section.name not in matched:
+                self.warn(env_section.location, "matches no watcher", env_section.name)
+        return watchers
+
+    def warn_ignored(self, sections: list[_Section]) -> None:
+        for section in sections:
+            if section.name.startswith("socket:"):
+                message = "sockets are not supported yet; this section has no effect"
+            elif section.name == "DEFAULT":
+                message = "not inherited by other sections here; this section has no effect"
+            elif section.name in ("circus", "env") or section.name.startswith(
+                ("env:", "watcher:", "plugin:")
+            ):
+                continue
+            else:
+                message = "unknown section (ignored)"
+            self.warn(section.location, message, section.name)
+
+    # -- reading files and includes --------------------------------------------------------------
+
+    def read_file(self, path: str, stack: tuple[_Visit, ...]) -> None:
+        visit = _Visit(os.path.realpath(path), path)
+        try:
+            with open(path, encoding="utf-8-sig") as stream:
+                text = stream.read()
+        except FileNotFoundError:
+            raise ConfigError("configuration file not found", path=path) from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"not valid UTF-8 text ({error.reason})", path=path) from None
+        except OSError as error:
+            raise ConfigError(f"cannot read: {error.strerror}", path=path) from None
+        try:
+            parsed = parse_ini(text)
+        except IniSyntaxError as error:
+            raise ConfigError(error.message, path=path, line=error.line) from None
+        self.read_from[visit.real] = path
+
+        own = _sections_of(path, parsed)
+        self.sections.extend(own.values())
+
+        circus = own.get("circus")
+        if circus is None:
+            return
+        # Consumed here, per file, so relative patterns follow the file that names them.
+        include = circus.values.pop("include", None)
+        include_dir = circus.values.pop("include_dir", None)
+        for candidate, key, origin in self.included_files(visit, include, include_dir):
+            self.include(candidate, key, origin, (*stack, visit))
+
+    def included_files(
+        self, visit: _Visit, include: _Value | None, include_dir: _Value | None
+    ) -> list[tuple[str, str, _Value]]:
+        """(file, key, value naming it) for every file the include keys match, in order."""
+        directory = os.path.dirname(visit.shown)
+        found: list[tuple[str, str, _Value]] = []
+        requests: list[tuple[str, str, _Value]] = []  # (glob, key, value naming it)
+        if include is not None:
+            for pattern in self.substitute(include, self.environ, "circus", "include").split():
+                requests.append((os.path.join(directory, pattern), "include", include))
+        if include_dir is not None:
+            text = self.substitute(include_dir, self.environ, "circus", "include_dir")
+            for folder in text.split():
+                requests.append(
+                    (os.path.join(directory, folder, "*.ini"), "include_dir", include_dir)
+                )
+        for pattern, key, origin in requests:
+            wildcard = any(char in pattern for char in "*?[")
+            matches = [
+                match
+                for match in sorted(glob.glob(pattern))
+                # A wildcard that also matches the including file is not a loop.
+                if os.path.isfile(match)
+                and not (wildcard and os.path.realpath(match) == visit.real)
+            ]
+            if not matches:
+                self.warn(origin.location, f"{pattern!r} matches no file", "circus", key)
+            found.extend((match, key, origin) for match in matches)
+        return found
+
+    def include(self, path: str, key: str, origin: _Value, stack: tuple[_Visit, ...]) -> None:
+        real = os.path.realpath(path)
+        if any(visit.real == real for visit in stack):
+            chain = " -> ".join([*(visit.shown for visit in stack), path])
+            raise ConfigError.at(origin.location, f"include loop: {chain}", "circus", key)
+        if real in self.read_from:
+            self.warn(
+                origin.location,
+                f"{path!r} is already included (as {self.read_from[real]!r}); read once",
+                "circus",
+                key,
+            )
+            return
+        self.read_file(path, stack)
+
+    def merge(self) -> dict[str, _Section]:
+        """Sections of all files by name; sections other than watchers/sockets/plugins merge."""
+        merged: dict[str, _Section] = {}
+        for section in self.sections:
+            first = merged.get(section.name)
+            if first is None:
+                merged[section.name] = dataclasses.replace(section, values=dict(section.values))
+                continue
+            if section.name.startswith(("watcher:", "socket:", "plugin:")):
+                raise ConfigError.at(
+                    section.location, f"defined twice (first at {first.location})", section.name
+                )
+            for key, value in section.values.items():
+                if key in first.values:
+                    raise ConfigError.at(
+                        value.location,
+                        f"set twice (first at {first.values[key].location})",
+                        section.name,
+                        key,
+                    )
+                first.values[key] = value
+        return merged
+
+    # -- values ----------------------------------------------------------------------------------
+
+    def substitute(self, value: _Value, env: Mapping[str, str], section: str, key: str) -> str:
+        try:
+            return _substitute(value.text, env)
+        except _UnsetVariable as unset:
+            raise ConfigError.at(
+                value.location,
+                f"environment variable {unset.name!r} is not set (in {unset.placeholder})",
+                section,
+                key,
+            ) from None
+
+    def parse(
+        self, parse: Callable[[str], Any], text: str, value: _Value, section: str, key: str
+    ) -> Any:
+        try:
+            return parse(text)
+        except OptionValueError as error:
+            raise ConfigError.at(value.location, str(error), section, key) from None
+
+    @staticmethod
+    def raw_env(section: _Section | None) -> dict[str, str]:
+        # Left unsubstituted: the spawn path resolves `$(circus.…)` in env values per process.
+        if section is None:
+            return {}
+        return {key: value.text for key, value in section.values.items()}
+
+    @staticmethod
+    def env_applies(env_section: _Section, watcher_section: _Section) -> bool:
+        patterns = [p.strip() for p in env_section.name[len("env:") :].split(",") if p.strip()]
+        name = watcher_section.name[len("watcher:") :].strip()
+        return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+    # -- [circus] --------------------------------------------------------------------------------
+
+    def arbiter(self, section: _Section | None, lookup: Mapping[str, str]) -> ArbiterConfig:
+        if section is None:
+            return ArbiterConfig()
+        fields: dict[str, Any] = {}
+        for key, value in section.values.items():
+            if key in _ARBITER_OPTIONS:
+                field, declared = _ARBITER_OPTIONS[key]
+                text = self.substitute(value, lookup, "circus", key)
+                fields[field] = self.parse(declared.parse, text, value, "circus", key)
+            elif key in _CIRCUS_NO_EFFECT:
+                self.warn(
+                    value.location, f"has no effect; {_CIRCUS_NO_EFFECT[key]}", "circus", key
+                )
+            else:
+                self.warn(value.location, "unknown option (ignored)", "circus", key)
+        if fields.get("debug"):
+            if fields.get("loglevel", "debug") != "debug":
+                self.warn(
+                    section.values["debug"].location,
+                    f"overrides loglevel = {fields['loglevel']}; the log level is debug",
+                    "circus",
+                    "debug",
+                )
+            fields["loglevel"] = "debug"
+        return ArbiterConfig(**fields)
+
+    # -- [plugin:…] ------------------------------------------------------------------------------
+
+    def flapping_defaults(
+        self, plugins: list[_Section], lookup: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Watcher field -> default, from an active `circus.plugins.flapping.Flapping` section."""
+        defaults: dict[str, Any] = {}
+        chosen: _Section | None = None
+        for section in plugins:
+            use = section.values.get("use")
+            if use is None or use.text.strip() != _FLAPPING_PLUGIN:
+                self.warn(
+                    section.location,
+                    "plugins are not supported yet; this section has no effect",
+                    section.name,
+                )
+                continue
+            active = section.values.get("active")
+            if active is not None and not self.parse(
+                boolean, self.substitute(active, lookup, section.name, "active"), active,
+                section.name, "active",
+            ):
+                continue
+            if chosen is not None:
+                self.warn(
+                    section.location,
+                    f"another flapping plugin section ([{chosen.name}] at {chosen.location}) "
+                    "already gives the defaults; this one has no effect",
+                    section.name,
+                )
+                continue
+            chosen = section
+            for key, value in section.values.items():
+                if key in _FLAPPING_KEYS:
+                    field, declared = _WATCHER_OPTIONS[_FLAPPING_KEYS[key]]
+                    text = self.substitute(value, lookup, section.name, key)
+                    defaults[field] = self.parse(declared.parse, text, value, section.name, key)
+                elif key not in _PLUGIN_KEYS:
+                    self.warn(value.location, "unknown option (ignored)", section.name, key)
+        return defaults
+
+    # -- [watcher:…] -----------------------------------------------------------------------------
+
+    def watcher(
+        self, section: _Section, env: dict[str, str], flapping: Mapping[str, Any]
+    ) -> WatcherConfig:
+        name = section.name[len("watcher:") :].strip()
+        if not _WATCHER_NAME.match(name):
+            raise ConfigError.at(
+                section.location,
+                f"invalid watcher name {name!r}: use letters, digits, '_', '.' and '-'",
+                section.name,
+            )
+        lookup = {**self.environ, **env}
+        fields: dict[str, Any] = {}
+        rlimits: list[tuple[int, int, int]] = []
+        extra: dict[str, str] = {}
+        for key, value in section.values.items():
+            if key in _SPAWN_TIME_KEYS:
+                text = value.text
+            else:
+                text = self.substitute(value, lookup, section.name, key)
+            if key in _WATCHER_OPTIONS:
+                field, declared = _WATCHER_OPTIONS[key]
+                fields[field] = self.parse(declared.parse, text, value, section.name, key)
+            elif key.startswith("rlimit_"):
+                rlimits.append(self.rlimit(key, text, value, section.name))
+            else:
+                extra[key] = text
+                if any(fnmatchcase(key, pattern) for pattern in _NOT_YET):
+                    message = "not supported yet in this version; it has no effect"
+                else:
+                    message = "unknown option (ignored; kept for plugins)"
+                self.warn(value.location, message, section.name, key)
+        if not fields.get("cmd", "").strip():
+            raise ConfigError.at(section.location, "missing or empty", section.name, "cmd")
+        for field, default in flapping.items():
+            fields.setdefault(field, default)
+        return WatcherConfig(
+            name=name,
+            env=MappingProxyType(env),
+            rlimits=tuple(rlimits),
+            extra=MappingProxyType(extra),
+            location=section.location,
+            **fields,
+        )
+
+    def rlimit(self, key: str, text: str, value: _Value, section: str) -> tuple[int, int, int]:
+        resource_number = RLIMITS.get(key)
+        if resource_number is None:
+            raise ConfigError.at(
+                value.location,
+                f"unknown resource limit; valid ones: {', '.join(sorted(RLIMITS))}",
+                section,
+                key,
+            )
+        soft, hard = self.parse(rlimit_pair, text, value, section, key)
+        return resource_number, soft, hard
+
+    def check_name_clash(self, watcher: WatcherConfig, previous: list[WatcherConfig]) -> None:
+        # Circus looks watchers up by lower-cased name, so `Web` and `web` would collide.
+        for other in previous:
+            if other.name.lower() == watcher.name.lower():
+                raise ConfigError.at(
+                    watcher.location,
+                    f"watcher name clashes with [watcher:{other.name}] at {other.location} "
+                    "(names are compared case-insensitively)",
+                    f"watcher:{watcher.name}",
+                )
+
+    # -- cross-checks ----------------------------------------------------------------------------
+
+    def cross_checked(self, watcher: WatcherConfig) -> WatcherConfig:
+        section = f"watcher:{watcher.name}"
+        location = watcher.location
+        working_dir = watcher.working_dir
+        if working_dir and not _has_placeholder(working_dir) and not os.path.isdir(working_dir):
+            raise ConfigError.at(
+                location, f"{working_dir!r} is not an existing directory", section, "working_dir"
+            )
+        self.check_program(watcher, section)
+        if (watcher.uid is not None or watcher.gid is not None) and self.euid != 0:
+            self.warn(
+                location,
+                "switching user or group needs the arbiter to run as root; "
+                "the processes may fail to start",
+                section,
+                "uid" if watcher.uid is not None else "gid",
+            )
+        if watcher.uid is not None and watcher.gid is None:
+            try:
+                gid: int | None = pwd.getpwuid(watcher.uid).pw_gid
+            except KeyError:
+                gid = None  # a uid without a passwd entry has no primary group to take
+            watcher = dataclasses.replace(watcher, gid=gid)
+        return watcher
+
+    def check_program(self, watcher: WatcherConfig, section: str) -> None:
+        if watcher.executable is not None:
+            program, key = watcher.executable, "executable"
+        elif watcher.shell:
+            program, key = "/bin/sh", "shell"
+        else:
+            try:
+                words = shlex.split(watcher.cmd)
+            except ValueError as error:
+                raise ConfigError.at(
+                    watcher.location, f"cannot split into words: {error}", section, "cmd"
+                ) from None
+            program, key = (words[0] if words else ""), "cmd"
+            if not program:
+                raise ConfigError.at(watcher.location, "no program to run", section, "cmd")
+        if _has_placeholder(program):
+            return  # only known per process
+        base = watcher.working_dir or os.getcwd()
+        if not os.path.isabs(program) and _has_placeholder(base):
+            return  # relative to a directory only known per process
+        if "/" in program:
+            problem = _not_executable(os.path.join(base, program))
+            if problem:
+                raise ConfigError.at(watcher.location, f"{program!r} {problem}", section, key)
+            return
+        search = self.child_path(watcher)
+        if search is None:
+            return
+        for directory in search.split(os.pathsep):
+            if not _not_executable(os.path.join(base, directory, program)):
+                return
+        raise ConfigError.at(
+            watcher.location,
+            f"program {program!r} not found on the processes' PATH ({search})",
+            section,
+            key,
+        )
+
+    def child_path(self, watcher: WatcherConfig) -> str | None:
+        """The PATH the processes will search, or None when only known at spawn time."""
+        if "PATH" in watcher.env:
+            try:
+                search = _substitute(watcher.env["PATH"], self.environ)
+            except _UnsetVariable:
+                return None
+            if _has_placeholder(search):
+                return None
+        elif watcher.copy_env or watcher.copy_path:
+            search = self.environ.get("PATH", os.defpath)
+        else:
+            search = os.defpath
+        if watcher.virtualenv:
+            search = os.path.join(watcher.virtualenv, "bin") + os.pathsep + search
+        return search
+
+
+def _not_executable(path: str) -> str | None:
+    """Why `path` cannot be executed, or None if it can."""
+    if not os.path.exists(path):
+        return "does not exist"
+    if not os.path.isfile(path):
+        return "is not a file"
+    if not os.access(path, os.X_OK):
+        return "is not executable"
+    return None

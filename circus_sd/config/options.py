@@ -1,0 +1,210 @@
+"""Option declarations: each config option's key, parser, default and doc, in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import pwd
+import resource
+import signal
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class OptionValueError(ValueError):
+    """A value that does not fit its option; the message says what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How one INI key becomes one dataclass field."""
+
+    key: str
+    parse: Callable[[str], Any]
+    doc: str
+    # Reset-able live with `set` without restarting processes (issue 4 uses it).
+    live: bool = False
+
+
+def option(
+    parse: Callable[[str], T],
+    default: T,
+    doc: str,
+    *,
+    key: str | None = None,
+    live: bool = False,
+) -> Any:
+    """A dataclass field carrying its Option; `key` defaults to the field's name."""
+    return dataclasses.field(
+        default=default,
+        metadata={"option": Option(key or "", parse, doc, live)},
+    )
+
+
+def option_of(field: dataclasses.Field[Any]) -> Option | None:
+    """The Option of a dataclass field, with its key filled in, or None for plain fields."""
+    declared = field.metadata.get("option")
+    if declared is None:
+        return None
+    assert isinstance(declared, Option)
+    return declared if declared.key else dataclasses.replace(declared, key=field.name)
+
+
+def options_of(cls: type) -> dict[str, tuple[str, Option]]:
+    """INI key -> (field name, Option) for a config dataclass."""
+    found: dict[str, tuple[str, Option]] = {}
+    for field in dataclasses.fields(cls):
+        declared = option_of(field)
+        if declared is not None:
+            found[declared.key] = (field.name, declared)
+    return found
+
+
+# -- value parsers -------------------------------------------------------------------------------
+# Each takes the raw INI string (already stripped and substituted) and returns the typed value or
+# raises OptionValueError with what was expected.
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise OptionValueError(f"expected a boolean (true/false), got {raw!r}")
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def optional_text(raw: str) -> str | None:
+    return raw or None
+
+
+def integer(minimum: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise OptionValueError(f"expected an integer, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise OptionValueError(f"expected an integer >= {minimum}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def number(minimum: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise OptionValueError(f"expected a number of seconds, got {raw!r}") from None
+        if value != value or value < minimum:  # NaN or too small
+            raise OptionValueError(f"expected a number >= {minimum:g}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def octal_mode(raw: str) -> int | None:
+    value = raw.strip()
+    if not value:
+        return None
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise OptionValueError(f"expected an octal mode like 022, got {raw!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise OptionValueError(f"expected an octal mode between 000 and 777, got {raw!r}")
+    return mode
+
+
+def signal_number(raw: str) -> int:
+    value = raw.strip().upper()
+    if value.isdigit():
+        number_ = int(value)
+        if number_ in set(signal.Signals):
+            return number_
+    else:
+        name = value if value.startswith("SIG") else "SIG" + value
+        if name in signal.Signals.__members__:
+            return int(signal.Signals[name])
+    raise OptionValueError(f"expected a signal name or number (e.g. SIGTERM, 15), got {raw!r}")
+
+
+def user_id(raw: str) -> int | None:
+    value = raw.strip()
+    if not value:
+        return None
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        pass
+    if value.isdigit():
+        return int(value)
+    raise OptionValueError(f"expected a user name or uid, but no user {raw!r} exists")
+
+
+def group_id(raw: str) -> int | None:
+    value = raw.strip()
+    if not value:
+        return None
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        pass
+    if value.isdigit():
+        return int(value)
+    raise OptionValueError(f"expected a group name or gid, but no group {raw!r} exists")
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def log_level(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "warn":
+        value = "warning"
+    if value not in LOG_LEVELS:
+        raise OptionValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return value
+
+
+def _rlimit_value(raw: str) -> int:
+    value = raw.strip().lower()
+    if value in ("", "infinity", "unlimited", "max", "-1"):
+        return resource.RLIM_INFINITY
+    if value.isdigit():
+        return int(value)
+    raise ValueError(value)
+
+
+def rlimit_pair(raw: str) -> tuple[int, int]:
+    """`N` (soft = hard = N), `SOFT:HARD`, or empty / `infinity` for RLIM_INFINITY."""
+    soft_raw, _, hard_raw = raw.partition(":")
+    try:
+        soft = _rlimit_value(soft_raw)
+        hard = _rlimit_value(hard_raw) if ":" in raw else soft
+    except ValueError:
+        raise OptionValueError(
+            f"expected a limit: a number, SOFT:HARD, or empty for infinity, got {raw!r}"
+        ) from None
+    infinity = resource.RLIM_INFINITY
+    if hard != infinity and (soft == infinity or soft > hard):
+        raise OptionValueError(f"soft limit above hard limit in {raw!r}")
+    return soft, hard
+
+
+# resource.RLIMIT_NOFILE -> "rlimit_nofile", for every limit this platform knows.
+RLIMITS: dict[str, int] = {
+    "rlimit_" + name[len("RLIMIT_"):].lower(): getattr(resource, name)
+    for name in dir(resource)
+    if name.startswith("RLIMIT_")
+}

@@ -1,0 +1,142 @@
+"""A running child of the arbiter: its pidfd for exit and signals, its exec-status pipe."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+
+import psutil
+
+from circus_sd.spawner import parse_exec_status
+
+
+class ProcessHandle:
+    """Owns the pidfd and the exec-status fd of one child; knows nothing of watchers."""
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        # The arbiter is the child's parent (the spawner clones with CLONE_PARENT), so the pid
+        # cannot be recycled before we reap it: opening the pidfd now is race-free.
+        self.pidfd = os.pidfd_open(pid)
+        self.status_fd: int | None = status_fd
+        os.set_blocking(status_fd, False)
+        self._status = b""
+
+    def drain_status(self) -> bool:
+        """Read what the exec-status pipe holds; True once it is at EOF (exec done, or exited)."""
+        if self.status_fd is None:
+            return True
+        while True:
+            try:
+                chunk = os.read(self.status_fd, 4096)
+            except BlockingIOError:
+                return False
+            if not chunk:
+                return True
+            self._status += chunk
+
+    def close_status(self) -> None:
+        if self.status_fd is not None:
+            os.close(self.status_fd)
+            self.status_fd = None
+
+    def reap(self) -> int | None:
+        """The exit code (-signum if killed), or None if the child has not exited yet."""
+        try:
+            result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            # Someone else reaped it (cannot happen unless our parenthood was lost).
+            return -1
+        if result is None or result.si_pid == 0:
+            return None
+        if result.si_code == os.CLD_EXITED:
+            return result.si_status
+        return -result.si_status
+
+    def exec_error(self) -> str | None:
+        """Why setup or exec failed, once the status pipe is drained; None if exec succeeded."""
+        self.drain_status()
+        return parse_exec_status(self._status)
+
+    def send_signal(self, signum: int, tree: bool = False) -> None:
+        """Signal the process; with `tree`, also its process group and every descendant."""
+        descendants = _descendants(self.pid) if tree else []
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signum)
+        if not tree:
+            return
+        # Each child leads its own session and group (setsid), so the group is its tree unless a
+        # descendant moved out; those are caught by the /proc walk taken before signalling.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signum)
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+        self.close_status()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def reap_strays(known: set[int]) -> list[tuple[int, int]]:
+    """Reap exited children that are not ours to track (orphans adopted as subreaper).
+
+    Returns (pid, raw wait status) of each. Children in `known` are left for their pidfd.
+    """
+    reaped = []
+    for pid in own_children():
+        if pid in known or not _is_zombie(pid):
+            continue
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if got:
+            reaped.append((got, status))
+    return reaped
+
+
+def own_children() -> list[int]:
+    """Pids of our direct children, from the kernel's per-thread lists."""
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+    return pids
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses and may contain anything.
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt our children's orphans (daemonizing grandchildren), so none escapes a stop."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0

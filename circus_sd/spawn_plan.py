@@ -1,0 +1,171 @@
+"""From a watcher's config and a worker id to the exact request the spawner executes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import re
+import resource
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+
+from circus_sd.config.model import WatcherConfig
+from circus_sd.spawner import SpawnRequest
+
+# `$(circus.wid)`, `$(circus.env.HOME)`, `$(circus.sockets.web)`; case-insensitive as in Circus.
+_PLACEHOLDER = re.compile(r"\$\(circus\.([\w.]+)\)", re.IGNORECASE)
+# Variables that describe the arbiter's own relation to systemd: never a child's.
+_PRIVATE_ENV = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+)
+
+
+class SpawnPlanError(Exception):
+    """The request cannot be built (e.g. the program vanished); reported as a failed spawn."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildDefaults:
+    """What the arbiter itself contributes to every child."""
+
+    environ: Mapping[str, str]
+    # The soft/hard RLIMIT_NOFILE the arbiter started with, before raising its own.
+    nofile: tuple[int, int]
+    is_root: bool
+
+    @classmethod
+    def capture(cls) -> ChildDefaults:
+        return cls(
+            environ=dict(os.environ),
+            nofile=resource.getrlimit(resource.RLIMIT_NOFILE),
+            is_root=os.geteuid() == 0,
+        )
+
+
+def substitute(text: str, wid: int, env: Mapping[str, str]) -> str:
+    """Replace `$(circus.wid)` and `$(circus.env.NAME)`; unknown names are an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        lowered = name.lower()
+        if lowered == "wid":
+            return str(wid)
+        if lowered.startswith("env."):
+            variable = name[4:]
+            for candidate in (variable, variable.upper()):
+                if candidate in env:
+                    return env[candidate]
+            raise SpawnPlanError(f"$(circus.env.{variable}): no such variable in the environment")
+        raise SpawnPlanError(f"unknown placeholder $(circus.{name})")
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def child_environment(config: WatcherConfig, wid: int, defaults: ChildDefaults) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if config.copy_env:
+        env.update(defaults.environ)
+    elif config.copy_path:
+        if "PATH" in defaults.environ:
+            env["PATH"] = defaults.environ["PATH"]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    for name in _PRIVATE_ENV:
+        env.pop(name, None)
+    for name, value in config.env.items():
+        env[name] = substitute(value, wid, env)
+    if config.virtualenv:
+        _apply_virtualenv(env, config.virtualenv)
+    env["CIRCUS_WID"] = str(wid)
+    return env
+
+
+def _apply_virtualenv(env: dict[str, str], venv: str) -> None:
+    env["VIRTUAL_ENV"] = venv
+    env["PATH"] = os.pathsep.join(filter(None, [os.path.join(venv, "bin"), env.get("PATH")]))
+    lib = os.path.join(venv, "lib")
+    site = [
+        os.path.join(lib, entry, "site-packages")
+        for entry in (sorted(os.listdir(lib)) if os.path.isdir(lib) else [])
+        if entry.startswith("python")
+    ]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*site, env.get("PYTHONPATH")]))
+
+
+def command_line(config: WatcherConfig, wid: int, env: Mapping[str, str]) -> list[str]:
+    cmd = substitute(config.cmd, wid, env)
+    args = substitute(config.args, wid, env)
+    if config.shell:
+        line = f"{cmd} {args}".strip()
+        return ["/bin/sh", "-c", line, *shlex.split(substitute(config.shell_args, wid, env))]
+    try:
+        return shlex.split(cmd) + shlex.split(args)
+    except ValueError as exc:
+        raise SpawnPlanError(f"cannot split the command line: {exc}") from None
+
+
+def resolve_program(name: str, env: Mapping[str, str], cwd: str | None) -> str:
+    """An executable's path as execve needs it: searched on the child's PATH if bare."""
+    if "/" in name:
+        path = name if os.path.isabs(name) or cwd is None else os.path.join(cwd, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+        raise SpawnPlanError(f"{path}: not an executable file")
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise SpawnPlanError(f"{name}: not found on PATH {env.get('PATH', os.defpath)!r}")
+    return found
+
+
+def build_request(config: WatcherConfig, wid: int, defaults: ChildDefaults) -> SpawnRequest:
+    env = child_environment(config, wid, defaults)
+    argv = command_line(config, wid, env)
+    if not argv:
+        raise SpawnPlanError("empty command")
+    program = substitute(config.executable, wid, env) if config.executable else argv[0]
+    executable = resolve_program(program, env, config.working_dir)
+    rlimits = {resource.RLIMIT_NOFILE: defaults.nofile}
+    for resource_id, soft, hard in config.rlimits:
+        rlimits[resource_id] = (soft, hard)
+    user = None
+    if config.uid is not None and defaults.is_root:
+        try:
+            user = pwd.getpwuid(config.uid).pw_name
+        except KeyError:
+            user = None
+    inherit = {1, 2} - {
+        i
+        for i, closed in ((1, config.close_child_stdout), (2, config.close_child_stderr))
+        if closed
+    }
+    if not config.close_child_stdin:
+        inherit.add(0)
+    return SpawnRequest(
+        executable=executable,
+        argv=tuple(argv),
+        env=env,
+        cwd=config.working_dir,
+        uid=config.uid,
+        gid=config.gid,
+        groups=_supplementary_groups(config, user, defaults),
+        user=user,
+        umask=config.umask,
+        rlimits=tuple((rid, soft, hard) for rid, (soft, hard) in sorted(rlimits.items())),
+        inherit=frozenset(inherit),
+    )
+
+
+def _supplementary_groups(
+    config: WatcherConfig, user: str | None, defaults: ChildDefaults
+) -> tuple[int, ...] | None:
+    """None = initgroups(user) or leave as is; else the exact list (root's must not leak)."""
+    if not defaults.is_root or (config.uid is None and config.gid is None) or user is not None:
+        return None
+    return (config.gid,) if config.gid is not None else ()

@@ -1,0 +1,458 @@
+"""The watcher state machine: what to do with a watcher's processes, given an event and the time.
+
+Pure logic: no I/O, no clock of its own. Every method takes the current monotonic time and returns
+actions (spawn, signal, timers, events, log lines) for the arbiter to execute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import random
+import signal
+from collections.abc import Hashable
+
+from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
+from circus_sd.config.model import WatcherConfig
+from circus_sd.restart_policy import FlappingDetector, backoff_delay
+from circus_sd.states import (
+    HALTED_STATES,
+    LIVE_PROCESS_STATES,
+    PROCESS_TRANSITIONS,
+    RUNNING_STATES,
+    WATCHER_TRANSITIONS,
+    ProcessState,
+    Want,
+    WatcherResult,
+    WatcherState,
+)
+
+# Timer keys. A process's timers carry its spawn id, a worker's its wid.
+KILL = "kill"  # graceful_timeout ran out: SIGKILL
+MAX_AGE = "max_age"  # time to replace the process
+HEALTHY = "healthy"  # the process outlived min_uptime: failure counters reset
+RESTART = "restart"  # a worker's backoff is over
+WARMUP = "warmup"  # warmup_delay since the last spawn is over
+RETRY = "retry"  # a flapping pause is over
+
+
+@dataclasses.dataclass
+class ProcessRecord:
+    """One process of a watcher, from the spawn request until it has been reaped."""
+
+    spawn_id: int
+    wid: int
+    state: ProcessState
+    pid: int | None = None
+    started_at: float = 0.0
+    # A stop asked for while the spawner had not yet answered with a pid.
+    stop_requested: bool = False
+
+    def move_to(self, state: ProcessState) -> None:
+        if state not in PROCESS_TRANSITIONS[self.state]:
+            raise AssertionError(f"process {self.pid}: {self.state} -> {state} not allowed")
+        self.state = state
+
+
+class Watcher:
+    """Decides, for one watcher, when processes are spawned, restarted, paused and stopped."""
+
+    def __init__(self, config: WatcherConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.want = Want.DOWN
+        self.state = WatcherState.STOPPED
+        self.result = WatcherResult.SUCCESS
+        # Why the watcher is paused or failed, in words, for status and logs.
+        self.reason = ""
+        self.processes: dict[int, ProcessRecord] = {}
+        self.restarts = 0
+        self._rng = rng or random.Random()
+        self._spawn_ids = itertools.count(1)
+        self._pids: dict[int, int] = {}
+        self._failures: dict[int, int] = {}  # wid -> consecutive failed starts
+        self._backoff: set[int] = set()  # wids waiting on a RESTART timer
+        self._retired: set[int] = set()  # wids not refilled (respawn = false)
+        self._exec_failures = 0
+        self._pauses = 0
+        self._warming_up = False
+        self._halt_to = WatcherState.STOPPED
+        self._flapping = FlappingDetector(config.flapping_attempts, config.flapping_window)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(p.pid for p in self.processes.values() if p.pid is not None)
+
+    def pid_of(self, wid: int) -> int | None:
+        for process in self.processes.values():
+            if process.wid == wid and process.state is ProcessState.RUNNING:
+                return process.pid
+        return None
+
+    @property
+    def start_settled(self) -> bool:
+        """A start has done what it can now: every worker was spawned, is backing off or failed."""
+        if self.state is not WatcherState.STARTING:
+            return True
+        spawning = any(p.state is ProcessState.SPAWNING for p in self.processes.values())
+        return not spawning and not self._warming_up
+
+    def process_by_pid(self, pid: int) -> ProcessRecord | None:
+        spawn_id = self._pids.get(pid)
+        return None if spawn_id is None else self.processes.get(spawn_id)
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        self.want = Want.UP
+        if self.state in RUNNING_STATES:
+            return self._reconcile(now)
+        if self.state is WatcherState.STOPPING:
+            # Finish stopping, then start again (want is up); an operator's start overrides a
+            # flapping pause.
+            self._halt_to = WatcherState.STOPPED
+            return []
+        actions: list[Action] = [CancelTimer((RETRY,))]
+        self.result = WatcherResult.SUCCESS
+        self.reason = ""
+        self._pauses = 0
+        self._exec_failures = 0
+        self._failures.clear()
+        self._retired.clear()
+        self._flapping.reset()
+        return actions + self._begin_start(now)
+
+    def stop(self, now: float) -> list[Action]:
+        self.want = Want.DOWN
+        return self._halt(WatcherState.STOPPED, now)
+
+    def restart(self, now: float) -> list[Action]:
+        if self.state in HALTED_STATES:
+            return self.start(now)
+        self.want = Want.UP
+        return self._halt(WatcherState.STOPPED, now)
+
+    def update_config(self, config: WatcherConfig, now: float) -> list[Action]:
+        """Apply options that take effect without restarting processes (numprocesses, timeouts)."""
+        self.config = config
+        self._flapping.attempts = config.flapping_attempts
+        self._flapping.window = config.flapping_window
+        return self._reconcile(now)
+
+    def replace_config(self, config: WatcherConfig) -> None:
+        """Swap in a config that changes how processes are made; only while halted."""
+        assert self.state in HALTED_STATES, "replace_config needs a stopped watcher"
+        self.config = config
+        self._flapping = FlappingDetector(config.flapping_attempts, config.flapping_window)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def spawned(self, spawn_id: int, pid: int, now: float) -> list[Action]:
+        process = self.processes.get(spawn_id)
+        if process is None:
+            return [Signal(pid, signal.SIGKILL, tree=True)]
+        process.pid = pid
+        process.started_at = now
+        process.move_to(ProcessState.RUNNING)
+        self._pids[pid] = spawn_id
+        actions: list[Action] = [
+            Publish("spawn", {"process_pid": pid}),
+            Log(logging.DEBUG, f"{self._label(process)} spawned"),
+        ]
+        if self.config.max_age > 0:
+            lifetime = self.config.max_age + self._rng.uniform(0, self.config.max_age_variance)
+            actions.append(StartTimer((MAX_AGE, spawn_id), lifetime))
+        if self._failures.get(process.wid) or self._pauses or self._exec_failures:
+            actions.append(StartTimer((HEALTHY, spawn_id), self.config.min_uptime))
+        if process.stop_requested:
+            actions += self._stop_process(process)
+        return actions + self._reconcile(now)
+
+    def spawn_failed(self, spawn_id: int, reason: str, now: float) -> list[Action]:
+        process = self.processes.pop(spawn_id, None)
+        if process is None:
+            return []
+        return self._after_exec_failure(process, reason, now)
+
+    def exited(
+        self, pid: int, exit_code: int, now: float, exec_error: str | None = None
+    ) -> list[Action]:
+        """A process was reaped; `exit_code` is its status, or -signum if a signal killed it."""
+        spawn_id = self._pids.pop(pid, None)
+        if spawn_id is None:
+            return []
+        process = self.processes.pop(spawn_id)
+        actions: list[Action] = [
+            CancelTimer((KILL, spawn_id)),
+            CancelTimer((MAX_AGE, spawn_id)),
+            CancelTimer((HEALTHY, spawn_id)),
+            Publish("reap", {"process_pid": pid, "exit_code": exit_code}),
+        ]
+        if process.state not in LIVE_PROCESS_STATES:
+            actions.append(Log(logging.DEBUG, f"{self._label(process)} stopped ({exit_code})"))
+            return actions + self._reconcile(now)
+        if exec_error is not None:
+            return actions + self._after_exec_failure(process, exec_error, now)
+        uptime = now - process.started_at
+        how = _describe_exit(exit_code)
+        if uptime >= self.config.min_uptime:
+            self._failures.pop(process.wid, None)
+            self._exec_failures = 0
+            self._pauses = 0
+            return actions + self._after_exit(process, f"{how} after {uptime:.1f} s", now)
+        failures = self._failures.get(process.wid, 0) + 1
+        self._failures[process.wid] = failures
+        what = f"{how} after {uptime:.2f} s (failed start {failures})"
+        if self.config.check_flapping and self._flapping.record_failure(now):
+            return actions + self._flap(process, what, now)
+        return actions + self._after_exit(process, what, now)
+
+    def timer(self, key: Hashable, now: float) -> list[Action]:
+        assert isinstance(key, tuple)
+        kind = key[0]
+        if kind == KILL:
+            process = self.processes.get(key[1])
+            if process is None or process.pid is None:
+                return []
+            process.move_to(ProcessState.STOP_SIGKILL)
+            return [
+                Signal(process.pid, signal.SIGKILL, tree=True),
+                Publish("kill", {"process_pid": process.pid}),
+                Log(
+                    logging.WARNING,
+                    f"{self._label(process)} still running {self.config.graceful_timeout:g} s "
+                    "after its stop signal: SIGKILL",
+                ),
+            ]
+        if kind == MAX_AGE:
+            process = self.processes.get(key[1])
+            if process is None or process.state is not ProcessState.RUNNING:
+                return []
+            message = f"{self._label(process)} reached max_age: replacing it"
+            return [Log(logging.INFO, message), *self._stop_process(process), *self._reconcile(now)]
+        if kind == HEALTHY:
+            process = self.processes.get(key[1])
+            if process is not None and process.state is ProcessState.RUNNING:
+                self._failures.pop(process.wid, None)
+                self._exec_failures = 0
+                self._pauses = 0
+            return []
+        if kind == RESTART:
+            self._backoff.discard(key[1])
+        elif kind == WARMUP:
+            self._warming_up = False
+        elif kind == RETRY:
+            if self.state is not WatcherState.PAUSED or self.want is not Want.UP:
+                return []
+            self._flapping.reset()
+            self._failures.clear()
+            return [
+                Log(logging.INFO, f"{self.name}: flapping pause over, starting again"),
+                *self._begin_start(now),
+            ]
+        return self._reconcile(now)
+
+    # -- inner workings --------------------------------------------------------------------------
+
+    def _set_state(self, state: WatcherState) -> None:
+        if state not in WATCHER_TRANSITIONS[self.state]:
+            raise AssertionError(f"watcher {self.name}: {self.state} -> {state} not allowed")
+        self.state = state
+
+    def _label(self, process: ProcessRecord) -> str:
+        return f"{self.name}[{process.wid}] pid {process.pid}"
+
+    def _begin_start(self, now: float) -> list[Action]:
+        self._set_state(WatcherState.STARTING)
+        count = self.config.target_processes
+        return [
+            Log(logging.INFO, f"{self.name}: starting {count} process(es)"),
+            *self._reconcile(now),
+        ]
+
+    def _halt(self, destination: WatcherState, now: float) -> list[Action]:
+        """Stop every process, then rest in `destination` (stopped, paused or failed)."""
+        actions: list[Action] = [CancelTimer((RESTART, wid)) for wid in sorted(self._backoff)]
+        self._backoff.clear()
+        if self._warming_up:
+            self._warming_up = False
+            actions.append(CancelTimer((WARMUP,)))
+        if self.state in HALTED_STATES:
+            if self.state is not destination and destination is WatcherState.STOPPED:
+                actions.append(CancelTimer((RETRY,)))
+                self._set_state(destination)
+            return actions
+        self._halt_to = destination
+        if self.state is not WatcherState.STOPPING:
+            self._set_state(WatcherState.STOPPING)
+        for process in list(self.processes.values()):
+            actions += self._stop_process(process)
+        return actions + self._reconcile(now)
+
+    def _stop_process(self, process: ProcessRecord) -> list[Action]:
+        if process.state is ProcessState.SPAWNING:
+            process.stop_requested = True
+            return []
+        if process.state is not ProcessState.RUNNING:
+            return []
+        assert process.pid is not None
+        actions: list[Action] = [
+            CancelTimer((MAX_AGE, process.spawn_id)),
+            CancelTimer((HEALTHY, process.spawn_id)),
+        ]
+        if self.config.graceful_timeout <= 0:
+            process.move_to(ProcessState.STOP_SIGKILL)
+            return [
+                *actions,
+                Signal(process.pid, signal.SIGKILL, tree=True),
+                Publish("kill", {"process_pid": process.pid}),
+            ]
+        process.move_to(ProcessState.STOP_SIGNAL)
+        return [
+            *actions,
+            Signal(process.pid, self.config.stop_signal, tree=self.config.stop_children),
+            Publish("kill", {"process_pid": process.pid}),
+            StartTimer((KILL, process.spawn_id), self.config.graceful_timeout),
+        ]
+
+    def _after_exit(self, process: ProcessRecord, what: str, now: float) -> list[Action]:
+        """An unexpected exit that is not flapping: restart the worker, maybe after a backoff."""
+        label = self._label(process)
+        if not self.config.respawn:
+            self._retired.add(process.wid)
+            return [Log(logging.INFO, f"{label} {what}; not restarted (respawn = false)")]
+        if self.state not in RUNNING_STATES:
+            return [Log(logging.INFO, f"{label} {what}"), *self._reconcile(now)]
+        return self._schedule_restart(process.wid, f"{label} {what}", now)
+
+    def _schedule_restart(self, wid: int, what: str, now: float) -> list[Action]:
+        self.restarts += 1
+        failures = max(self._failures.get(wid, 0), self._exec_failures)
+        delay = backoff_delay(
+            failures, self.config.backoff_initial, self.config.backoff_max, self._rng
+        )
+        if delay <= 0:
+            return [Log(logging.INFO, f"{what}; restarting"), *self._reconcile(now)]
+        self._backoff.add(wid)
+        return [
+            Log(logging.WARNING, f"{what}; restarting in {delay:.2f} s"),
+            Publish("backoff", {"wid": wid, "failures": failures, "delay": round(delay, 3)}),
+            StartTimer((RESTART, wid), delay),
+        ]
+
+    def _after_exec_failure(self, process: ProcessRecord, reason: str, now: float) -> list[Action]:
+        self._exec_failures += 1
+        label = f"{self.name}[{process.wid}]"
+        limit = self.config.max_retry
+        if limit >= 0 and self._exec_failures >= max(limit, 1):
+            self.result = WatcherResult.EXEC_FAILED
+            self.reason = f"could not start: {reason} ({self._exec_failures} times in a row)"
+            return [
+                Log(
+                    logging.ERROR,
+                    f"{label} could not start: {reason}; giving up after "
+                    f"{self._exec_failures} failures (max_retry = {limit})",
+                ),
+                *self._halt(WatcherState.FAILED, now),
+            ]
+        if self.state not in RUNNING_STATES:
+            return self._reconcile(now)
+        return self._schedule_restart(process.wid, f"{label} could not start: {reason}", now)
+
+    def _flap(self, process: ProcessRecord, what: str, now: float) -> list[Action]:
+        config = self.config
+        give_up = 0 <= config.flapping_max_retry <= self._pauses
+        payload = {
+            "attempts": config.flapping_attempts,
+            "window": config.flapping_window,
+            "retry_in": config.flapping_retry_in,
+            "tries": self._pauses,
+            "max_retry": config.flapping_max_retry,
+            "give_up": give_up,
+        }
+        label = self._label(process)
+        if give_up:
+            self.result = WatcherResult.FLAPPING
+            self.reason = (
+                f"flapping: gave up after {self._pauses} pauses "
+                f"(flapping.max_retry = {config.flapping_max_retry})"
+            )
+            message = f"{label} {what}; {self.name} is {self.reason}"
+            return [
+                Log(logging.ERROR, message),
+                Publish("flapping", payload),
+                *self._halt(WatcherState.FAILED, now),
+            ]
+        self._pauses += 1
+        self.reason = (
+            f"flapping: paused {config.flapping_retry_in:g} s "
+            f"(pause {self._pauses} of {config.flapping_max_retry})"
+        )
+        return [
+            Log(logging.WARNING, f"{label} {what}; {self.name} is {self.reason}"),
+            Publish("flapping", payload),
+            *self._halt(WatcherState.PAUSED, now),
+        ]
+
+    def _reconcile(self, now: float) -> list[Action]:
+        """Bring the processes toward what the state asks for; settle finished transitions."""
+        actions: list[Action] = []
+        if self.state in RUNNING_STATES:
+            actions += self._fill_and_trim(now)
+            if self.state is WatcherState.STARTING and self._all_running():
+                self._set_state(WatcherState.ACTIVE)
+                actions += [Publish("start"), Log(logging.INFO, f"{self.name}: active")]
+        elif self.state is WatcherState.STOPPING and not self.processes:
+            destination = self._halt_to
+            self._set_state(destination)
+            actions.append(Publish("stop"))
+            if destination is WatcherState.PAUSED:
+                actions.append(StartTimer((RETRY,), self.config.flapping_retry_in))
+            elif destination is WatcherState.STOPPED:
+                actions.append(Log(logging.INFO, f"{self.name}: stopped"))
+                if self.want is Want.UP:
+                    actions += self.start(now)
+        return actions
+
+    def _fill_and_trim(self, now: float) -> list[Action]:
+        target = self.config.target_processes
+        actions: list[Action] = []
+        live_wids = set()
+        for process in list(self.processes.values()):
+            if process.state not in LIVE_PROCESS_STATES:
+                continue
+            if process.wid > target:
+                actions += self._stop_process(process)
+            else:
+                live_wids.add(process.wid)
+        for wid in range(1, target + 1):
+            if self._warming_up:
+                break
+            if wid in live_wids or wid in self._backoff or wid in self._retired:
+                continue
+            spawn_id = next(self._spawn_ids)
+            self.processes[spawn_id] = ProcessRecord(spawn_id, wid, ProcessState.SPAWNING)
+            actions.append(Spawn(spawn_id, wid))
+            if self.config.warmup_delay > 0:
+                self._warming_up = True
+                actions.append(StartTimer((WARMUP,), self.config.warmup_delay))
+        return actions
+
+    def _all_running(self) -> bool:
+        running = {p.wid for p in self.processes.values() if p.state is ProcessState.RUNNING}
+        wanted = set(range(1, self.config.target_processes + 1)) - self._retired
+        return wanted <= running
+
+
+def _describe_exit(exit_code: int) -> str:
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"killed by {name}"
+    return f"exited with status {exit_code}"

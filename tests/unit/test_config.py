@@ -1,0 +1,756 @@
+"""Loading Circus INI files: syntax, includes, substitution, options and cross-checks."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import pwd
+import resource
+import signal
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from circus_sd.config import ConfigError, ConfigWarning, load_config
+from circus_sd.config.ini import parse_ini
+from circus_sd.config.model import Config, Location
+
+ENV: Mapping[str, str] = {"PATH": os.defpath, "HOME": "/home/test"}
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).removeprefix("\n"))
+    return path
+
+
+def load(path: Path, environ: Mapping[str, str] = ENV) -> tuple[Config, list[ConfigWarning]]:
+    return load_config(str(path), environ)
+
+
+def error_of(path: Path, environ: Mapping[str, str] = ENV) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), environ)
+    return caught.value
+
+
+def messages(warnings: list[ConfigWarning]) -> list[str]:
+    return [str(w) for w in warnings]
+
+
+# -- error and warning format --------------------------------------------------------------------
+
+
+def test_error_str_names_every_known_part_and_omits_the_rest() -> None:
+    full = ConfigError(
+        "expected an integer >= 0, got 'x'",
+        path="/etc/circus.ini", line=12, section="watcher:web", option="numprocesses",
+    )
+    assert str(full) == (
+        "/etc/circus.ini:12: [watcher:web] numprocesses: expected an integer >= 0, got 'x'"
+    )
+    assert str(ConfigError("configuration file not found", path="/x.ini")) == (
+        "/x.ini: configuration file not found"
+    )
+    assert str(ConfigError("boom", section="circus")) == "[circus] boom"
+    warning = ConfigWarning(Location("/a.ini", 3), "circus", "statsd", "has no effect")
+    assert str(warning) == "/a.ini:3: [circus] statsd: has no effect"
+    assert str(ConfigWarning(None, None, None, "hello")) == "hello"
+
+
+# -- rule 1: INI syntax as configparser reads it ------------------------------------------------
+
+CONFIGPARSER_SAMPLES = [
+    "[a]\nk = v\n",
+    "[a]\nk: v\nother=1\n",
+    "[a]\nk = first\n  second\n\n  third\n\n",
+    "[a]\n# comment\n; other comment\nk = v\n  # dropped inside a value\n  more\n",
+    "[a]\nk = v: with colon = and equals\n",
+    "[a]\n  indented = key\n[b]\nx =\n",
+    "[a]\nMixed_Case = Value\n",
+]
+
+
+@pytest.mark.parametrize("text", CONFIGPARSER_SAMPLES)
+def test_ini_reader_agrees_with_configparser(text: str) -> None:
+    reference = configparser.RawConfigParser(strict=True)
+    reference.optionxform = str  # type: ignore[assignment,method-assign]
+    reference.read_string(text)
+    ours = {
+        section.name: {entry.key: entry.value for entry in section.entries}
+        for section in parse_ini(text)
+    }
+    assert ours == {name: dict(reference.items(name)) for name in reference.sections()}
+
+
+def test_ini_reader_tracks_lines() -> None:
+    sections = parse_ini("# top\n[a]\n\nk = v\n  more\nj = w\n")
+    assert sections[0].line == 2
+    assert [(e.key, e.value, e.line) for e in sections[0].entries] == [
+        ("k", "v\nmore", 4), ("j", "w", 6),
+    ]
+
+
+def test_keys_are_case_insensitive_and_continuations_join(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        CMD: sleep
+        Args = 10
+          20
+        NumProcesses = 3
+    """)
+    config, warnings = load(path)
+    (web,) = config.watchers
+    assert (web.cmd, web.args, web.numprocesses) == ("sleep", "10\n20", 3)
+    assert warnings == []
+    assert web.location == Location(str(path), 1)
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        this line has no separator
+    """)
+    error = error_of(path)
+    assert (error.path, error.line) == (str(path), 3)
+    assert str(error).startswith(f"{path}:3: expected 'key = value'")
+
+
+def test_key_before_any_section_is_an_error(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, "circus.ini", "cmd = sleep 1\n"))
+    assert error.line == 1
+
+
+def test_duplicate_key_names_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        NUMPROCESSES = 2
+        numprocesses = 3
+    """)
+    error = error_of(path)
+    assert (error.line, error.section, error.option) == (4, "watcher:web", "numprocesses")
+    assert "first at line 3" in error.message
+
+
+def test_duplicate_section_in_one_file_names_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [circus]
+        loglevel = info
+        [circus]
+        umask = 022
+    """)
+    error = error_of(path)
+    assert (error.line, error.section) == (3, "circus")
+    assert "first at line 1" in error.message
+
+
+def test_unknown_section_warns(tmp_path: Path) -> None:
+    _, warnings = load(write(tmp_path, "circus.ini", "[nodes]\nx = 1\n"))
+    assert messages(warnings) == [f"{tmp_path}/circus.ini:1: [nodes] unknown section (ignored)"]
+
+
+def test_socket_section_warns_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [socket:web]
+        host = 127.0.0.1
+        port = 8888
+    """)
+    config, warnings = load(path)
+    assert config.watchers == ()
+    assert messages(warnings) == [
+        f"{path}:1: [socket:web] sockets are not supported yet; this section has no effect"
+    ]
+
+
+# -- rule 1: env sections ------------------------------------------------------------------------
+
+
+def test_env_sections_and_globs_merge_in_file_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web-1]
+        cmd = sleep 1
+        [watcher:web-2]
+        cmd = sleep 1
+        [watcher:worker]
+        cmd = sleep 1
+
+        [env:web-*]
+        Tier = web
+        LEVEL = glob
+        [env]
+        LEVEL = all
+        Mixed_Case = kept
+        [env:worker, web-2]
+        LEVEL = named
+    """)
+    config, warnings = load(path)
+    envs = {w.name: dict(w.env) for w in config.watchers}
+    assert envs == {
+        "web-1": {"LEVEL": "glob", "Mixed_Case": "kept", "Tier": "web"},
+        "web-2": {"LEVEL": "named", "Mixed_Case": "kept", "Tier": "web"},
+        "worker": {"LEVEL": "named", "Mixed_Case": "kept"},
+    }
+    assert warnings == []
+
+
+def test_env_section_matching_no_watcher_warns(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", "[env:nothing*]\nA = 1\n")
+    _, warnings = load(path)
+    assert messages(warnings) == [f"{path}:1: [env:nothing*] matches no watcher"]
+
+
+# -- rule 2: includes ----------------------------------------------------------------------------
+
+
+def test_include_and_include_dir_are_relative_and_sorted(tmp_path: Path) -> None:
+    main = write(tmp_path, "etc/circus.ini", """
+        [circus]
+        include = extra/*.conf   more.ini
+        include_dir = conf.d
+        [watcher:main]
+        cmd = sleep 1
+    """)
+    write(tmp_path, "etc/extra/b.conf", "[watcher:b]\ncmd = sleep 1\n")
+    write(tmp_path, "etc/extra/a.conf", "[watcher:a]\ncmd = sleep 1\n[env]\nFROM = a\n")
+    write(tmp_path, "etc/more.ini", "[watcher:more]\ncmd = sleep 1\n")
+    write(tmp_path, "etc/conf.d/2.ini", "[watcher:two]\ncmd = sleep 1\n")
+    write(tmp_path, "etc/conf.d/1.ini", "[watcher:one]\ncmd = sleep 1\n")
+    write(tmp_path, "etc/conf.d/ignored.txt", "not ini")
+    config, warnings = load(main)
+    assert [w.name for w in config.watchers] == ["main", "a", "b", "more", "one", "two"]
+    assert config.watcher("main") is not None
+    assert dict(config.watchers[0].env) == {"FROM": "a"}
+    assert config.watchers[1].location == Location(str(tmp_path / "etc/extra/a.conf"), 1)
+    assert config.path == str(main)
+    assert warnings == []
+
+
+def test_include_matching_nothing_warns(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", "[circus]\ninclude = missing/*.ini\n")
+    _, warnings = load(main)
+    assert messages(warnings) == [
+        f"{main}:2: [circus] include: '{tmp_path}/missing/*.ini' matches no file"
+    ]
+
+
+def test_watcher_defined_in_two_files_names_both(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", "[circus]\ninclude = web.ini\n[watcher:web]\ncmd = a\n")
+    other = write(tmp_path, "web.ini", "# comment\n[watcher:web]\ncmd = sleep 1\n")
+    error = error_of(main)
+    assert (error.path, error.line, error.section) == (str(other), 2, "watcher:web")
+    assert f"first at {main}:3" in error.message
+
+
+def test_same_key_in_two_files_names_both(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", "[circus]\ninclude = more.ini\n[env]\nA = 1\n")
+    other = write(tmp_path, "more.ini", "[env]\nB = 2\nA = 3\n")
+    error = error_of(main)
+    assert (error.path, error.line, error.option) == (str(other), 3, "A")
+    assert f"first at {main}:4" in error.message
+
+
+def test_include_loop_is_an_error(tmp_path: Path) -> None:
+    main = write(tmp_path, "a.ini", "[circus]\ninclude = b.ini\n")
+    write(tmp_path, "b.ini", "[circus]\ninclude = sub/c.ini\n")
+    write(tmp_path, "sub/c.ini", "[circus]\n\ninclude = ../a.ini\n")
+    error = error_of(main)
+    assert (error.path, error.line, error.option) == (str(tmp_path / "sub/c.ini"), 3, "include")
+    assert error.message.startswith("include loop: ")
+    assert error.message.endswith(f"{tmp_path}/sub/../a.ini")
+
+
+def test_a_wildcard_matching_its_own_file_is_not_a_loop(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", "[circus]\ninclude = *.ini\n")
+    write(tmp_path, "web.ini", "[watcher:web]\ncmd = sleep 1\n")
+    config, warnings = load(main)
+    assert [w.name for w in config.watchers] == ["web"]
+    assert warnings == []
+
+
+def test_a_file_included_twice_is_read_once(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", "[circus]\ninclude = web.ini ./web.ini\n")
+    write(tmp_path, "web.ini", "[watcher:web]\ncmd = sleep 1\n")
+    config, warnings = load(main)
+    assert [w.name for w in config.watchers] == ["web"]
+    assert len(warnings) == 1 and "already included" in warnings[0].message
+
+
+def test_missing_main_file_names_the_path(tmp_path: Path) -> None:
+    error = error_of(tmp_path / "nope.ini")
+    assert (error.path, error.line) == (str(tmp_path / "nope.ini"), None)
+    assert str(error) == f"{tmp_path}/nope.ini: configuration file not found"
+
+
+# -- rule 3: substitution ------------------------------------------------------------------------
+
+
+def test_env_placeholders_substituted_except_in_spawn_time_values(tmp_path: Path) -> None:
+    (tmp_path / "srv").mkdir()
+    path = write(tmp_path, "circus.ini", """
+        [circus]
+        endpoint = ipc://$(circus.env.RUN)/ctl
+        [env:web]
+        DATA = $(circus.env.ROOT)/data
+        [watcher:web]
+        cmd = sleep $(circus.env.SECONDS) $(circus.wid)
+        args = $(circus.sockets.web)
+        shell_args = $(circus.env.X)
+        working_dir = $(circus.env.root)
+        graceful_timeout = ((circus.env.Timeout))
+        stdout_stream.filename = $(circus.env.ROOT)/$(circus.wid).log
+        home = ~/x
+    """)
+    environ = {**ENV, "RUN": "/run", "ROOT": str(tmp_path / "srv"), "TIMEOUT": "4"}
+    config, _ = load(path, environ)
+    (web,) = config.watchers
+    assert config.arbiter.endpoint == "ipc:///run/ctl"
+    assert web.cmd == "sleep $(circus.env.SECONDS) $(circus.wid)"
+    assert web.args == "$(circus.sockets.web)"
+    assert web.shell_args == "$(circus.env.X)"
+    assert dict(web.env) == {"DATA": "$(circus.env.ROOT)/data"}
+    assert web.working_dir == str(tmp_path / "srv")  # upper-case fallback
+    assert web.graceful_timeout == 4.0  # case-insensitive, ((…)) spelling
+    assert web.extra["stdout_stream.filename"] == f"{tmp_path}/srv/$(circus.wid).log"
+    assert web.extra["home"] == "~/x"
+
+
+def test_env_sections_feed_substitution(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    path = write(tmp_path, "circus.ini", f"""
+        [env:web]
+        APP = {tmp_path}/app
+        [watcher:web]
+        cmd = sleep 1
+        working_dir = $(circus.env.APP)
+    """)
+    config, _ = load(path)
+    assert config.watchers[0].working_dir == f"{tmp_path}/app"
+
+
+def test_unknown_variable_is_an_error_with_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        working_dir = $(circus.env.NOPE)/x
+    """)
+    error = error_of(path)
+    assert (error.path, error.line, error.option) == (str(path), 3, "working_dir")
+    assert "'NOPE'" in error.message
+
+
+# -- rule 4: watcher options ---------------------------------------------------------------------
+
+
+def test_watcher_options_are_parsed(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        numprocesses = 4
+        warmup_delay = 0.5
+        autostart = no
+        stop_signal = QUIT
+        umask = 027
+        copy_env = True
+        max_retry = -1
+    """)
+    (web,) = load(path)[0].watchers
+    assert (web.numprocesses, web.warmup_delay, web.autostart) == (4, 0.5, False)
+    assert (web.stop_signal, web.umask, web.copy_env) == (signal.SIGQUIT, 0o27, True)
+    assert web.max_retry == -1
+    assert (web.singleton, web.respawn, web.graceful_timeout) == (False, True, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("numprocesses", "x", "expected an integer, got 'x'"),
+        ("numprocesses", "-1", "expected an integer >= 0, got '-1'"),
+        ("respawn", "maybe", "expected a boolean (true/false), got 'maybe'"),
+        ("stop_signal", "SIGNOPE", "expected a signal name or number"),
+        ("uid", "no-such-user-here", "no user 'no-such-user-here' exists"),
+        ("graceful_timeout", "soon", "expected a number of seconds"),
+    ],
+)
+def test_bad_values_name_file_line_section_and_option(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    path = write(tmp_path, "circus.ini", f"""
+        [watcher:web]
+        cmd = sleep 1
+        {key} = {value}
+    """)
+    error = error_of(path)
+    assert (error.path, error.line, error.section, error.option) == (
+        str(path), 3, "watcher:web", key,
+    )
+    assert expected in error.message
+    assert str(error).startswith(f"{path}:3: [watcher:web] {key}: ")
+
+
+def test_rlimit_forms(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        rlimit_nofile = 10
+        rlimit_core = 10:20
+        rlimit_as =
+    """)
+    (web,) = load(path)[0].watchers
+    infinity = resource.RLIM_INFINITY
+    assert web.rlimits == (
+        (resource.RLIMIT_NOFILE, 10, 10),
+        (resource.RLIMIT_CORE, 10, 20),
+        (resource.RLIMIT_AS, infinity, infinity),
+    )
+
+
+def test_unknown_rlimit_lists_valid_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", "[watcher:web]\ncmd = sleep 1\nrlimit_files = 10\n")
+    error = error_of(path)
+    assert (error.line, error.option) == (3, "rlimit_files")
+    assert "rlimit_nofile" in error.message
+
+
+def test_bad_rlimit_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", "[watcher:web]\ncmd = sleep 1\nrlimit_nofile = 20:10\n")
+    assert "soft limit above hard limit" in error_of(path).message
+
+
+def test_unknown_and_unsupported_keys_warn_with_file_line_and_are_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        stdout_stream.class = FileStream
+        memory_max = 1G
+        use_sockets = true
+        my_plugin_key = 7
+    """)
+    config, warnings = load(path)
+    assert messages(warnings) == [
+        f"{path}:3: [watcher:web] stdout_stream.class: "
+        "not supported yet in this version; it has no effect",
+        f"{path}:4: [watcher:web] memory_max: not supported yet in this version; it has no effect",
+        f"{path}:5: [watcher:web] use_sockets: not supported yet in this version; it has no effect",
+        f"{path}:6: [watcher:web] my_plugin_key: unknown option (ignored; kept for plugins)",
+    ]
+    assert dict(config.watchers[0].extra) == {
+        "stdout_stream.class": "FileStream",
+        "memory_max": "1G",
+        "use_sockets": "true",
+        "my_plugin_key": "7",
+    }
+
+
+@pytest.mark.parametrize("body", ["numprocesses = 1\n", "cmd =\n"])
+def test_missing_or_empty_cmd_is_an_error(tmp_path: Path, body: str) -> None:
+    path = write(tmp_path, "circus.ini", "# comment\n[watcher:web]\n" + body)
+    error = error_of(path)
+    assert (error.line, error.section, error.option) == (2, "watcher:web", "cmd")
+
+
+@pytest.mark.parametrize("name", ["", "web app", "wéb", "a/b"])
+def test_invalid_watcher_name(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, "circus.ini", f"[watcher:{name}]\ncmd = sleep 1\n")
+    assert "invalid watcher name" in error_of(path).message
+
+
+def test_watcher_names_clashing_by_case_are_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        [watcher:Web]
+        cmd = sleep 1
+    """)
+    error = error_of(path)
+    assert (error.line, error.section) == (3, "watcher:Web")
+    assert f"at {path}:1" in error.message
+
+
+# -- rule 5: [circus] ----------------------------------------------------------------------------
+
+
+def test_circus_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [circus]
+        endpoint = tcp://127.0.0.1:5555
+        pubsub_endpoint = tcp://127.0.0.1:5556
+        umask = 002
+        loglevel = WARN
+        warmup_delay = 2
+    """)
+    config, warnings = load(path)
+    arbiter = config.arbiter
+    assert arbiter.endpoint == "tcp://127.0.0.1:5555"
+    assert arbiter.pubsub_endpoint == "tcp://127.0.0.1:5556"
+    assert (arbiter.umask, arbiter.loglevel, arbiter.warmup_delay) == (0o2, "warning", 2.0)
+    assert warnings == []
+
+
+def test_circus_keys_without_effect_warn_with_advice(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [circus]
+        check_delay = 5
+        statsd = true
+        httpd_port = 8080
+        multicast_endpoint = udp://237.219.251.97:12027
+        stream_backend = thread
+        fqdn_prefix = x
+        frobnicate = 1
+    """)
+    _, warnings = load(path)
+    assert messages(warnings) == [
+        f"{path}:2: [circus] check_delay: has no effect; "
+        "supervision is event-driven; there is no polling tick",
+        f"{path}:3: [circus] statsd: has no effect; "
+        "use `circusctl stats` or the Prometheus exporter plugin",
+        f"{path}:4: [circus] httpd_port: has no effect; circus-web is not supported; use circusctl",
+        f"{path}:5: [circus] multicast_endpoint: has no effect; "
+        "discovery is off by design; give circusctl the endpoint",
+        f"{path}:6: [circus] stream_backend: has no effect; output is read by the event loop",
+        f"{path}:7: [circus] fqdn_prefix: has no effect; only used by Circus's stats",
+        f"{path}:8: [circus] frobnicate: unknown option (ignored)",
+    ]
+
+
+def test_debug_means_loglevel_debug(tmp_path: Path) -> None:
+    config, warnings = load(write(tmp_path, "circus.ini", "[circus]\ndebug = 1\n"))
+    assert (config.arbiter.debug, config.arbiter.loglevel) == (True, "debug")
+    assert warnings == []
+    config, warnings = load(write(tmp_path, "c2.ini", "[circus]\nloglevel = error\ndebug = 1\n"))
+    assert config.arbiter.loglevel == "debug"
+    assert [w.option for w in warnings] == ["debug"]
+
+
+def test_bad_circus_value(tmp_path: Path) -> None:
+    error = error_of(write(tmp_path, "circus.ini", "[circus]\n\numask = 999\n"))
+    assert (error.line, error.section, error.option) == (3, "circus", "umask")
+
+
+# -- rule 6: plugins -----------------------------------------------------------------------------
+
+
+def test_flapping_plugin_gives_watcher_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [plugin:flap]
+        use = circus.plugins.flapping.Flapping
+        attempts = 5
+        window = 3
+        retry_in = 10
+        max_retry = -1
+        [watcher:web]
+        cmd = sleep 1
+        flapping.attempts = 9
+        [watcher:worker]
+        cmd = sleep 1
+    """)
+    config, warnings = load(path)
+    web, worker = config.watchers
+    assert (web.flapping_attempts, web.flapping_window) == (9, 3.0)
+    assert (worker.flapping_attempts, worker.flapping_window) == (5, 3.0)
+    assert (worker.flapping_retry_in, worker.flapping_max_retry) == (10.0, -1)
+    assert warnings == []
+
+
+def test_inactive_flapping_plugin_has_no_effect(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [plugin:flap]
+        use = circus.plugins.flapping.Flapping
+        active = false
+        attempts = 5
+        [watcher:web]
+        cmd = sleep 1
+    """)
+    config, warnings = load(path)
+    assert config.watchers[0].flapping_attempts == 2
+    assert warnings == []
+
+
+def test_bad_flapping_plugin_value_names_the_plugin_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [plugin:flap]
+        use = circus.plugins.flapping.Flapping
+        window = soon
+    """)
+    error = error_of(path)
+    assert (error.line, error.section, error.option) == (3, "plugin:flap", "window")
+
+
+def test_other_plugins_warn_once(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [plugin:statsd]
+        use = circus.plugins.statsd.StatsdEmitter
+        host = localhost
+    """)
+    _, warnings = load(path)
+    assert messages(warnings) == [
+        f"{path}:1: [plugin:statsd] plugins are not supported yet; this section has no effect"
+    ]
+
+
+# -- rule 7: cross-checks ------------------------------------------------------------------------
+
+
+def executable(directory: Path, name: str, mode: int = 0o755) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(mode)
+    return path
+
+
+def test_missing_executable_on_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", "# comment\n[watcher:web]\ncmd = no-such-program --flag\n")
+    error = error_of(path)
+    assert (error.line, error.section, error.option) == (2, "watcher:web", "cmd")
+    assert "'no-such-program' not found" in error.message
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [("/nonexistent/bin/app", "does not exist"), ("./script", "is not executable")],
+)
+def test_program_paths_are_checked(tmp_path: Path, target: str, problem: str) -> None:
+    executable(tmp_path, "script", mode=0o644)
+    path = write(tmp_path, "circus.ini", f"""
+        [watcher:web]
+        cmd = {target}
+        working_dir = {tmp_path}
+    """)
+    assert problem in error_of(path).message
+
+
+def test_program_resolution_rules(tmp_path: Path) -> None:
+    executable(tmp_path, "bin/app")
+    executable(tmp_path, "venv/bin/vapp")
+    executable(tmp_path, "other/oapp")
+    path = write(tmp_path, "circus.ini", f"""
+        [watcher:relative]
+        cmd = bin/app --x
+        working_dir = {tmp_path}
+        [watcher:env-path]
+        cmd = app
+        [env:env-path]
+        PATH = /nowhere:{tmp_path}/bin
+        [watcher:copied-path]
+        cmd = oapp
+        copy_path = true
+        [watcher:venv]
+        cmd = vapp
+        virtualenv = {tmp_path}/venv
+        [watcher:exe]
+        cmd = anything-as-argv0
+        executable = {tmp_path}/bin/app
+        [watcher:shell]
+        cmd = whatever | not checked
+        shell = true
+        [watcher:placeholder]
+        cmd = $(circus.env.APP_BIN) --serve
+        [watcher:quoted]
+        cmd = "{tmp_path}/bin/app" 'a b'
+    """)
+    config, _ = load(path, {"PATH": f"{tmp_path}/other"})
+    assert len(config.watchers) == 8
+
+
+def test_executable_option_is_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        executable = /nonexistent/python
+    """)
+    assert error_of(path).option == "executable"
+
+
+def test_unbalanced_quotes_in_cmd(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", "[watcher:web]\ncmd = sleep 'oops\n")
+    assert error_of(path).option == "cmd"
+
+
+def test_missing_working_dir(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", f"""
+        [watcher:web]
+        cmd = sleep 1
+        working_dir = {tmp_path}/gone
+    """)
+    error = error_of(path)
+    assert (error.line, error.option) == (1, "working_dir")
+    assert "is not an existing directory" in error.message
+
+
+def test_uid_gives_the_primary_group(tmp_path: Path) -> None:
+    me = pwd.getpwuid(os.getuid())
+    unknown_uid = next(uid for uid in range(54321, 64000) if not _has_passwd(uid))
+    path = write(tmp_path, "circus.ini", f"""
+        [watcher:named]
+        cmd = sleep 1
+        uid = {me.pw_name}
+        [watcher:numeric]
+        cmd = sleep 1
+        uid = {unknown_uid}
+        [watcher:both]
+        cmd = sleep 1
+        uid = {me.pw_uid}
+        gid = 4242
+    """)
+    named, numeric, both = load(path)[0].watchers
+    assert (named.uid, named.gid) == (me.pw_uid, me.pw_gid)
+    assert (numeric.uid, numeric.gid) == (unknown_uid, None)
+    assert (both.uid, both.gid) == (me.pw_uid, 4242)
+
+
+def _has_passwd(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def test_uid_warns_when_the_arbiter_is_not_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "circus.ini", "[watcher:web]\ncmd = sleep 1\nuid = 0\n")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    _, warnings = load(path)
+    assert [(w.section, w.option) for w in warnings] == [("watcher:web", "uid")]
+    assert "root" in warnings[0].message
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert load(path)[1] == []
+
+
+# -- rule 8: order -------------------------------------------------------------------------------
+
+
+def test_watchers_come_in_file_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:zeta]
+        cmd = sleep 1
+        priority = 1
+        [watcher:alpha]
+        cmd = sleep 1
+        priority = 9
+        [watcher:mid]
+        cmd = sleep 1
+    """)
+    assert [w.name for w in load(path)[0].watchers] == ["zeta", "alpha", "mid"]
+
+
+def test_a_file_including_itself_by_name_is_a_loop(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", "[circus]\ninclude_dir = .\ninclude = circus.ini\n")
+    write(tmp_path, "other.ini", "[env]\nA = 1\n")
+    error = error_of(main)
+    assert (error.line, error.option) == (3, "include")
+    assert error.message == f"include loop: {main} -> {tmp_path}/circus.ini"
+
+
+def test_missing_include_dir_warns(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", "[circus]\ninclude_dir = conf.d\n")
+    _, warnings = load(main)
+    assert [(w.option, w.message) for w in warnings] == [
+        ("include_dir", f"'{tmp_path}/conf.d/*.ini' matches no file")
+    ]

@@ -1,0 +1,369 @@
+"""Scripted histories against the watcher state machine, on a fake clock: no process is forked."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import signal
+from typing import Any
+
+import pytest
+
+from circus_sd.actions import Action, CancelTimer, Publish, Signal, Spawn, StartTimer
+from circus_sd.config.model import WatcherConfig
+from circus_sd.states import (
+    PROCESS_TRANSITIONS,
+    WATCHER_TRANSITIONS,
+    ProcessState,
+    WatcherResult,
+    WatcherState,
+)
+from circus_sd.watcher import HEALTHY, KILL, MAX_AGE, RESTART, RETRY, Watcher
+
+
+class Harness:
+    """Plays the arbiter: gives pids to spawns, keeps timers, collects events."""
+
+    def __init__(self, **options: Any) -> None:
+        config = WatcherConfig(name="web", cmd="/bin/true", **options)
+        self.watcher = Watcher(config, rng=random.Random(7))
+        self.now = 1000.0
+        self.next_pid = 100
+        self.timers: dict[Any, float] = {}
+        self.pending_spawns: list[Spawn] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.signals: list[Signal] = []
+
+    def apply(self, actions: list[Action]) -> list[Action]:
+        for action in actions:
+            if isinstance(action, Spawn):
+                self.pending_spawns.append(action)
+            elif isinstance(action, StartTimer):
+                self.timers[action.key] = self.now + action.delay
+            elif isinstance(action, CancelTimer):
+                self.timers.pop(action.key, None)
+            elif isinstance(action, Publish):
+                self.events.append((action.event, action.payload))
+            elif isinstance(action, Signal):
+                self.signals.append(action)
+        return actions
+
+    def start(self) -> None:
+        self.apply(self.watcher.start(self.now))
+
+    def stop(self) -> None:
+        self.apply(self.watcher.stop(self.now))
+
+    def answer_spawns(self) -> list[int]:
+        """The spawner answers every pending request with a fresh pid."""
+        pids = []
+        while self.pending_spawns:
+            spawn = self.pending_spawns.pop(0)
+            pid = self.next_pid
+            self.next_pid += 1
+            pids.append(pid)
+            self.apply(self.watcher.spawned(spawn.spawn_id, pid, self.now))
+        return pids
+
+    def exit(self, pid: int, code: int = 1, exec_error: str | None = None) -> None:
+        self.apply(self.watcher.exited(pid, code, self.now, exec_error))
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, firing due timers in time order."""
+        until = self.now + seconds
+        while True:
+            due = [(at, key) for key, at in self.timers.items() if at <= until]
+            if not due:
+                break
+            at, key = min(due, key=lambda item: item[0])
+            self.now = max(self.now, at)
+            del self.timers[key]
+            self.apply(self.watcher.timer(key, self.now))
+        self.now = until
+
+    def event_names(self) -> list[str]:
+        return [name for name, _payload in self.events]
+
+
+def test_every_state_has_a_transition_entry() -> None:
+    assert set(WATCHER_TRANSITIONS) == set(WatcherState)
+    assert set(PROCESS_TRANSITIONS) == set(ProcessState)
+    for state, targets in WATCHER_TRANSITIONS.items():
+        assert state not in targets
+
+
+def test_start_spawns_one_process_per_worker_id_then_becomes_active() -> None:
+    h = Harness(numprocesses=3)
+    h.start()
+    assert [s.wid for s in h.pending_spawns] == [1, 2, 3]
+    assert h.watcher.state is WatcherState.STARTING
+    pids = h.answer_spawns()
+    assert h.watcher.state is WatcherState.ACTIVE
+    assert h.watcher.pids == pids
+    assert h.event_names() == ["spawn", "spawn", "spawn", "start"]
+
+
+def test_numprocesses_zero_is_active_at_once() -> None:
+    h = Harness(numprocesses=0)
+    h.start()
+    assert h.watcher.state is WatcherState.ACTIVE
+    assert not h.pending_spawns
+
+
+def test_singleton_runs_one_process() -> None:
+    h = Harness(numprocesses=5, singleton=True)
+    h.start()
+    assert len(h.pending_spawns) == 1
+
+
+def test_exit_after_min_uptime_restarts_the_same_wid_at_once() -> None:
+    h = Harness(numprocesses=2)
+    h.start()
+    first, second = h.answer_spawns()
+    h.advance(5)
+    h.exit(first, code=-9)
+    assert [s.wid for s in h.pending_spawns] == [1]
+    assert ("reap", {"process_pid": first, "exit_code": -9}) in h.events
+    (new,) = h.answer_spawns()
+    assert h.watcher.pid_of(1) == new
+    assert h.watcher.pid_of(2) == second
+    assert h.watcher.restarts == 1
+
+
+def test_failed_starts_back_off_exponentially_and_reset_after_a_healthy_run() -> None:
+    h = Harness(backoff_initial=0.1, backoff_max=1.0, check_flapping=False)
+    h.start()
+    delays = []
+    for _ in range(6):
+        (pid,) = h.answer_spawns()
+        h.advance(0.01)
+        h.exit(pid)
+        delays.append(h.timers[(RESTART, 1)] - h.now)
+        h.advance(delays[-1])
+    # 0.1, 0.2, 0.4, 0.8, then capped at 1.0; each within +-10 % jitter.
+    for delay, base in zip(delays, [0.1, 0.2, 0.4, 0.8, 1.0, 1.0], strict=True):
+        assert base * 0.9 <= delay <= base * 1.1
+    backoffs = [p for name, p in h.events if name == "backoff"]
+    assert [b["failures"] for b in backoffs] == [1, 2, 3, 4, 5, 6]
+    # A run longer than min_uptime resets the count: the next exit restarts at once.
+    (pid,) = h.answer_spawns()
+    h.advance(2.0)
+    assert (HEALTHY, h.watcher.process_by_pid(pid).spawn_id) not in h.timers  # fired
+    h.exit(pid)
+    assert h.pending_spawns and (RESTART, 1) not in h.timers
+
+
+def test_flapping_pauses_then_retries_then_gives_up() -> None:
+    h = Harness(
+        backoff_initial=0.01,
+        flapping_attempts=3,
+        flapping_window=1.0,
+        flapping_retry_in=7.0,
+        flapping_max_retry=2,
+    )
+    h.start()
+
+    def crash_until_flapping() -> None:
+        for _ in range(3):
+            h.advance(0.05)
+            (pid,) = h.answer_spawns()
+            h.exit(pid)
+
+    crash_until_flapping()
+    assert h.watcher.state is WatcherState.PAUSED
+    flaps = [p for name, p in h.events if name == "flapping"]
+    assert flaps[-1]["give_up"] is False and flaps[-1]["retry_in"] == 7.0
+    assert h.timers[(RETRY,)] == pytest.approx(h.now + 7.0)
+    h.advance(6.9)
+    assert not h.pending_spawns
+    h.advance(0.2)
+    assert h.watcher.state is WatcherState.STARTING and h.pending_spawns
+
+    crash_until_flapping()
+    assert h.watcher.state is WatcherState.PAUSED
+    h.advance(7.1)
+    crash_until_flapping()
+    assert h.watcher.state is WatcherState.FAILED
+    assert h.watcher.result is WatcherResult.FLAPPING
+    assert "gave up after 2 pauses" in h.watcher.reason
+    assert [p["give_up"] for name, p in h.events if name == "flapping"] == [False, False, True]
+    h.advance(60)
+    assert not h.pending_spawns
+    # An operator's start clears the failure.
+    h.start()
+    assert h.watcher.state is WatcherState.STARTING
+    assert h.watcher.result is WatcherResult.SUCCESS
+
+
+def test_a_healthy_run_resets_the_flapping_pause_count() -> None:
+    h = Harness(backoff_initial=0.01, flapping_attempts=2, flapping_retry_in=1.0,
+                flapping_max_retry=1)
+    h.start()
+    for _ in range(2):
+        h.advance(0.05)
+        (pid,) = h.answer_spawns()
+        h.exit(pid)
+    assert h.watcher.state is WatcherState.PAUSED
+    h.advance(1.1)
+    (pid,) = h.answer_spawns()
+    h.advance(5.0)  # ran well past min_uptime
+    h.exit(pid)
+    for _ in range(2):
+        h.advance(0.05)
+        (pid,) = h.answer_spawns()
+        h.exit(pid)
+    # Had the earlier pause still counted, max_retry = 1 would have given up here.
+    assert h.watcher.state is WatcherState.PAUSED
+
+
+def test_stop_escalates_to_sigkill_after_graceful_timeout() -> None:
+    h = Harness(numprocesses=2, graceful_timeout=3.0, stop_signal=int(signal.SIGINT))
+    h.start()
+    pids = h.answer_spawns()
+    h.stop()
+    assert h.watcher.state is WatcherState.STOPPING
+    assert [(s.pid, s.signum) for s in h.signals] == [(p, signal.SIGINT) for p in pids]
+    h.exit(pids[0], code=0)
+    h.advance(2.9)
+    assert len(h.signals) == 2
+    h.advance(0.2)
+    assert h.signals[-1] == Signal(pids[1], signal.SIGKILL, tree=True)
+    h.exit(pids[1], code=-9)
+    assert h.watcher.state is WatcherState.STOPPED
+    assert h.event_names()[-1] == "stop"
+    assert not h.pending_spawns
+
+
+def test_stop_children_signals_the_tree() -> None:
+    h = Harness(stop_children=True)
+    h.start()
+    (pid,) = h.answer_spawns()
+    h.stop()
+    assert h.signals == [Signal(pid, signal.SIGTERM, tree=True)]
+
+
+def test_stop_while_spawning_signals_once_the_pid_is_known() -> None:
+    h = Harness()
+    h.start()
+    h.stop()
+    assert h.watcher.state is WatcherState.STOPPING and not h.signals
+    (pid,) = h.answer_spawns()
+    assert h.signals == [Signal(pid, signal.SIGTERM)]
+    h.exit(pid, code=-15)
+    assert h.watcher.state is WatcherState.STOPPED
+
+
+def test_exec_failures_give_up_after_max_retry() -> None:
+    h = Harness(max_retry=3, backoff_initial=0.01)
+    h.start()
+    for _ in range(3):
+        (pid,) = h.answer_spawns()
+        h.exit(pid, code=127, exec_error="exec: No such file or directory")
+        h.advance(1)
+    assert h.watcher.state is WatcherState.FAILED
+    assert h.watcher.result is WatcherResult.EXEC_FAILED
+    assert "No such file" in h.watcher.reason
+
+
+def test_max_retry_minus_one_retries_forever() -> None:
+    h = Harness(max_retry=-1, backoff_initial=0.01, backoff_max=0.05)
+    h.start()
+    for _ in range(50):
+        h.apply(h.watcher.spawn_failed(h.pending_spawns.pop(0).spawn_id, "EAGAIN", h.now))
+        h.advance(0.1)
+    assert h.watcher.state is WatcherState.STARTING
+    assert h.pending_spawns
+
+
+def test_respawn_false_leaves_the_worker_down() -> None:
+    h = Harness(numprocesses=2, respawn=False)
+    h.start()
+    first, second = h.answer_spawns()
+    h.advance(5)
+    h.exit(first, code=0)
+    assert not h.pending_spawns
+    assert h.watcher.state is WatcherState.ACTIVE
+    assert h.watcher.pids == [second]
+
+
+def test_max_age_replaces_the_process() -> None:
+    h = Harness(max_age=10.0, max_age_variance=0.0)
+    h.start()
+    (old,) = h.answer_spawns()
+    h.advance(10.0)
+    assert h.signals == [Signal(old, signal.SIGTERM)]
+    (new,) = h.answer_spawns()
+    assert h.watcher.pid_of(1) == new
+    h.exit(old, code=-15)
+    assert h.watcher.pids == [new]
+    assert h.watcher.restarts == 0
+
+
+def test_resize_up_and_down_keeps_low_wids() -> None:
+    h = Harness(numprocesses=2)
+    h.start()
+    h.answer_spawns()
+    config = dataclasses.replace(h.watcher.config, numprocesses=4)
+    h.apply(h.watcher.update_config(config, h.now))
+    assert [s.wid for s in h.pending_spawns] == [3, 4]
+    pids = h.answer_spawns()
+    config = dataclasses.replace(h.watcher.config, numprocesses=1)
+    h.apply(h.watcher.update_config(config, h.now))
+    signalled = sorted(s.pid for s in h.signals)
+    assert signalled == sorted([h.watcher.processes[2].pid, *pids])  # wids 2, 3, 4
+
+
+def test_restart_stops_then_starts_again() -> None:
+    h = Harness()
+    h.start()
+    (old,) = h.answer_spawns()
+    h.apply(h.watcher.restart(h.now))
+    assert h.watcher.state is WatcherState.STOPPING
+    h.exit(old, code=-15)
+    assert h.watcher.state is WatcherState.STARTING
+    (new,) = h.answer_spawns()
+    assert new != old and h.watcher.state is WatcherState.ACTIVE
+
+
+def test_warmup_delay_spaces_spawns() -> None:
+    h = Harness(numprocesses=3, warmup_delay=0.5)
+    h.start()
+    assert len(h.pending_spawns) == 1
+    h.answer_spawns()
+    h.advance(0.4)
+    assert not h.pending_spawns
+    h.advance(0.2)
+    assert [s.wid for s in h.pending_spawns] == [2]
+    assert not h.watcher.start_settled
+
+
+def test_stop_cancels_pending_restarts() -> None:
+    h = Harness(backoff_initial=5.0, check_flapping=False)
+    h.start()
+    (pid,) = h.answer_spawns()
+    h.exit(pid)
+    assert (RESTART, 1) in h.timers
+    h.stop()
+    assert (RESTART, 1) not in h.timers
+    assert h.watcher.state is WatcherState.STOPPED
+    h.advance(10)
+    assert not h.pending_spawns
+
+
+def test_unknown_pid_exit_is_ignored() -> None:
+    h = Harness()
+    h.start()
+    h.answer_spawns()
+    assert h.watcher.exited(99999, 0, h.now) == []
+
+
+def test_kill_timer_of_a_reaped_process_does_nothing() -> None:
+    h = Harness()
+    h.start()
+    (pid,) = h.answer_spawns()
+    spawn_id = h.watcher.process_by_pid(pid).spawn_id
+    h.stop()
+    h.exit(pid, code=0)
+    assert (KILL, spawn_id) not in h.timers
+    assert h.watcher.timer((KILL, spawn_id), h.now) == []
+    assert h.watcher.timer((MAX_AGE, spawn_id), h.now) == []
