@@ -23,9 +23,10 @@ from circus_sd.config.loader import ConfigError, ConfigWarning
 from circus_sd.config.model import Config, WatcherConfig
 from circus_sd.config.options import option_of
 from circus_sd.process import ProcessHandle, own_children, reap_strays
+from circus_sd.process_stats import ProcessStats
 from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request
 from circus_sd.spawner import Spawner, SpawnError
-from circus_sd.states import HALTED_STATES, Want
+from circus_sd.states import HALTED_STATES, RUNNING_STATES, ProcessState, Want, WatcherState
 from circus_sd.watcher import Watcher
 
 log = logging.getLogger("circus_sd")
@@ -78,6 +79,10 @@ class Arbiter:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
+        # Filled by the control server: the endpoints it bound.
+        self.endpoints: dict[str, str] = {}
+        self._stats = ProcessStats()
+        self._started_wall: dict[int, float] = {}
 
     # -- life of the arbiter ---------------------------------------------------------------------
 
@@ -174,6 +179,145 @@ class Arbiter:
         self._feed(name, watcher.stop(self._clock()))
         await self.wait_for(lambda: watcher.state in HALTED_STATES)
 
+    async def restart_watcher(self, name: str) -> None:
+        watcher = self.watchers[name]
+        self._feed(name, watcher.restart(self._clock()))
+        await self.wait_for(lambda: watcher.state not in (WatcherState.STOPPING,))
+        await self.wait_for(lambda: watcher.start_settled)
+
+    async def reload_watcher(
+        self, name: str, graceful: bool = True, sequential: bool = False
+    ) -> None:
+        """New processes for old: with `send_hup`, SIGHUP instead; not graceful = restart."""
+        watcher = self.watchers[name]
+        if watcher.state not in RUNNING_STATES:
+            return
+        if watcher.config.send_hup:
+            for pid in watcher.pids:
+                self._signal(pid, signal.SIGHUP)
+            self.publish(name, "reload", {})
+            return
+        if not graceful:
+            await self.restart_watcher(name)
+            self.publish(name, "reload", {})
+            return
+        batches = [{wid} for wid in sorted(watcher.wids)] if sequential else [None]
+        for wids in batches:
+            old = set(watcher.pids)
+            self._feed(name, watcher.replace_processes(self._clock(), wids))
+            # The replacements are up when no process is spawning and the old ones are gone.
+            await self.wait_for(
+                lambda old=old: (
+                    watcher.start_settled
+                    and not any(  # type: ignore[misc]
+                        p.state is ProcessState.SPAWNING for p in watcher.processes.values()
+                    )
+                    and not old & set(watcher.pids)
+                )
+            )
+            if sequential and watcher.config.warmup_delay:
+                await asyncio.sleep(watcher.config.warmup_delay)
+        self.publish(name, "reload", {})
+
+    async def resize(self, name: str, numprocesses: int) -> None:
+        watcher = self.watchers[name]
+        config = dataclasses.replace(watcher.config, numprocesses=max(0, numprocesses))
+        self._feed(name, watcher.update_config(config, self._clock()))
+        await self.wait_for(
+            lambda: (
+                watcher.start_settled
+                and not any(p.state is ProcessState.SPAWNING for p in watcher.processes.values())
+            )
+        )
+
+    async def change_watcher(self, config: WatcherConfig) -> None:
+        """`set`: live options at once, others by restarting the watcher with them."""
+        await self._apply_changed(self.watchers[config.name], config)
+
+    async def add_watcher(self, config: WatcherConfig, start: bool) -> None:
+        self._add_watcher(config)
+        self.config = dataclasses.replace(self.config, watchers=(*self.config.watchers, config))
+        self.publish(config.name, "add", {})
+        if start:
+            await self.start_watcher(config.name)
+
+    async def remove_watcher(self, name: str, stop: bool = True) -> None:
+        if stop:
+            await self.stop_watcher(name)
+        watcher = self.watchers.pop(name)
+        self.config = dataclasses.replace(
+            self.config, watchers=tuple(w for w in self.config.watchers if w.name != name)
+        )
+        if not stop:
+            # Left running as Circus's --nostop does: no longer ours to supervise.
+            for pid in watcher.pids:
+                self._forget(pid)
+        self.publish(name, "remove", {})
+
+    async def kill_processes(
+        self, name: str, pid: int | None, signum: int | None, graceful_timeout: float | None
+    ) -> None:
+        watcher = self.watchers[name]
+        targets = set(watcher.pids) if pid is None else {pid}
+        self._feed(name, watcher.kill(self._clock(), pid, signum, graceful_timeout))
+        await self.wait_for(lambda: not targets & set(watcher.pids))
+
+    def signal_processes(
+        self, name: str, signum: int, pid: int | None = None, tree: bool = False
+    ) -> list[int]:
+        """Send a signal to a watcher's processes (or one); the pids signalled."""
+        pids = [p for p in self.watchers[name].pids if pid in (None, p)]
+        for target in pids:
+            self._signal(target, signum, tree)
+        return pids
+
+    def _signal(self, pid: int, signum: int, tree: bool = False) -> None:
+        handle = self._handles.get(pid)
+        if handle is not None:
+            handle.send_signal(signum, tree=tree)
+
+    def _forget(self, pid: int) -> None:
+        handle = self._handles.pop(pid, None)
+        self._owner.pop(pid, None)
+        self._started_wall.pop(pid, None)
+        self._stats.forget(pid)
+        if handle is not None and self._loop is not None:
+            self._loop.remove_reader(handle.pidfd)
+            if handle.status_fd is not None:
+                self._loop.remove_reader(handle.status_fd)
+            handle.close()
+
+    # -- what the control commands read ----------------------------------------------------------
+
+    def process_info(self, pid: int, extended: bool = False) -> Any:
+        name = self._owner.get(pid)
+        wid = None
+        if name is not None and name in self.watchers:
+            record = self.watchers[name].process_by_pid(pid)
+            wid = record.wid if record is not None else None
+        return self._stats.info(pid, extended, wid)
+
+    def process_start_times(self, name: str) -> list[float]:
+        """Wall-clock start time of each process of a watcher."""
+        return [self._started_wall[pid] for pid in self.watchers[name].pids
+                if pid in self._started_wall]
+
+    def global_options(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoints.get("endpoint"),
+            "pubsub_endpoint": self.endpoints.get("pubsub_endpoint"),
+            "stats_endpoint": None,
+            "multicast_endpoint": None,
+            "check_delay": None,
+            "pidfile": self.config.arbiter.pidfile,
+            "loglevel": self.config.arbiter.loglevel,
+        }
+
+    def watchers_stopped(self) -> asyncio.Future[None]:
+        """Done once a stop of the whole arbiter has stopped every watcher."""
+        return self.wait_for(lambda: self._stopping and all(
+            w.state in HALTED_STATES for w in self.watchers.values()))
+
     def wait_for(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
         """A future done once `predicate` holds; checked after every batch of actions."""
         assert self._loop is not None
@@ -199,13 +343,13 @@ class Arbiter:
 
     # -- configuration reload --------------------------------------------------------------------
 
-    async def reload_config(self) -> bool:
-        """Re-read the config file and apply only what changed. False if the file is broken."""
+    async def reload_config(self) -> str | None:
+        """Re-read the config file and apply only what changed; the error if it is broken."""
         try:
             new, warnings = self._loader(self.config.path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
-            return False
+            return str(exc)
         for warning in warnings:
             log.warning("%s", warning)
         if new.arbiter != self.config.arbiter:
@@ -221,7 +365,8 @@ class Arbiter:
             self.publish(watcher.name, "remove", {})
         for name, config in fresh.items():
             if name in old and old[name] != config:
-                await self._apply_changed(self.watchers[name], config)
+                async with self.lock(name):
+                    await self._apply_changed(self.watchers[name], config)
         added = [self._add_watcher(c) for n, c in fresh.items() if n not in old]
         for watcher in self._by_priority(added):
             log.info("%s: added", watcher.name)
@@ -229,22 +374,22 @@ class Arbiter:
             if watcher.config.autostart:
                 await self.start_watcher(watcher.name)
         log.info("configuration reloaded from %s", new.path)
-        return True
+        return None
 
     async def _apply_changed(self, watcher: Watcher, config: WatcherConfig) -> None:
+        """Apply a changed config; the caller holds the watcher's lock."""
         changed = _changed_options(watcher.config, config)
-        async with self.lock(watcher.name):
-            if all(_is_live(name) for name in changed):
-                log.info("%s: applying %s without a restart", watcher.name, ", ".join(changed))
-                self._feed(watcher.name, watcher.update_config(config, self._clock()))
-            else:
-                log.info("%s: %s changed, restarting it", watcher.name, ", ".join(changed))
-                running = watcher.want is Want.UP
-                await self.stop_watcher(watcher.name)
-                watcher.replace_config(config)
-                if running:
-                    await self.start_watcher(watcher.name)
-            self.publish(watcher.name, "updated", {})
+        if all(_is_live(name) for name in changed):
+            log.info("%s: applying %s without a restart", watcher.name, ", ".join(changed))
+            self._feed(watcher.name, watcher.update_config(config, self._clock()))
+        else:
+            log.info("%s: %s changed, restarting it", watcher.name, ", ".join(changed))
+            running = watcher.want is Want.UP
+            await self.stop_watcher(watcher.name)
+            watcher.replace_config(config)
+            if running:
+                await self.start_watcher(watcher.name)
+        self.publish(watcher.name, "updated", {})
 
     # -- executing actions -----------------------------------------------------------------------
 
@@ -253,9 +398,7 @@ class Arbiter:
             if isinstance(action, Spawn):
                 self._spawn(name, action)
             elif isinstance(action, Signal):
-                handle = self._handles.get(action.pid)
-                if handle is not None:
-                    handle.send_signal(action.signum, tree=action.tree)
+                self._signal(action.pid, action.signum, action.tree)
             elif isinstance(action, StartTimer):
                 self._start_timer(name, action.key, action.delay)
             elif isinstance(action, CancelTimer):
@@ -316,6 +459,7 @@ class Arbiter:
         handle = ProcessHandle(pid, status_fd)
         self._handles[pid] = handle
         self._owner[pid] = name
+        self._started_wall[pid] = time.time()
         self._loop.add_reader(handle.pidfd, self._on_exit, pid)
         self._loop.add_reader(status_fd, self._on_status, pid)
         watcher = self.watchers.get(name)
@@ -341,13 +485,9 @@ class Arbiter:
         exit_code = handle.reap()
         if exit_code is None:
             return
-        self._loop.remove_reader(handle.pidfd)
-        if handle.status_fd is not None:
-            self._loop.remove_reader(handle.status_fd)
         exec_error = handle.exec_error()
-        handle.close()
-        del self._handles[pid]
-        name = self._owner.pop(pid)
+        name = self._owner[pid]
+        self._forget(pid)
         watcher = self.watchers.get(name)
         if watcher is not None:
             self._feed(name, watcher.exited(pid, exit_code, self._clock(), exec_error))

@@ -8,10 +8,14 @@ import logging
 import os
 import resource
 import sys
+from typing import TYPE_CHECKING
 
 from circus_sd import __version__
 from circus_sd.config.loader import ConfigError, load_config
 from circus_sd.config.options import LOG_LEVELS
+
+if TYPE_CHECKING:
+    from circus_sd.arbiter import Arbiter
 
 EX_CONFIG = 78  # sysexits.h: a bad configuration; the systemd unit does not restart on it.
 
@@ -96,10 +100,41 @@ def main(argv: list[str] | None = None) -> int:
         # Before any thread exists (pyzmq starts some): the spawner is a fork of this process.
         spawner = Spawner.fork()
         arbiter = Arbiter(config, spawner, loader=load_config, defaults=defaults)
-        return asyncio.run(arbiter.run())
+        return asyncio.run(_serve(arbiter))
     finally:
         if pidfile is not None:
             pidfile.release()
+
+
+async def _serve(arbiter: Arbiter) -> int:
+    """Bind the control and event endpoints, then run the arbiter until it stops."""
+    from circus_sd.control.server import ControlServer, EndpointError
+
+    options = arbiter.config.arbiter
+    server = None
+    try:
+        server = ControlServer(
+            arbiter,
+            endpoint=options.endpoint,
+            pubsub_endpoint=options.pubsub_endpoint,
+            group=options.endpoint_group,
+            owner=options.endpoint_owner,
+            insecure_tcp=options.insecure_tcp,
+        )
+        server.bind()
+    except EndpointError as exc:
+        log.error("%s", exc)
+        if server is not None:
+            await server.close()
+        arbiter.spawner.close()
+        os.waitpid(arbiter.spawner.pid, 0)
+        return 1 if exc.in_use else EX_CONFIG
+    serving = asyncio.create_task(server.serve())
+    try:
+        return await arbiter.run()
+    finally:
+        serving.cancel()
+        await server.close()
 
 
 def _raise_nofile_limit() -> None:

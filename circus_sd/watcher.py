@@ -87,6 +87,10 @@ class Watcher:
     def pids(self) -> list[int]:
         return sorted(p.pid for p in self.processes.values() if p.pid is not None)
 
+    @property
+    def wids(self) -> list[int]:
+        return sorted({p.wid for p in self.processes.values() if p.pid is not None})
+
     def pid_of(self, wid: int) -> int | None:
         for process in self.processes.values():
             if process.wid == wid and process.state is ProcessState.RUNNING:
@@ -135,6 +139,31 @@ class Watcher:
             return self.start(now)
         self.want = Want.UP
         return self._halt(WatcherState.STOPPED, now)
+
+    def replace_processes(self, now: float, wids: set[int] | None = None) -> list[Action]:
+        """Stop running processes (of `wids`, or all); their workers respawn at once."""
+        actions: list[Action] = []
+        for process in list(self.processes.values()):
+            if process.state is ProcessState.RUNNING and (wids is None or process.wid in wids):
+                actions += self._stop_process(process)
+        return actions + self._reconcile(now)
+
+    def kill(
+        self,
+        now: float,
+        pid: int | None = None,
+        signum: int | None = None,
+        graceful_timeout: float | None = None,
+    ) -> list[Action]:
+        """`kill` command: stop one process (or all) with a signal, SIGKILL after a timeout.
+
+        Unlike `stop`, the watcher stays up: its workers respawn as after any exit.
+        """
+        actions: list[Action] = []
+        for process in list(self.processes.values()):
+            if process.state is ProcessState.RUNNING and pid in (None, process.pid):
+                actions += self._stop_process(process, signum, graceful_timeout)
+        return actions + self._reconcile(now)
 
     def update_config(self, config: WatcherConfig, now: float) -> list[Action]:
         """Apply options that take effect without restarting processes (numprocesses, timeouts)."""
@@ -224,8 +253,8 @@ class Watcher:
                 Publish("kill", {"process_pid": process.pid}),
                 Log(
                     logging.WARNING,
-                    f"{self._label(process)} still running {self.config.graceful_timeout:g} s "
-                    "after its stop signal: SIGKILL",
+                    f"{self._label(process)} still running when its graceful timeout ran out: "
+                    "SIGKILL",
                 ),
             ]
         if kind == MAX_AGE:
@@ -293,7 +322,11 @@ class Watcher:
             actions += self._stop_process(process)
         return actions + self._reconcile(now)
 
-    def _stop_process(self, process: ProcessRecord) -> list[Action]:
+    def _stop_process(
+        self, process: ProcessRecord, signum: int | None = None, timeout: float | None = None
+    ) -> list[Action]:
+        signum = self.config.stop_signal if signum is None else signum
+        timeout = self.config.graceful_timeout if timeout is None else timeout
         if process.state is ProcessState.SPAWNING:
             process.stop_requested = True
             return []
@@ -304,7 +337,7 @@ class Watcher:
             CancelTimer((MAX_AGE, process.spawn_id)),
             CancelTimer((HEALTHY, process.spawn_id)),
         ]
-        if self.config.graceful_timeout <= 0:
+        if timeout <= 0:
             process.move_to(ProcessState.STOP_SIGKILL)
             return [
                 *actions,
@@ -314,9 +347,9 @@ class Watcher:
         process.move_to(ProcessState.STOP_SIGNAL)
         return [
             *actions,
-            Signal(process.pid, self.config.stop_signal, tree=self.config.stop_children),
+            Signal(process.pid, signum, tree=self.config.stop_children),
             Publish("kill", {"process_pid": process.pid}),
-            StartTimer((KILL, process.spawn_id), self.config.graceful_timeout),
+            StartTimer((KILL, process.spawn_id), timeout),
         ]
 
     def _after_exit(self, process: ProcessRecord, what: str, now: float) -> list[Action]:

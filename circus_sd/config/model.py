@@ -147,6 +147,12 @@ class ArbiterConfig:
     endpoint_owner: str | None = option(
         optional_text, None, "User that owns an ipc:// control socket."
     )
+    endpoint_group: int | None = option(
+        group_id, None, "Group whose members may use the control socket (status, start, incr...)."
+    )
+    insecure_tcp: bool = option(
+        boolean, False, "Allow a tcp:// endpoint on a non-loopback address without CURVE keys."
+    )
     pidfile: str | None = option(optional_text, None, "Write the arbiter's pid here (locked).")
     umask: int | None = option(octal_mode, None, "umask of the arbiter and its children, octal.")
     loglevel: str = option(log_level, "info", "Arbiter log level.")

@@ -1,0 +1,448 @@
+"""What each control command does to the arbiter: one handler per registry entry.
+
+A handler validates synchronously (so errors reach even a client that does not wait) and then
+either returns its result, or a `Deferred` holding the work for commands that Circus runs
+asynchronously: the server awaits it only when the request says `waiting`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import re
+import shlex
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psutil
+
+from circus_sd.arbiter import Arbiter, Request
+from circus_sd.config.model import WatcherConfig
+from circus_sd.config.options import OptionValueError, signal_number
+from circus_sd.control.protocol import (
+    CommandError,
+    prop_bool,
+    prop_float,
+    prop_int,
+    prop_required_str,
+    prop_str,
+)
+from circus_sd.control.watcher_options import apply_options, option_values
+
+
+@dataclasses.dataclass
+class Deferred:
+    """Work a command does after validation; its result is sent only to a waiting client."""
+
+    work: Awaitable[dict[str, Any] | None]
+
+
+Result = dict[str, Any] | None | Deferred
+Handler = Callable[[Arbiter, dict[str, Any]], Result]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _watcher_name(arbiter: Arbiter, props: dict[str, Any]) -> str:
+    name = prop_required_str(props, "name")
+    if name in arbiter.watchers:
+        return name
+    for candidate in arbiter.watchers:
+        if candidate.lower() == name.lower():
+            return candidate
+    raise CommandError(f"program {name} not found")
+
+
+def _matching(arbiter: Arbiter, props: dict[str, Any]) -> list[str]:
+    """Watchers named by `name` under `match` (glob by default, as in Circus); all if no name."""
+    name = prop_str(props, "name")
+    if not name:
+        return list(arbiter.watchers)
+    match = prop_str(props, "match", "glob") or "glob"
+    if match == "simple":
+        return [_watcher_name(arbiter, props)]
+    if match == "glob":
+        found = [w for w in arbiter.watchers if fnmatch.fnmatchcase(w.lower(), name.lower())]
+    elif match == "regex":
+        try:
+            pattern = re.compile(name)
+        except re.error as exc:
+            raise CommandError(f"invalid regex {name!r}: {exc}") from None
+        found = [w for w in arbiter.watchers if pattern.fullmatch(w)]
+    else:
+        raise CommandError(f"match: expected simple, glob or regex, got {match!r}")
+    if not found:
+        raise CommandError(f"program {name} not found")
+    return found
+
+
+async def _each(arbiter: Arbiter, names: list[str], work: Callable[[str], Awaitable[None]]) -> None:
+    for name in names:
+        async with arbiter.lock(name):
+            if name in arbiter.watchers:
+                await work(name)
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+@handles("start")
+def start(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    names = _matching(arbiter, props)
+
+    async def work() -> dict[str, Any] | None:
+        before = {n: set(arbiter.watchers[n].pids) for n in names}
+        await _each(arbiter, names, arbiter.start_watcher)
+        if len(names) == 1 and names[0] in arbiter.watchers:
+            now = set(arbiter.watchers[names[0]].pids)
+            old = before[names[0]]
+            return {"info": {"started": sorted(now - old), "kept": sorted(now & old)}}
+        return None
+
+    return Deferred(work())
+
+
+@handles("stop")
+def stop(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    names = _matching(arbiter, props)
+
+    async def work() -> None:
+        await _each(arbiter, names, arbiter.stop_watcher)
+
+    return Deferred(work())
+
+
+@handles("restart")
+def restart(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    names = _matching(arbiter, props)
+
+    async def work() -> dict[str, Any] | None:
+        before = {n: set(arbiter.watchers[n].pids) for n in names}
+        await _each(arbiter, names, arbiter.restart_watcher)
+        return _replaced(arbiter, names, before)
+
+    return Deferred(work())
+
+
+@handles("reload")
+def reload(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    names = _matching(arbiter, props)
+    graceful = prop_bool(props, "graceful", True)
+    sequential = prop_bool(props, "sequential", False)
+
+    async def work() -> dict[str, Any] | None:
+        before = {n: set(arbiter.watchers[n].pids) for n in names}
+
+        async def one(name: str) -> None:
+            await arbiter.reload_watcher(name, graceful, sequential)
+
+        await _each(arbiter, names, one)
+        return _replaced(arbiter, names, before)
+
+    return Deferred(work())
+
+
+def _replaced(
+    arbiter: Arbiter, names: list[str], before: dict[str, set[int]]
+) -> dict[str, Any] | None:
+    if len(names) != 1 or names[0] not in arbiter.watchers:
+        return None
+    now = set(arbiter.watchers[names[0]].pids)
+    old = before[names[0]]
+    return {
+        "info": {
+            "stopped": sorted(old - now),
+            "started": sorted(now - old),
+            "kept": sorted(now & old),
+        }
+    }
+
+
+@handles("reloadconfig")
+def reloadconfig(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    async def work() -> dict[str, Any] | None:
+        error = await arbiter.reload_config()
+        if error is not None:
+            raise CommandError(f"reloadconfig refused: {error}")
+        return None
+
+    return Deferred(work())
+
+
+@handles("quit")
+def quit_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    async def work() -> None:
+        arbiter.request(Request.STOP)
+        await arbiter.watchers_stopped()
+
+    return Deferred(work())
+
+
+@handles("incr")
+def incr(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    return _resize(arbiter, props, +1)
+
+
+@handles("decr")
+def decr(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    return _resize(arbiter, props, -1)
+
+
+def _resize(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Result:
+    name = _watcher_name(arbiter, props)
+    nb = prop_int(props, "nb", 1)
+    assert nb is not None
+    if nb < 0:
+        raise CommandError("nb: expected a number >= 0")
+    watcher = arbiter.watchers[name]
+    if watcher.config.singleton:
+        return {"numprocesses": watcher.config.target_processes, "singleton": True}
+
+    async def work() -> dict[str, Any]:
+        async with arbiter.lock(name):
+            target = max(0, watcher.config.numprocesses + sign * nb)
+            await arbiter.resize(name, target)
+            return {"numprocesses": watcher.config.numprocesses}
+
+    return Deferred(work())
+
+
+@handles("kill")
+def kill(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    name = _watcher_name(arbiter, props)
+    pid = prop_int(props, "pid")
+    signum = _signum(props.get("signum")) if props.get("signum") is not None else None
+    timeout = prop_float(props, "graceful_timeout")
+    if pid is not None and pid not in arbiter.watchers[name].pids:
+        raise CommandError(f"process {pid} not found in {name}")
+
+    async def work() -> None:
+        async with arbiter.lock(name):
+            await arbiter.kill_processes(name, pid, signum, timeout)
+
+    return Deferred(work())
+
+
+@handles("signal")
+def signal_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    name = _watcher_name(arbiter, props)
+    signum = _signum(props.get("signum"))
+    pid = prop_int(props, "pid")
+    # Circus reads `childpid`; its docs and ResourceWatcher send `child_pid`: accept both.
+    child = prop_int(props, "childpid", prop_int(props, "child_pid"))
+    children = prop_bool(props, "children") or prop_bool(props, "recursive")
+    if child is not None:
+        return _signal_child(arbiter, name, pid, child, signum)
+    if pid is not None and pid not in arbiter.watchers[name].pids:
+        raise CommandError(f"process {pid} not found in {name}")
+    arbiter.signal_processes(name, signum, pid, tree=children)
+    return None
+
+
+def _signal_child(arbiter: Arbiter, name: str, pid: int | None, child: int, signum: int) -> Result:
+    for parent in arbiter.watchers[name].pids:
+        if pid not in (None, parent):
+            continue
+        try:
+            descendants = {c.pid for c in psutil.Process(parent).children(recursive=True)}
+        except psutil.Error:
+            continue
+        if child in descendants:
+            os.kill(child, signum)
+            return None
+    raise CommandError(f"child {child} not found under {name}")
+
+
+def _signum(value: Any) -> int:
+    try:
+        return signal_number(str(value))
+    except OptionValueError as exc:
+        raise CommandError(f"signum: {exc}") from None
+
+
+# -- changing what runs ------------------------------------------------------------------------
+
+
+@handles("add")
+def add(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    name = prop_required_str(props, "name")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise CommandError(f"{name!r}: a watcher name is made of letters, digits, _ . -")
+    if any(w.lower() == name.lower() for w in arbiter.watchers):
+        raise CommandError(f"watcher {name} already exists")
+    cmd = prop_required_str(props, "cmd")
+    args = props.get("args", "")
+    options = props.get("options") or {}
+    if not isinstance(options, dict):
+        raise CommandError("options: expected an object")
+    config = apply_options(WatcherConfig(name=name, cmd=cmd, args=_args_text(args)), options)
+    start_now = prop_bool(props, "start")
+
+    async def work() -> None:
+        async with arbiter.lock(name):
+            await arbiter.add_watcher(config, start_now)
+
+    return Deferred(work())
+
+
+def _args_text(args: Any) -> str:
+    if isinstance(args, list):
+        return shlex.join(str(a) for a in args)
+    if args is None:
+        return ""
+    return str(args)
+
+
+@handles("rm")
+def rm(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    name = _watcher_name(arbiter, props)
+    nostop = prop_bool(props, "nostop")
+
+    async def work() -> None:
+        async with arbiter.lock(name):
+            if name in arbiter.watchers:
+                await arbiter.remove_watcher(name, stop=not nostop)
+
+    return Deferred(work())
+
+
+@handles("set")
+def set_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    name = _watcher_name(arbiter, props)
+    options = props.get("options")
+    if not isinstance(options, dict) or not options:
+        raise CommandError("options: expected an object of option: value")
+    config = apply_options(arbiter.watchers[name].config, options)
+
+    async def work() -> None:
+        async with arbiter.lock(name):
+            await arbiter.change_watcher(config)
+
+    return Deferred(work())
+
+
+# -- looking -----------------------------------------------------------------------------------
+
+
+@handles("list")
+def list_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    if prop_str(props, "name"):
+        return {"pids": arbiter.watchers[_watcher_name(arbiter, props)].pids}
+    return {"watchers": sorted(arbiter.watchers)}
+
+
+@handles("listsockets")
+def listsockets(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    return {"sockets": []}
+
+
+@handles("status")
+def status(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    if prop_str(props, "name"):
+        name = _watcher_name(arbiter, props)
+        # Circus overwrites the envelope's "status" with the watcher's.
+        return {
+            "status": arbiter.watchers[name].state.circus_status,
+            "details": {name: _details(arbiter, name)},
+        }
+    return {
+        "statuses": {n: w.state.circus_status for n, w in sorted(arbiter.watchers.items())},
+        "details": {n: _details(arbiter, n) for n in sorted(arbiter.watchers)},
+    }
+
+
+def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:
+    watcher = arbiter.watchers[name]
+    started = arbiter.process_start_times(name)
+    return {
+        "state": watcher.state.value,
+        "pids": watcher.pids,
+        "numprocesses": watcher.config.target_processes,
+        "restarts": watcher.restarts,
+        "reason": watcher.reason or None,
+        "started": min(started) if started else None,
+    }
+
+
+@handles("numprocesses")
+def numprocesses(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    if prop_str(props, "name"):
+        name = _watcher_name(arbiter, props)
+        return {"numprocesses": len(arbiter.watchers[name].processes), "watcher_name": name}
+    return {"numprocesses": sum(len(w.processes) for w in arbiter.watchers.values())}
+
+
+@handles("numwatchers")
+def numwatchers(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    return {"numwatchers": len(arbiter.watchers)}
+
+
+@handles("options")
+def options(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    name = _watcher_name(arbiter, props)
+    return {"options": option_values(arbiter.watchers[name].config)}
+
+
+@handles("get")
+def get(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    name = _watcher_name(arbiter, props)
+    keys = props.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise CommandError("keys: expected a list of option names")
+    values = option_values(arbiter.watchers[name].config)
+    result = {}
+    for key in keys:
+        if str(key) not in values:
+            raise CommandError(f"{key}: not a known option")
+        result[str(key)] = values[str(key)]
+    return {"options": result}
+
+
+@handles("globaloptions")
+def globaloptions(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    values = arbiter.global_options()
+    key = prop_str(props, "option")
+    if key:
+        if key not in values:
+            raise CommandError(f"{key}: not a known option")
+        return {"options": {key: values[key]}}
+    return {"options": values}
+
+
+@handles("stats")
+def stats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    extended = prop_bool(props, "extended")
+    pid = prop_int(props, "process")
+    if prop_str(props, "name"):
+        name = _watcher_name(arbiter, props)
+        if pid is not None:
+            if pid not in arbiter.watchers[name].pids:
+                raise CommandError(f"process {pid} not found in {name}")
+            return {"process": pid, "info": arbiter.process_info(pid, extended)}
+        return {"name": name, "info": _watcher_stats(arbiter, name, extended)}
+    return {"infos": {n: _watcher_stats(arbiter, n, extended) for n in sorted(arbiter.watchers)}}
+
+
+def _watcher_stats(arbiter: Arbiter, name: str, extended: bool) -> dict[str, Any]:
+    return {str(pid): arbiter.process_info(pid, extended) for pid in arbiter.watchers[name].pids}
+
+
+@handles("dstats")
+def dstats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    return {"info": arbiter.process_info(os.getpid(), extended=False)}
+
+
+@handles("ipython")
+def ipython(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    raise CommandError("ipython is not supported by circus-sd")

@@ -1,0 +1,368 @@
+"""The control endpoint (ZMQ ROUTER) and the events endpoint (ZMQ PUB), secure by default."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import pwd
+import traceback
+import urllib.parse
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from circus_sd.arbiter import Arbiter
+from circus_sd.control.handlers import HANDLERS, Deferred
+from circus_sd.control.protocol import (
+    CommandError,
+    Errno,
+    Request,
+    RequestError,
+    encode,
+    error_reply,
+    ok_reply,
+    parse_request,
+)
+from circus_sd.control.registry import COMMANDS, Tier, option_needs_admin
+from circus_sd.endpoints import default_endpoint, default_pubsub_endpoint, ipc_path
+
+log = logging.getLogger("circus_sd.control")
+
+
+class EndpointError(Exception):
+    """An endpoint that cannot or must not be used; the arbiter does not start."""
+
+    def __init__(self, message: str, in_use: bool = False) -> None:
+        super().__init__(message)
+        # In use by another arbiter (a runtime conflict), rather than a configuration mistake.
+        self.in_use = in_use
+
+
+class ControlServer:
+    """Serves Circus's JSON commands; checks each request's sender against its access tier."""
+
+    def __init__(
+        self,
+        arbiter: Arbiter,
+        endpoint: str | None = None,
+        pubsub_endpoint: str | None = None,
+        group: int | None = None,
+        owner: str | None = None,
+        insecure_tcp: bool = False,
+    ) -> None:
+        self.arbiter = arbiter
+        self.endpoint = endpoint or default_endpoint()
+        self.pubsub_endpoint = pubsub_endpoint or default_pubsub_endpoint()
+        self.group = group
+        self.owner_uid = _owner_uid(owner)
+        self.insecure_tcp = insecure_tcp
+        self._context: zmq.asyncio.Context | None = None
+        self._router: zmq.asyncio.Socket | None = None
+        self._pub: zmq.Socket[bytes] | None = None
+        self._locks: list[int] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tiers: dict[tuple[int, int], Tier | None] = {}
+        self._own_uid = os.geteuid()
+
+    # -- binding -----------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind both endpoints; call from the loop's thread, after the spawner was forked."""
+        for endpoint in (self.endpoint, self.pubsub_endpoint):
+            self._check_endpoint(endpoint)
+        self._context = zmq.asyncio.Context()
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.linger = 0
+        self._bind(self._router, self.endpoint)
+        # A plain (blocking-API) socket on the same context: publishing is a non-blocking send.
+        pub: zmq.Socket[bytes] = zmq.Context.shadow(self._context.underlying).socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        self._pub = pub
+        self._bind(pub, self.pubsub_endpoint)
+        self.arbiter.endpoints = {
+            "endpoint": self.endpoint,
+            "pubsub_endpoint": self.pubsub_endpoint,
+        }
+        self.arbiter.listeners.append(self.publish)
+        log.info("control on %s, events on %s", self.endpoint, self.pubsub_endpoint)
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        scheme = endpoint.partition("://")[0]
+        if scheme == "ipc":
+            return
+        if scheme != "tcp":
+            raise EndpointError(f"{endpoint}: only ipc:// and tcp:// endpoints are supported")
+        host = urllib.parse.urlsplit(endpoint).hostname or ""
+        if _is_loopback(host):
+            log.warning(
+                "%s has no authentication: every local user can control circus-sd through it "
+                "(and run programs as its user with `add`). Prefer the default ipc:// socket.",
+                endpoint,
+            )
+        elif self.insecure_tcp:
+            log.warning("%s is open to the network WITHOUT authentication (insecure_tcp)", endpoint)
+        else:
+            raise EndpointError(
+                f"{endpoint}: a control endpoint on a non-loopback address needs authentication; "
+                "use an ipc:// or loopback endpoint, or set insecure_tcp = true to accept the risk"
+            )
+
+    def _bind(self, socket: Any, endpoint: str) -> None:
+        path = ipc_path(endpoint)
+        if path is None:
+            try:
+                socket.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise EndpointError(f"cannot bind {endpoint}: {exc}", in_use=True) from None
+            return
+        directory = os.path.dirname(path) or "."
+        self._prepare_directory(directory)
+        # ZMQ would silently unlink a live socket: a lock beside it tells a second arbiter no.
+        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise EndpointError(
+                f"{endpoint} is in use by another circus-sd (its lock {path}.lock is held)",
+                in_use=True,
+            ) from None
+        self._locks.append(lock)
+        mode = 0o660 if self.group is not None or self.owner_uid is not None else 0o600
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise EndpointError(f"cannot bind {endpoint}: {exc}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+        if self.group is not None or self.owner_uid is not None:
+            os.chown(
+                path,
+                -1 if self.owner_uid is None else self.owner_uid,
+                -1 if self.group is None else self.group,
+            )
+
+    def _prepare_directory(self, directory: str) -> None:
+        if os.path.isdir(directory):
+            return
+        shared = self.group is not None or self.owner_uid is not None
+        os.makedirs(directory, mode=0o755 if shared else 0o700, exist_ok=True)
+        if self.group is not None:
+            os.chown(directory, -1, self.group)
+            os.chmod(directory, 0o750)
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        assert self._router is not None
+        while True:
+            frames = await self._router.recv_multipart(copy=False)
+            self._handle_frames(frames)
+
+    def _handle_frames(self, frames: list[Any]) -> None:
+        identity = frames[0].bytes
+        # A REQ client puts an empty delimiter before its request: answer it in its own shape.
+        envelope = [identity]
+        body = frames[1:]
+        if len(body) == 2 and not body[0].bytes:
+            envelope.append(b"")
+            body = body[1:]
+        if len(body) != 1:
+            log.debug("dropping a %d-frame message", len(frames))
+            return
+        peer = _peer_credentials(body[0]) if ipc_path(self.endpoint) else None
+        try:
+            request = parse_request(body[0].bytes)
+        except RequestError as exc:
+            self._reply(envelope, error_reply(exc.request_id, exc.reason, exc.errno))
+            return
+        except CommandError as exc:
+            self._reply(envelope, error_reply(None, exc.reason, exc.errno))
+            return
+        task = asyncio.create_task(self._run(envelope, request, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self, envelope: list[bytes], request: Request, peer: tuple[int, int] | None
+    ) -> None:
+        try:
+            result = await self._execute(request, peer)
+        except CommandError as exc:
+            reply = error_reply(request.id, exc.reason, exc.errno)
+        except OSError as exc:
+            reply = error_reply(request.id, str(exc), Errno.OS_ERROR)
+        except Exception as exc:  # a bug in one command must not stop the server
+            log.exception("command %s failed", request.command)
+            reply = error_reply(
+                request.id,
+                f"{type(exc).__name__}: {exc}",
+                Errno.COMMAND_ERROR,
+                traceback.format_exc(),
+            )
+        else:
+            reply = ok_reply(request.id, result)
+        if not request.cast:
+            self._reply(envelope, reply)
+
+    async def _execute(
+        self, request: Request, peer: tuple[int, int] | None
+    ) -> dict[str, Any] | None:
+        if request.command == "listen":
+            raise CommandError("invalid message. use a pub/sub socket")
+        command = COMMANDS.get(request.command)
+        handler = HANDLERS.get(request.command)
+        if command is None or handler is None:
+            raise CommandError(f"unknown command: {request.command!r}", Errno.UNKNOWN_COMMAND)
+        self._authorize(request, command.tier, peer)
+        for key in command.required:
+            if key not in request.properties:
+                raise CommandError(f"message invalid: missing property {key!r}")
+        log.debug("command %s %s", request.command, json.dumps(request.properties, default=str))
+        result = handler(self.arbiter, request.properties)
+        if not isinstance(result, Deferred):
+            return result
+        waiting = request.properties.get("waiting") is True
+        if waiting:
+            return await result.work
+        task = asyncio.ensure_future(result.work)
+        task.add_done_callback(_log_failure(request.command))
+        return None
+
+    def _authorize(self, request: Request, needed: Tier, peer: tuple[int, int] | None) -> None:
+        if request.command == "set":
+            options = request.properties.get("options")
+            if isinstance(options, dict) and any(option_needs_admin(str(k)) for k in options):
+                needed = Tier.ADMIN
+        if peer is None:
+            return  # tcp: no credentials exist; refused at start-up unless loopback/insecure
+        tier = self._tier_of(*peer)
+        if tier is None:
+            raise CommandError(
+                f"access denied: uid {peer[0]} may not use this circus-sd "
+                "(not root, not its user, not in its endpoint_group)",
+                Errno.ACCESS_DENIED,
+            )
+        if tier < needed:
+            raise CommandError(
+                f"access denied: {request.command} changes what runs or as whom; "
+                f"uid {peer[0]} may only read and drive the configured watchers",
+                Errno.ACCESS_DENIED,
+            )
+
+    def _tier_of(self, uid: int, gid: int) -> Tier | None:
+        key = (uid, gid)
+        if key not in self._tiers:
+            self._tiers[key] = self._compute_tier(uid, gid)
+        return self._tiers[key]
+
+    def _compute_tier(self, uid: int, gid: int) -> Tier | None:
+        if uid in (0, self._own_uid):
+            return Tier.ADMIN
+        if uid == self.owner_uid:
+            return Tier.OPERATE
+        if self.group is None:
+            return None
+        if gid == self.group:
+            return Tier.OPERATE
+        try:
+            name = pwd.getpwuid(uid).pw_name
+            if self.group in os.getgrouplist(name, gid):
+                return Tier.OPERATE
+        except KeyError:
+            pass
+        return None
+
+    def _reply(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
+        if self._router is None:
+            return
+        with contextlib.suppress(zmq.ZMQError):
+            self._router.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        if self._pub is None:
+            return
+        # PUB never blocks: past the high-water mark a slow subscriber loses messages, not us.
+        with contextlib.suppress(zmq.ZMQError):
+            self._pub.send_multipart(
+                [topic.encode(), json.dumps(payload).encode()], flags=zmq.NOBLOCK
+            )
+
+    async def close(self) -> None:
+        """Let replies in flight (e.g. `quit --waiting`) go out, then close everything."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        with contextlib.suppress(ValueError):
+            self.arbiter.listeners.remove(self.publish)
+        for socket in (self._router, self._pub):
+            if socket is not None:
+                socket.close(linger=100)
+        self._router = self._pub = None
+        if self._context is not None:
+            self._context.term()
+        for endpoint in (self.endpoint, self.pubsub_endpoint):
+            path = ipc_path(endpoint)
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        for lock in self._locks:
+            os.close(lock)
+        self._locks.clear()
+
+
+def _peer_credentials(frame: Any) -> tuple[int, int] | None:
+    """(uid, gid) of an ipc:// peer, which libzmq reports as "Peer-Address" host:uid:gid:pid."""
+    try:
+        address = frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError):
+        return None
+    parts = str(address).split(":")
+    if len(parts) < 4:
+        return None
+    try:
+        return int(parts[-3]), int(parts[-2])
+    except ValueError:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _owner_uid(owner: str | None) -> int | None:
+    if not owner:
+        return None
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        if owner.isdigit():
+            return int(owner)
+        raise EndpointError(f"endpoint_owner: no user {owner!r}") from None
+
+
+def _log_failure(command: str) -> Any:
+    def check(task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, CommandError):
+            log.error("%s: %s", command, exc.reason)
+        elif exc is not None:
+            log.error("%s failed: %s", command, exc, exc_info=exc)
+
+    return check

@@ -1,0 +1,77 @@
+"""Per-process statistics in Circus's `stats` format, read from /proc through psutil."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+
+NO_SUCH_PROCESS = "No such process (stopped?)"
+
+
+def human_bytes(value: float) -> str:
+    """Circus's short sizes: 3M, 512K, 1.2G."""
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if value >= size:
+            scaled = value / size
+            return f"{scaled:.1f}{unit}" if scaled < 10 and unit != "K" else f"{scaled:.0f}{unit}"
+    return f"{value:.0f}"
+
+
+def _ctime(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:05.2f}"
+
+
+class ProcessStats:
+    """Keeps psutil handles between calls, so that `cpu` is a real percentage since last time."""
+
+    def __init__(self) -> None:
+        self._handles: dict[int, psutil.Process] = {}
+
+    def _handle(self, pid: int) -> psutil.Process:
+        handle = self._handles.get(pid)
+        if handle is None:
+            handle = self._handles[pid] = psutil.Process(pid)
+            handle.cpu_percent(None)
+        return handle
+
+    def forget(self, pid: int) -> None:
+        self._handles.pop(pid, None)
+
+    def info(self, pid: int, extended: bool = False, wid: int | None = None) -> Any:
+        try:
+            return self._info(self._handle(pid), extended, wid)
+        except psutil.Error:
+            self.forget(pid)
+            return NO_SUCH_PROCESS
+
+    def _info(self, process: psutil.Process, extended: bool, wid: int | None) -> dict[str, Any]:
+        with process.oneshot():
+            memory = process.memory_info()
+            times = process.cpu_times()
+            created = process.create_time()
+            info: dict[str, Any] = {
+                "pid": process.pid,
+                "wid": wid,
+                "mem_info1": human_bytes(memory.rss),
+                "mem_info2": human_bytes(memory.vms),
+                "cpu": process.cpu_percent(None),
+                "mem": round(process.memory_percent(), 1),
+                "ctime": _ctime(times.user + times.system),
+                "username": process.username(),
+                "nice": process.nice(),
+                "cmdline": process.name(),
+                "create_time": created,
+                "started": created,
+                "age": round(time.time() - created, 3),
+            }
+        children = []
+        for child in process.children(recursive=extended):
+            try:
+                children.append(self._info(child, False, None))
+            except psutil.Error:
+                continue
+        info["children"] = children
+        return info
