@@ -1,0 +1,1 @@
+"""The control channel: Circus's ZMQ command protocol and the PUB events."""
