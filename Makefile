@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-venv python3-dev procps
 EXAMPLE ?= example/circus.ini
 
-.PHONY: all deps venv run check test test-unit test-integration lint clean
+.PHONY: all deps venv run check test test-unit test-integration lint clean docs bench bench-quick
 
 all: venv
 
@@ -45,5 +45,34 @@ test-integration: venv
 test: lint venv
 	$(PY) -m pytest -q tests/unit tests/integration
 
+# Benchmarks against the peers (bench/README.md). The peers live in their own venv, never in
+# the project's. circus 0.19 runs on Python 3.11 with current tornado and pyzmq (checked with
+# tornado 6.5/6.6 and pyzmq 26/27): the bounds below only keep to what was checked.
+BENCH_VENV  := .build/bench-venv
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_CHILD := .build/bench/bench-child
+BENCH_PEERS := 'circus==0.19.*' 'supervisor==4.3.*' 'tornado>=6.4,<7' 'pyzmq>=26,<28' matplotlib
+
+$(BENCH_VENV)/.stamp: .build/apt.stamp
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q $(BENCH_PEERS)
+	@touch $@
+
+$(BENCH_CHILD): bench/child.c .build/apt.stamp
+	@mkdir -p $(dir $@)
+	gcc -O2 -Wall -Wextra -o $@ bench/child.c
+
+# One run, bounded in time; BENCH_QUICK=1 for the short version (N=100, 3 repetitions).
+bench: venv $(BENCH_VENV)/.stamp $(BENCH_CHILD)
+	timeout -s TERM 1500 $(BENCH_PY) -m bench --child $(BENCH_CHILD) --project-venv $(VENV)
+
+bench-quick:
+	BENCH_QUICK=1 $(MAKE) bench
+
 clean:
 	rm -rf $(VENV) .build .mypy_cache .pytest_cache .ruff_cache
+
+# Regenerate the README's option tables from the option declarations.
+docs: venv
+	$(PY) -m circus_sd.config.doc --write README.md

@@ -86,7 +86,9 @@ class WatcherConfig:
         number(), 0.0, "Restart a process after this many seconds (0 = never).", live=True
     )
     max_age_variance: float = option(
-        number(), 30.0, "Random seconds added to `max_age`, so processes do not restart together.",
+        number(),
+        30.0,
+        "Random seconds added to `max_age`, so processes do not restart together.",
         live=True,
     )
     umask: int | None = option(
@@ -96,7 +98,9 @@ class WatcherConfig:
     close_child_stdout: bool = option(boolean, False, "Discard the processes' stdout.")
     close_child_stderr: bool = option(boolean, False, "Discard the processes' stderr.")
     max_retry: int = option(
-        integer(-1), 5, "Consecutive failed execs before the watcher stops (-1 = forever).",
+        integer(-1),
+        5,
+        "Consecutive failed execs before the watcher stops (-1 = forever).",
         live=True,
     )
     min_uptime: float = option(
@@ -110,20 +114,32 @@ class WatcherConfig:
         boolean, True, "Pause the watcher when its processes keep failing.", live=True
     )
     flapping_attempts: int = option(
-        integer(1), 2, "Failed starts within `flapping.window` that make a watcher flap.",
-        key="flapping.attempts", live=True,
+        integer(1),
+        2,
+        "Failed starts within `flapping.window` that make a watcher flap.",
+        key="flapping.attempts",
+        live=True,
     )
     flapping_window: float = option(
-        number(), 1.0, "Window (seconds) for `flapping.attempts`.", key="flapping.window",
+        number(),
+        1.0,
+        "Window (seconds) for `flapping.attempts`.",
+        key="flapping.window",
         live=True,
     )
     flapping_retry_in: float = option(
-        number(), 7.0, "Seconds a flapping watcher is paused before it is started again.",
-        key="flapping.retry_in", live=True,
+        number(),
+        7.0,
+        "Seconds a flapping watcher is paused before it is started again.",
+        key="flapping.retry_in",
+        live=True,
     )
     flapping_max_retry: int = option(
-        integer(-1), 5, "Pauses before a flapping watcher is given up (-1 = never).",
-        key="flapping.max_retry", live=True,
+        integer(-1),
+        5,
+        "Pauses before a flapping watcher is given up (-1 = never).",
+        key="flapping.max_retry",
+        live=True,
     )
     # Not options of their own: filled from `[env...]` sections and `rlimit_*` keys.
     env: Mapping[str, str] = dataclasses.field(default_factory=_empty)
@@ -142,10 +158,18 @@ class WatcherConfig:
 class ArbiterConfig:
     """The `[circus]` section."""
 
-    endpoint: str | None = option(optional_text, None, "Control endpoint (ZMQ).")
-    pubsub_endpoint: str | None = option(optional_text, None, "Events endpoint (ZMQ PUB).")
+    endpoint: str | None = option(
+        optional_text,
+        None,
+        "Control endpoint (ZMQ ROUTER); default `ipc:///run/circus-sd/control.sock` (root).",
+    )
+    pubsub_endpoint: str | None = option(
+        optional_text,
+        None,
+        "Events endpoint (ZMQ PUB); default `ipc:///run/circus-sd/events.sock`.",
+    )
     endpoint_owner: str | None = option(
-        optional_text, None, "User that owns an ipc:// control socket."
+        optional_text, None, "User who owns the ipc:// sockets and may operate (not admin) them."
     )
     endpoint_group: int | None = option(
         group_id, None, "Group whose members may use the control socket (status, start, incr...)."

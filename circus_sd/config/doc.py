@@ -1,0 +1,59 @@
+"""The README's option tables, generated from the option declarations (`python -m ...doc`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import signal
+import sys
+from typing import Any
+
+from circus_sd.config.model import ArbiterConfig, WatcherConfig
+from circus_sd.config.options import option_of
+
+
+def _default_text(name: str, value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if name == "stop_signal":
+        return signal.Signals(value).name
+    return str(value)
+
+
+def option_table(cls: type) -> str:
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for field in dataclasses.fields(cls):
+        declared = option_of(field)
+        if declared is None:
+            continue
+        live = " *(live)*" if declared.live else ""
+        default = _default_text(field.name, field.default)
+        rows.append(f"| `{declared.key}` | {default} | {declared.doc}{live} |")
+    return "\n".join(rows)
+
+
+def tables() -> str:
+    return (
+        "#### `[circus]`\n\n" + option_table(ArbiterConfig) + "\n\n"
+        "#### `[watcher:NAME]`\n\n" + option_table(WatcherConfig) + "\n"
+    )
+
+
+BEGIN = "<!-- options:begin"
+END = "<!-- options:end -->"
+
+
+def replace_tables(text: str) -> str:
+    """`text` (the README) with the generated tables between its option markers."""
+    start = text.index("\n", text.index(BEGIN)) + 1
+    return text[:start] + tables() + text[text.index(END):]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--write"]:
+        path = pathlib.Path(sys.argv[2])
+        path.write_text(replace_tables(path.read_text()))
+    else:
+        print(tables(), end="")
