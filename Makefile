@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-venv python3-dev procps
 EXAMPLE ?= example/circus.ini
 
-.PHONY: all deps venv run check test test-unit test-integration lint clean docs bench bench-quick
+.PHONY: all deps venv run check test test-unit test-integration test-system testbed wheel lint clean docs bench bench-quick
 
 all: venv
 
@@ -42,8 +42,27 @@ test-unit: venv
 test-integration: venv
 	$(PY) -m pytest -q tests/integration
 
-test: lint venv
-	$(PY) -m pytest -q tests/unit tests/integration
+test: lint venv testbed
+	$(PY) -m pytest -q tests/unit tests/integration tests/system
+
+# The systemd test bed (tests/system): a Debian tree booted with systemd-nspawn, circus-sd
+# installed in it from a wheel of this checkout. The tree is rebuilt when its recipe changes.
+TESTBED := .build/testbed
+testbed: $(TESTBED)/rootfs.stamp wheel
+$(TESTBED)/rootfs.stamp: tests/system/testbed/build-rootfs.sh
+	@mkdir -p $(TESTBED)
+	@command -v mmdebstrap >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap; }
+	bash tests/system/testbed/build-rootfs.sh $(CURDIR)/$(TESTBED)/rootfs > $(TESTBED)/rootfs.log 2>&1 \
+	    || { tail -20 $(TESTBED)/rootfs.log; exit 1; }
+	@touch $@
+
+wheel: venv
+	rm -rf $(TESTBED)/wheel
+	$(PY) -m pip wheel -q --no-deps -w $(TESTBED)/wheel .
+
+test-system: venv testbed
+	$(PY) -m pytest -q tests/system
 
 # Benchmarks against the peers (bench/README.md). The peers live in their own venv, never in
 # the project's. circus 0.19 runs on Python 3.11 with current tornado and pyzmq (checked with

@@ -27,6 +27,7 @@ from circus_sd.process_stats import ProcessStats
 from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request
 from circus_sd.spawner import Spawner, SpawnError
 from circus_sd.states import HALTED_STATES, RUNNING_STATES, ProcessState, Want, WatcherState
+from circus_sd.systemd_notify import SystemdNotifier
 from circus_sd.watcher import Watcher
 
 log = logging.getLogger("circus_sd")
@@ -58,6 +59,7 @@ class Arbiter:
         defaults: ChildDefaults | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
         self.spawner = spawner
@@ -66,6 +68,9 @@ class Arbiter:
         self._defaults = defaults or ChildDefaults.capture()
         self._clock = clock
         self._rng = rng or random.Random()
+        self.notifier = notifier or SystemdNotifier({})
+        self.last_error = ""
+        self._status_scheduled = False
         self.watchers: dict[str, Watcher] = {}
         for watcher_config in config.watchers:
             self._add_watcher(watcher_config)
@@ -86,7 +91,7 @@ class Arbiter:
 
     # -- life of the arbiter ---------------------------------------------------------------------
 
-    async def run(self, on_ready: Callable[[], None] | None = None) -> int:
+    async def run(self) -> int:
         """Start the watchers, serve signals until told to stop, stop everything. Exit status."""
         loop = self._loop = asyncio.get_running_loop()
         self.spawner.attach(loop)
@@ -97,16 +102,18 @@ class Arbiter:
         try:
             await self.start_all()
             log.info("circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid())
-            if on_ready is not None:
-                on_ready()
+            self.notifier.ready(self.status_line())
+            self.notifier.start_watchdog(loop)
             while True:
                 request = await self._requests.get()
                 if request is Request.STOP:
                     break
                 await self.reload_config()
             log.info("stopping")
+            self.notifier.stopping()
             await self.stop_all()
         finally:
+            self.notifier.stop_watchdog()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._leave_nothing_behind()
@@ -135,7 +142,10 @@ class Arbiter:
         """Stop watchers in reverse priority order; those of equal priority together."""
         ordered = list(reversed(self._by_priority(self.watchers.values())))
         for _priority, group in itertools.groupby(ordered, key=lambda w: w.config.priority):
-            await asyncio.gather(*(self.stop_watcher(w.name) for w in group))
+            members = list(group)
+            # Graceful stops may outlast the unit's TimeoutStopSec: ask for what they may take.
+            self.notifier.extend_timeout(max(w.config.graceful_timeout for w in members) + 5)
+            await asyncio.gather(*(self.stop_watcher(w.name) for w in members))
 
     def _leave_nothing_behind(self) -> None:
         """After the watchers stopped: kill orphans we adopted, end the spawner, reap all."""
@@ -345,6 +355,13 @@ class Arbiter:
 
     async def reload_config(self) -> str | None:
         """Re-read the config file and apply only what changed; the error if it is broken."""
+        self.notifier.reloading()
+        try:
+            return await self._reload_config()
+        finally:
+            self.notifier.ready(self.status_line())
+
+    async def _reload_config(self) -> str | None:
         try:
             new, warnings = self._loader(self.config.path)
         except ConfigError as exc:
@@ -409,7 +426,30 @@ class Arbiter:
                 self.publish(name, action.event, action.payload)
             elif isinstance(action, Log):
                 log.log(action.level, "%s", action.message)
+                if action.level >= logging.ERROR:
+                    self.last_error = action.message
         self._check_waiters()
+        if self.notifier.enabled and not self._status_scheduled and self._loop is not None:
+            self._status_scheduled = True
+            self._loop.call_soon(self._update_status)
+
+    def _update_status(self) -> None:
+        self._status_scheduled = False
+        self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: watchers, processes, trouble, last error."""
+        active = sum(w.state in RUNNING_STATES for w in self.watchers.values())
+        processes = sum(len(w.pids) for w in self.watchers.values())
+        parts = [f"{active}/{len(self.watchers)} watchers active, {processes} processes"]
+        for state in (WatcherState.PAUSED, WatcherState.FAILED):
+            names = sorted(n for n, w in self.watchers.items() if w.state is state)
+            if names:
+                label = "flapping" if state is WatcherState.PAUSED else "failed"
+                parts.append(f"{label}: {', '.join(names)}")
+        if self.last_error:
+            parts.append(f"last error: {self.last_error}")
+        return "; ".join(parts)
 
     def publish(self, watcher: str, event: str, payload: dict[str, Any]) -> None:
         topic = f"watcher.{topic_name(watcher)}.{event}"

@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     from circus_sd.process import become_subreaper
     from circus_sd.spawn_plan import ChildDefaults
     from circus_sd.spawner import Spawner
+    from circus_sd.systemd_notify import SystemdNotifier
 
+    # First: it takes NOTIFY_SOCKET & co. out of the environment children are made from.
+    notifier = SystemdNotifier()
     try:
         configure_logging(config.arbiter, args.loglevel, args.logoutput, args.loggerconfig)
     except (OSError, ValueError) as exc:
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("could not become a child subreaper: orphans of children will escape")
         # Before any thread exists (pyzmq starts some): the spawner is a fork of this process.
         spawner = Spawner.fork()
-        arbiter = Arbiter(config, spawner, loader=load_config, defaults=defaults)
+        arbiter = Arbiter(config, spawner, loader=load_config, defaults=defaults, notifier=notifier)
         return asyncio.run(_serve(arbiter))
     finally:
         if pidfile is not None:
