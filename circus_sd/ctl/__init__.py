@@ -1,0 +1,5 @@
+"""`circusctl`: drive a running circus-sd (or Circus) arbiter with Circus's command line."""
+
+from circus_sd.ctl.app import main
+
+__all__ = ["main"]

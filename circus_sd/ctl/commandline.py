@@ -1,0 +1,271 @@
+"""circusctl's command line: global options, the command, its switches and arguments (pure).
+
+The switches each command accepts are read from the usage line of its registry entry (the same
+table the server dispatches from), so `--help` and the parser cannot disagree.
+
+Start-up time matters (`circusctl status` in a loop is how scripts poll): this module avoids
+dataclasses (its import costs as much as the rest of circusctl) and loads the registry only
+when a command switch or help needs it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from circus_sd.client import DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    from circus_sd.control.registry import Command
+
+
+class UsageError(Exception):
+    """A command line circusctl cannot turn into a request (exit status 2)."""
+
+
+class ClientCommand(NamedTuple):
+    """A command circusctl runs itself rather than sending it to the arbiter."""
+
+    name: str
+    doc: str
+    usage: str
+
+
+CLIENT_COMMANDS: dict[str, ClientCommand] = {
+    command.name: command
+    for command in (
+        ClientCommand("listen", "Print the arbiter's events as they happen (`topic json`).",
+                      "listen [<topic> ...]"),
+        ClientCommand("top", "A live view of watchers and processes (Ctrl-C to quit).", "top"),
+        ClientCommand("help", "Help on circusctl or on one command.", "help [<command>]"),
+    )
+}
+
+
+def server_commands() -> dict[str, Command]:
+    """The registry's commands (imported on first use: see the module's docstring)."""
+    from circus_sd.control.registry import COMMANDS
+
+    return COMMANDS
+
+
+class Flag(NamedTuple):
+    """A command's switch: `--waiting` (no metavar) or `--match simple|glob|regex`."""
+
+    name: str
+    metavar: str | None = None
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self.metavar and "|" in self.metavar:
+            return tuple(self.metavar.split("|"))
+        return ()
+
+
+_FLAG_IN_USAGE = re.compile(r"\[--([A-Za-z][\w-]*)(?:[ =]([^\]]+))?\]")
+
+
+def option_name(text: str) -> str:
+    """`graceful-timeout` and `graceful_timeout` are the same switch (Circus spells the latter)."""
+    return text.replace("-", "_")
+
+
+def command_flags(command: Command) -> dict[str, Flag]:
+    """The switches of a registry command, from its usage line; `--waiting` if it is waitable."""
+    flags = {
+        option_name(name): Flag(option_name(name), metavar.strip("<>") if metavar else None)
+        for name, metavar in _FLAG_IN_USAGE.findall(command.usage)
+    }
+    if command.waitable:
+        flags.setdefault("waiting", Flag("waiting"))
+    return flags
+
+
+FlagValues = dict[str, str | bool]
+
+
+class GlobalOptions:
+    """circusctl's own options (Circus's set, plus --pubsub-endpoint)."""
+
+    def __init__(self, endpoint: str | None = None, pubsub_endpoint: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, json: bool = False, prettify: bool = False,
+                 help: bool = False, version: bool = False) -> None:
+        self.endpoint = endpoint
+        self.pubsub_endpoint = pubsub_endpoint
+        self.timeout = timeout
+        self.json = json
+        self.prettify = prettify
+        self.help = help
+        self.version = version
+
+    def copy(self) -> GlobalOptions:
+        return GlobalOptions(**vars(self))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GlobalOptions) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"GlobalOptions({vars(self)!r})"
+
+
+class Invocation:
+    """What the command line asks: global options, then a command with its flags and args."""
+
+    def __init__(self, options: GlobalOptions, command: str | None = None,
+                 args: list[str] | None = None, flags: FlagValues | None = None) -> None:
+        self.options = options
+        self.command = command
+        self.args = args if args is not None else []
+        self.flags = flags if flags is not None else {}
+
+    def __repr__(self) -> str:
+        return (f"Invocation({self.options!r}, {self.command!r}, args={self.args!r}, "
+                f"flags={self.flags!r})")
+
+
+_GLOBAL_VALUES = ("endpoint", "pubsub_endpoint", "timeout")
+_GLOBAL_SWITCHES = ("json", "prettify", "help", "version")
+
+
+def _set_global(options: GlobalOptions, name: str, value: str) -> None:
+    if name == "timeout":
+        try:
+            timeout = float(value)
+        except ValueError:
+            raise UsageError(f"--timeout: expected a number of seconds, got {value!r}") from None
+        if not timeout > 0:
+            raise UsageError(f"--timeout: expected a positive number, got {value!r}")
+        options.timeout = timeout
+    else:
+        setattr(options, name, value)
+
+
+def _flags_of(command: str | None) -> dict[str, Flag]:
+    if command is None:
+        return {}
+    commands = server_commands()
+    return command_flags(commands[command]) if command in commands else {}
+
+
+def parse_argv(argv: Sequence[str], defaults: GlobalOptions | None = None) -> Invocation:
+    """Parse `[global options] command [args and switches]`.
+
+    Global options are accepted anywhere (Circus wants them first; being lenient costs
+    nothing as no command switch shares their names); a command's switches come after it.
+    `--` ends the options: what follows is taken literally (e.g. a `set` value "--x").
+    """
+    invocation = Invocation(defaults.copy() if defaults else GlobalOptions())
+    options = invocation.options
+    tokens = list(argv)
+    literal = False
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if not literal and token == "--":
+            literal = True
+            continue
+        is_option = not literal and (token == "-h" or (token.startswith("--") and len(token) > 2))
+        if not is_option:
+            if invocation.command is None:
+                invocation.command = token.lower()
+            else:
+                invocation.args.append(token)
+            continue
+        raw_name, has_value, inline_value = token[2:].partition("=")
+        name = "help" if token == "-h" else option_name(raw_name)
+        value: str | None = inline_value if has_value else None
+        is_global = name in _GLOBAL_VALUES or name in _GLOBAL_SWITCHES
+        flags = {} if is_global else _flags_of(invocation.command)
+        takes_value = name in _GLOBAL_VALUES or (
+            name in flags and flags[name].metavar is not None
+        )
+        if takes_value and value is None:
+            if index >= len(tokens):
+                raise UsageError(f"{token} needs a value")
+            value = tokens[index]
+            index += 1
+        if name in _GLOBAL_VALUES:
+            assert value is not None
+            _set_global(options, name, value)
+        elif name in _GLOBAL_SWITCHES:
+            if value is not None:
+                raise UsageError(f"--{name} takes no value")
+            setattr(options, name, True)
+        elif name in ("ssh", "ssh_keyfile"):
+            raise UsageError(f"--{raw_name} is not supported: reach a remote arbiter through an "
+                             "ssh tunnel to its socket (ssh -L)")
+        elif name in flags:
+            invocation.flags[name] = _flag_value(invocation.command, flags[name], value)
+        elif invocation.command is None:
+            raise UsageError(f"unknown option {token}")
+        else:
+            raise UsageError(f"{invocation.command}: unknown option {token}")
+    return invocation
+
+
+def _flag_value(command: str | None, flag: Flag, value: str | None) -> str | bool:
+    if flag.metavar is None:
+        if value is not None:
+            raise UsageError(f"{command}: --{flag.name} takes no value")
+        return True
+    assert value is not None
+    if flag.choices and value not in flag.choices:
+        raise UsageError(
+            f"{command}: --{flag.name} must be one of {', '.join(flag.choices)}, got {value!r}"
+        )
+    return value
+
+
+# -- help ----------------------------------------------------------------------------------------
+
+PROG = "circusctl"
+
+GLOBAL_HELP = """\
+options:
+  --endpoint ENDPOINT         control endpoint (default: $CIRCUSCTL_ENDPOINT, else {endpoint})
+  --pubsub-endpoint ENDPOINT  events endpoint for `listen` (default: asked from the arbiter)
+  --timeout SECONDS           how long to wait for a reply (default: {timeout:g})
+  --json                      print the raw JSON reply
+  --prettify                  print the JSON reply indented and sorted (implies --json)
+  --help, -h                  this help; `circusctl help <command>` for a command's
+  --version                   print circusctl's version
+
+exit status: 0 ok, 3 the arbiter answered with an error, 1 no answer (not running, timed out),
+2 a usage error. Without a command, circusctl starts an interactive shell.
+"""
+
+
+def usage_line() -> str:
+    return f"usage: {PROG} [options] <command> [args]"
+
+
+def general_help(default_endpoint: str) -> str:
+    rows = [(name, command.doc) for name, command in server_commands().items()]
+    rows += [(name, command.doc) for name, command in CLIENT_COMMANDS.items()]
+    width = max(len(name) for name, _ in rows)
+    lines = [usage_line(), "", "Controls a circus-sd (or Circus) arbiter.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {doc}" for name, doc in sorted(rows)]
+    lines += ["", GLOBAL_HELP.format(endpoint=default_endpoint, timeout=DEFAULT_TIMEOUT)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def command_help(name: str) -> str:
+    """`usage: circusctl <usage>` and the doc, from the registry; UsageError if unknown."""
+    commands = server_commands()
+    entry: Command | ClientCommand
+    if name in commands:
+        entry = commands[name]
+    elif name in CLIENT_COMMANDS:
+        entry = CLIENT_COMMANDS[name]
+    else:
+        raise UsageError(f"unknown command {name!r} (see `{PROG} --help`)")
+    lines = [f"usage: {PROG} {entry.usage or entry.name}", "", entry.doc]
+    if not isinstance(entry, ClientCommand) and entry.waitable:
+        lines += ["", "Replies at once; with --waiting, when the operation is done."]
+    return "\n".join(lines) + "\n"
+
+
+def known_commands() -> list[str]:
+    return sorted([*server_commands(), *CLIENT_COMMANDS])
