@@ -65,12 +65,12 @@ test-system: venv testbed
 	$(PY) -m pytest -q tests/system
 
 # Benchmarks against the peers (bench/README.md). The peers live in their own venv, never in
-# the project's. circus 0.19 runs on Python 3.11 with current tornado and pyzmq (checked with
-# tornado 6.5/6.6 and pyzmq 26/27): the bounds below only keep to what was checked.
+# the project's. circus 0.19 needs no old pin on Python 3.11: it works with tornado 6.6.1 and
+# pyzmq 27.3.0 (checked); the bounds below only keep to the versions that were checked.
 BENCH_VENV  := .build/bench-venv
 BENCH_PY    := $(BENCH_VENV)/bin/python
 BENCH_CHILD := .build/bench/bench-child
-BENCH_PEERS := 'circus==0.19.*' 'supervisor==4.3.*' 'tornado>=6.4,<7' 'pyzmq>=26,<28' matplotlib
+BENCH_PEERS := 'circus==0.19.*' 'supervisor==4.3.*' 'tornado>=6.6,<7' 'pyzmq>=27,<28' matplotlib
 
 $(BENCH_VENV)/.stamp: .build/apt.stamp
 	$(PYTHON) -m venv $(BENCH_VENV)
@@ -88,6 +88,20 @@ bench: venv $(BENCH_VENV)/.stamp $(BENCH_CHILD)
 
 bench-quick:
 	BENCH_QUICK=1 $(MAKE) bench
+
+# The control tests need the real Circus 0.19 client: test_circus_compat.py uses the bench venv
+# above ($CIRCUS_VENV overrides). test_control_access.py sends requests as other users (nobody, a
+# test group's member), who cannot run the project venv's python (it lives under /root): they
+# use the system python3 with Debian's python3-zmq.
+CONTROL_TEST_APT := python3-zmq util-linux passwd
+.build/control-test-apt.stamp: .build/apt.stamp
+	@if ! dpkg -s $(CONTROL_TEST_APT) >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CONTROL_TEST_APT); \
+	fi
+	@touch $@
+
+test test-integration: .build/control-test-apt.stamp $(BENCH_VENV)/.stamp
 
 clean:
 	rm -rf $(VENV) .build .mypy_cache .pytest_cache .ruff_cache

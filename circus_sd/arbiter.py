@@ -19,13 +19,17 @@ from typing import Any
 import psutil
 
 from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
+from circus_sd.child_notify import NotifySocket, NotifySockets
 from circus_sd.config.loader import ConfigError, ConfigWarning
 from circus_sd.config.model import Config, WatcherConfig
 from circus_sd.config.options import option_of
+from circus_sd.endpoints import runtime_dir
+from circus_sd.output.router import OutputRouter, ProcessOutput
 from circus_sd.process import ProcessHandle, own_children, reap_strays
 from circus_sd.process_stats import ProcessStats
 from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request
 from circus_sd.spawner import Spawner, SpawnError
+from circus_sd.start_order import start_order
 from circus_sd.states import HALTED_STATES, RUNNING_STATES, ProcessState, Want, WatcherState
 from circus_sd.systemd_notify import SystemdNotifier
 from circus_sd.watcher import Watcher
@@ -81,6 +85,12 @@ class Arbiter:
         self._locks: dict[str, asyncio.Lock] = {}
         self._requests: asyncio.Queue[Request] = asyncio.Queue()
         self._strays_pending = False
+        # Spawn answers whose _on_spawned has not run yet: the spawner no longer counts them in
+        # flight, but their children are not in _handles either (see _reap_strays).
+        self._unclaimed_spawns = 0
+        self._child_exited = asyncio.Event()
+        self._spawner_retired = False
+        self._exit_status = 0
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
@@ -88,6 +98,15 @@ class Arbiter:
         self.endpoints: dict[str, str] = {}
         self._stats = ProcessStats()
         self._started_wall: dict[int, float] = {}
+        # Signals for children that have not exec'd yet, sent once they have (see _signal).
+        self._before_exec: dict[int, list[tuple[int, bool]]] = {}
+        self._notify_sockets = NotifySockets(runtime_dir())
+        # Per-process sd_notify sockets: by spawn (before the pid is known), then by pid.
+        self._pending_notify: dict[tuple[str, int], NotifySocket] = {}
+        # Child output (circus_sd/output): pipes and sinks; by spawn until the pid is known.
+        self.output = OutputRouter(self.publish)
+        self._pending_output: dict[tuple[str, int], ProcessOutput] = {}
+        self._notify: dict[int, NotifySocket] = {}
 
     # -- life of the arbiter ---------------------------------------------------------------------
 
@@ -112,14 +131,16 @@ class Arbiter:
             log.info("stopping")
             self.notifier.stopping()
             await self.stop_all()
+            await self._drain_orphans()
         finally:
             self.notifier.stop_watchdog()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._leave_nothing_behind()
             loop.remove_signal_handler(signal.SIGCHLD)
+            await self.output.close()
         log.info("stopped")
-        return 0
+        return self._exit_status
 
     def request(self, what: Request) -> None:
         """Queue work for the loop (what signal handlers call)."""
@@ -131,7 +152,8 @@ class Arbiter:
 
     async def start_all(self) -> None:
         delay = self.config.arbiter.warmup_delay
-        for index, watcher in enumerate(self._by_priority(self.watchers.values())):
+        order = start_order([w.config for w in self.watchers.values()])
+        for index, watcher in enumerate(self.watchers[c.name] for c in order):
             if not watcher.config.autostart:
                 continue
             if index and delay:
@@ -147,21 +169,60 @@ class Arbiter:
             self.notifier.extend_timeout(max(w.config.graceful_timeout for w in members) + 5)
             await asyncio.gather(*(self.stop_watcher(w.name) for w in members))
 
+    def _orphans(self) -> set[int]:
+        """Our children that no watcher owns: descendants adopted (as subreaper) from exits."""
+        return {p for p in own_children() if p != self.spawner.pid and p not in self._handles}
+
+    async def _drain_orphans(self) -> None:
+        """Orphans left by stopped processes get SIGTERM and a grace period, then SIGKILL.
+
+        The grace is the longest `graceful_timeout` of a `stop_children` watcher (whose
+        descendants already got its stop signal), else 1 s. Exits wake us through SIGCHLD.
+        """
+        assert self._loop is not None
+        grace = max(
+            (w.config.graceful_timeout for w in self.watchers.values() if w.config.stop_children),
+            default=1.0,
+        )
+        deadline = self._loop.time() + grace
+        signalled: set[int] = set()
+        while True:
+            self._child_exited.clear()
+            self._reap_strays()
+            orphans = self._orphans()
+            remaining = deadline - self._loop.time()
+            if not orphans or remaining <= 0:
+                return
+            for pid in orphans - signalled:
+                log.info("stopping %s, orphaned by a stopped process", _describe_pid(pid))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            signalled |= orphans
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._child_exited.wait(), remaining)
+
     def _leave_nothing_behind(self) -> None:
-        """After the watchers stopped: kill orphans we adopted, end the spawner, reap all."""
+        """Last: SIGKILL whatever is still our child, end the spawner, reap all."""
+        self._spawner_retired = True
         self.spawner.close()
-        leftovers = [pid for pid in own_children() if pid != self.spawner.pid]
-        for pid in leftovers:
-            if pid not in self._handles:
-                log.info("killing %s, orphaned by a stopped process", _describe_pid(pid))
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in [*leftovers, self.spawner.pid]:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
+        # A killed orphan's own children are re-parented to us as it dies: go again until none.
+        for _round in range(20):
+            leftovers = [pid for pid in own_children() if pid != self.spawner.pid]
+            if not leftovers:
+                break
+            for pid in leftovers:
+                if pid not in self._handles:
+                    log.info("killing %s, left after the stop", _describe_pid(pid))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in leftovers:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.spawner.pid, 0)
+        for pid in list(self._handles):
+            self._forget(pid)
+        self._notify_sockets.close()
 
     # -- watchers --------------------------------------------------------------------------------
 
@@ -181,8 +242,26 @@ class Arbiter:
 
     async def start_watcher(self, name: str) -> None:
         watcher = self.watchers[name]
+        await self._wait_for_dependencies(watcher)
         self._feed(name, watcher.start(self._clock()))
         await self.wait_for(lambda: watcher.start_settled)
+
+    async def _wait_for_dependencies(self, watcher: Watcher) -> None:
+        """`after`: wait until those watchers are active (ready); ordering, not a requirement."""
+        deps = [self.watchers[n] for n in watcher.config.after if n in self.watchers]
+        if not deps:
+            return
+        await self.wait_for(
+            lambda: all(d.state is WatcherState.ACTIVE or d.state in HALTED_STATES for d in deps)
+        )
+        for dep in deps:
+            if dep.state is not WatcherState.ACTIVE:
+                log.warning(
+                    "%s: starting although %s, which it comes after, is %s",
+                    watcher.name,
+                    dep.name,
+                    dep.state.value,
+                )
 
     async def stop_watcher(self, name: str) -> None:
         watcher = self.watchers[name]
@@ -213,7 +292,12 @@ class Arbiter:
             return
         batches = [{wid} for wid in sorted(watcher.wids)] if sequential else [None]
         for wids in batches:
-            old = set(watcher.pids)
+            # Only this batch's processes: the others are not replaced now (sequential).
+            old = {
+                p.pid
+                for p in watcher.processes.values()
+                if p.pid is not None and (wids is None or p.wid in wids)
+            }
             self._feed(name, watcher.replace_processes(self._clock(), wids))
             # The replacements are up when no process is spawning and the old ones are gone.
             await self.wait_for(
@@ -283,13 +367,33 @@ class Arbiter:
 
     def _signal(self, pid: int, signum: int, tree: bool = False) -> None:
         handle = self._handles.get(pid)
-        if handle is not None:
-            handle.send_signal(signum, tree=tree)
+        if handle is None:
+            return
+        if handle.status_fd is not None and signum != signal.SIGKILL:
+            # Until its exec, the child is a copy of the spawner, whose handlers swallow TERM,
+            # INT, HUP and QUIT: a stop sent right after a spawn would be lost.
+            self._before_exec.setdefault(pid, []).append((signum, tree))
+            return
+        handle.send_signal(signum, tree=tree)
+
+    def _on_notify(self, pid: int) -> None:
+        notify = self._notify.get(pid)
+        name = self._owner.get(pid)
+        if notify is None or name is None or name not in self.watchers:
+            return
+        for message in notify.receive():
+            self._feed(name, self.watchers[name].notified(pid, message, self._clock()))
 
     def _forget(self, pid: int) -> None:
+        notify = self._notify.pop(pid, None)
+        if notify is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(notify.fileno())
+            notify.close()
         handle = self._handles.pop(pid, None)
         self._owner.pop(pid, None)
         self._started_wall.pop(pid, None)
+        self._before_exec.pop(pid, None)
         self._stats.forget(pid)
         if handle is not None and self._loop is not None:
             self._loop.remove_reader(handle.pidfd)
@@ -309,8 +413,9 @@ class Arbiter:
 
     def process_start_times(self, name: str) -> list[float]:
         """Wall-clock start time of each process of a watcher."""
-        return [self._started_wall[pid] for pid in self.watchers[name].pids
-                if pid in self._started_wall]
+        return [
+            self._started_wall[pid] for pid in self.watchers[name].pids if pid in self._started_wall
+        ]
 
     def global_options(self) -> dict[str, Any]:
         return {
@@ -325,8 +430,9 @@ class Arbiter:
 
     def watchers_stopped(self) -> asyncio.Future[None]:
         """Done once a stop of the whole arbiter has stopped every watcher."""
-        return self.wait_for(lambda: self._stopping and all(
-            w.state in HALTED_STATES for w in self.watchers.values()))
+        return self.wait_for(
+            lambda: self._stopping and all(w.state in HALTED_STATES for w in self.watchers.values())
+        )
 
     def wait_for(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
         """A future done once `predicate` holds; checked after every batch of actions."""
@@ -473,16 +579,39 @@ class Arbiter:
     def _spawn(self, name: str, action: Spawn) -> None:
         assert self._loop is not None
         watcher = self.watchers[name]
+        config = watcher.config
+        extra_env = {}
         try:
-            request = build_request(watcher.config, action.wid, self._defaults)
-        except SpawnPlanError as exc:
+            if config.notify:
+                notify = self._notify_sockets.open(name, action.wid, config.uid, config.gid)
+                self._pending_notify[(name, action.spawn_id)] = notify
+                extra_env["NOTIFY_SOCKET"] = notify.path
+            output = self.output.prepare(config, action.wid)
+            self._pending_output[(name, action.spawn_id)] = output
+            request = build_request(
+                config,
+                action.wid,
+                self._defaults,
+                extra_env,
+                output.fd_targets,
+                output.journal_streams,
+            )
+        except (SpawnPlanError, OSError) as exc:
             # Answer on the next turn, like a real spawn, so this batch of actions finishes first.
             self._loop.call_soon(self._spawn_failed, name, action.spawn_id, str(exc))
             return
-        future = self.spawner.spawn(request)
+        future = self.spawner.spawn(request, output.child_fds)
+        self._unclaimed_spawns += 1
+        output.sent()
         future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
 
     def _spawn_failed(self, name: str, spawn_id: int, reason: str) -> None:
+        notify = self._pending_notify.pop((name, spawn_id), None)
+        if notify is not None:
+            notify.close()
+        output = self._pending_output.pop((name, spawn_id), None)
+        if output is not None:
+            output.discard()
         watcher = self.watchers.get(name)
         if watcher is not None:
             self._feed(name, watcher.spawn_failed(spawn_id, reason, self._clock()))
@@ -491,6 +620,7 @@ class Arbiter:
         self, name: str, spawn_id: int, future: asyncio.Future[tuple[int, int]]
     ) -> None:
         assert self._loop is not None
+        self._unclaimed_spawns -= 1
         try:
             pid, status_fd = future.result()
         except SpawnError as exc:
@@ -502,13 +632,20 @@ class Arbiter:
         self._started_wall[pid] = time.time()
         self._loop.add_reader(handle.pidfd, self._on_exit, pid)
         self._loop.add_reader(status_fd, self._on_status, pid)
+        notify = self._pending_notify.pop((name, spawn_id), None)
+        if notify is not None:
+            self._notify[pid] = notify
+            self._loop.add_reader(notify.fileno(), self._on_notify, pid)
+        output = self._pending_output.pop((name, spawn_id), None)
+        if output is not None:
+            output.attach(pid)
         watcher = self.watchers.get(name)
         if watcher is None:
             handle.send_signal(signal.SIGKILL, tree=True)
         else:
             self._feed(name, watcher.spawned(spawn_id, pid, self._clock()))
-        if self._strays_pending and not self.spawner.in_flight:
-            self._on_sigchld()
+        if self._strays_pending and not self._spawns_unsettled():
+            self._reap_strays()
 
     def _on_status(self, pid: int) -> None:
         handle = self._handles[pid]
@@ -518,6 +655,8 @@ class Arbiter:
             # Exec failed: keep what the child said until its exit is reaped.
             if not handle.exec_error():
                 handle.close_status()
+                for signum, tree in self._before_exec.pop(pid, []):
+                    handle.send_signal(signum, tree=tree)
 
     def _on_exit(self, pid: int) -> None:
         assert self._loop is not None
@@ -533,16 +672,28 @@ class Arbiter:
             self._feed(name, watcher.exited(pid, exit_code, self._clock(), exec_error))
 
     def _on_sigchld(self) -> None:
+        self._child_exited.set()
+        self._reap_strays()
+
+    def _spawns_unsettled(self) -> bool:
+        return bool(self.spawner.in_flight or self._unclaimed_spawns)
+
+    def _reap_strays(self) -> None:
         # Children cloned by the spawner are ours before we learn their pid: reaping an unknown
-        # zombie now could steal a fresh child's status, so wait for the spawner's answers.
-        if self.spawner.in_flight:
+        # zombie now could steal a fresh child's status, so wait for the spawner's answers, and
+        # for _on_spawned to take each in (a future's callbacks run a loop turn after it is set).
+        if self._spawns_unsettled():
             self._strays_pending = True
             return
         self._strays_pending = False
         for pid, status in reap_strays(set(self._handles)):
             if pid == self.spawner.pid:
-                if not self.spawner.closed:
+                # Its socket's EOF may have been seen first (closing it): only our own close of
+                # it at the very end makes its death expected.
+                if not self._spawner_retired:
                     log.critical("the spawner (pid %d) died with status %d: stopping", pid, status)
+                    # Exit non-zero: under systemd, Restart=on-failure brings us back whole.
+                    self._exit_status = 1
                     self.request(Request.STOP)
             else:
                 log.debug("reaped orphan %d (status %d)", pid, status)

@@ -82,10 +82,13 @@ class ProcessHandle:
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return list(psutil.Process(pid).children(recursive=True))
-    except psutil.Error:
-        return []
+    processes = []
+    for child in child_pids(pid, recursive=True):
+        try:
+            processes.append(psutil.Process(child))
+        except psutil.Error:
+            continue
+    return processes
 
 
 def reap_strays(known: set[int]) -> list[tuple[int, int]]:
@@ -106,21 +109,30 @@ def reap_strays(known: set[int]) -> list[tuple[int, int]]:
     return reaped
 
 
-def own_children() -> list[int]:
-    """Pids of our direct children, from the kernel's per-thread lists."""
-    pids: list[int] = []
+def child_pids(pid: int | str = "self", recursive: bool = False) -> list[int]:
+    """Children of a process from the kernel's per-thread lists (psutil's children() would
+    scan all of /proc for each call)."""
+    found: list[int] = []
     try:
-        tasks = os.listdir("/proc/self/task")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return pids
+        return found
     for tid in tasks:
         try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.extend(int(p) for p in f.read().split())
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(child) for child in f.read().split())
         except OSError as exc:
-            if exc.errno != errno.ENOENT:
+            if exc.errno not in (errno.ENOENT, errno.ESRCH):
                 raise
-    return pids
+    if recursive:
+        for child in list(found):
+            found.extend(child_pids(child, recursive=True))
+    return found
+
+
+def own_children() -> list[int]:
+    """Pids of our direct children."""
+    return child_pids()
 
 
 def _is_zombie(pid: int) -> bool:

@@ -7,6 +7,8 @@ from typing import Any
 
 import psutil
 
+from circus_sd.process import child_pids
+
 NO_SUCH_PROCESS = "No such process (stopped?)"
 
 
@@ -68,10 +70,11 @@ class ProcessStats:
                 "age": round(time.time() - created, 3),
             }
         children = []
-        for child in process.children(recursive=extended):
+        for pid in child_pids(process.pid, recursive=extended):
             try:
-                children.append(self._info(child, False, None))
+                children.append(self._info(psutil.Process(pid), False, None))
             except psutil.Error:
                 continue
         info["children"] = children
         return info
+

@@ -10,10 +10,10 @@ import resource
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from circus_sd.config.model import WatcherConfig
-from circus_sd.spawner import SpawnRequest
+from circus_sd.spawner import JournalStreamSetup, SpawnRequest
 
 # `$(circus.wid)`, `$(circus.env.HOME)`, `$(circus.sockets.web)`; case-insensitive as in Circus.
 _PLACEHOLDER = re.compile(r"\$\(circus\.([\w.]+)\)", re.IGNORECASE)
@@ -124,8 +124,21 @@ def resolve_program(name: str, env: Mapping[str, str], cwd: str | None) -> str:
     return found
 
 
-def build_request(config: WatcherConfig, wid: int, defaults: ChildDefaults) -> SpawnRequest:
+def build_request(
+    config: WatcherConfig,
+    wid: int,
+    defaults: ChildDefaults,
+    extra_env: Mapping[str, str] | None = None,
+    fd_targets: Sequence[int] = (),
+    journal_streams: Sequence[JournalStreamSetup] = (),
+) -> SpawnRequest:
+    """`extra_env`: variables the arbiter provides for this one process (NOTIFY_SOCKET).
+
+    `fd_targets`: where the fds sent with the request go (the output pipes: 1, 2);
+    `journal_streams`: output fds the child connects to journald itself.
+    """
     env = child_environment(config, wid, defaults)
+    env.update(extra_env or {})
     argv = command_line(config, wid, env)
     if not argv:
         raise SpawnPlanError("empty command")
@@ -140,7 +153,7 @@ def build_request(config: WatcherConfig, wid: int, defaults: ChildDefaults) -> S
             user = pwd.getpwuid(config.uid).pw_name
         except KeyError:
             user = None
-    inherit = {1, 2} - {
+    inherit = {1, 2} - set(fd_targets) - {
         i
         for i, closed in ((1, config.close_child_stdout), (2, config.close_child_stderr))
         if closed
@@ -159,6 +172,8 @@ def build_request(config: WatcherConfig, wid: int, defaults: ChildDefaults) -> S
         umask=config.umask,
         rlimits=tuple((rid, soft, hard) for rid, (soft, hard) in sorted(rlimits.items())),
         inherit=frozenset(inherit),
+        fd_targets=tuple(fd_targets),
+        journal_streams=tuple(journal_streams),
     )
 
 

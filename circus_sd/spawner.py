@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -35,6 +36,28 @@ EXEC_FAILED_STATUS = 127
 _MAX_MESSAGE = 1 << 20
 # The spawner's /dev/null, opened once, for children's unset stdio.
 _devnull = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalStreamSetup:
+    """Connect the child's fd `target` to journald's stream socket, as sd_journal_stream_fd does.
+
+    Done in the child just before exec, so that journald records the child's own pid (peer
+    credentials are taken at connect time). If the socket cannot be reached, the fd already at
+    `target` (a pipe to the arbiter) stays.
+    """
+
+    target: int
+    identifier: str
+    priority: int
+    level_prefix: bool
+    socket_path: str = "/run/systemd/journal/stdout"
+
+    def header(self) -> bytes:
+        # identifier, unit id (empty), priority, level prefix, syslog, kmsg, console forwarding.
+        return (
+            f"{self.identifier}\n\n{self.priority}\n{int(self.level_prefix)}\n0\n0\n0\n"
+        ).encode()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +82,8 @@ class SpawnRequest:
     new_session: bool = True
     # Extra environment computed in the child (e.g. LISTEN_PID=<own pid>): names only.
     env_own_pid: tuple[str, ...] = ()
+    # Output fds the child connects to journald itself (JournalStream direct mode).
+    journal_streams: tuple[JournalStreamSetup, ...] = ()
 
 
 class SpawnError(OSError):
@@ -117,6 +142,8 @@ def _become_child(request: SpawnRequest, passed: Sequence[int], status_fd: int) 
         own_pid = str(os.getpid())
         for name in request.env_own_pid:
             env[name] = own_pid
+        for setup in request.journal_streams:
+            _connect_journal_stream(setup)
         stage = "exec"
         os.execve(request.executable, list(request.argv), env)
     except BaseException as exc:
@@ -139,6 +166,25 @@ def _install_fds(request: SpawnRequest, passed: Sequence[int]) -> None:
         os.dup2(_devnull, target, inheritable=True)
     for target in request.inherit:
         os.set_inheritable(target, True)
+
+
+def _connect_journal_stream(setup: JournalStreamSetup) -> None:
+    """Replace fd `setup.target` by a journald stream connection; keep it if that fails."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    except OSError:
+        return
+    try:
+        sock.connect(setup.socket_path)
+        sock.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        sock.sendall(setup.header())
+        os.dup2(sock.fileno(), setup.target, inheritable=True)
+    except OSError:
+        pass  # the pipe to the arbiter stays at `target`
+    finally:
+        sock.close()
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

@@ -41,7 +41,7 @@ WATCHER_TRANSITIONS: dict[WatcherState, frozenset[WatcherState]] = {
         {WatcherState.STOPPED, WatcherState.PAUSED, WatcherState.FAILED}
     ),
     WatcherState.PAUSED: frozenset({WatcherState.STARTING, WatcherState.STOPPED}),
-    WatcherState.FAILED: frozenset({WatcherState.STARTING}),
+    WatcherState.FAILED: frozenset({WatcherState.STARTING, WatcherState.STOPPED}),
 }
 
 

@@ -35,6 +35,8 @@ HEALTHY = "healthy"  # the process outlived min_uptime: failure counters reset
 RESTART = "restart"  # a worker's backoff is over
 WARMUP = "warmup"  # warmup_delay since the last spawn is over
 RETRY = "retry"  # a flapping pause is over
+READY_TIMEOUT = "ready_timeout"  # a notify process did not send READY=1 in time
+WATCHDOG = "watchdog"  # a notify process stopped sending WATCHDOG=1
 
 
 @dataclasses.dataclass
@@ -48,6 +50,11 @@ class ProcessRecord:
     started_at: float = 0.0
     # A stop asked for while the spawner had not yet answered with a pid.
     stop_requested: bool = False
+    # sd_notify from the process (watchers with `notify`): READY=1 seen, last STATUS=.
+    ready: bool = False
+    status: str = ""
+    # Stopped for not becoming ready in time: its exit counts as a failed start.
+    failed_start: bool = False
 
     def move_to(self, state: ProcessState) -> None:
         if state not in PROCESS_TRANSITIONS[self.state]:
@@ -102,8 +109,14 @@ class Watcher:
         """A start has done what it can now: every worker was spawned, is backing off or failed."""
         if self.state is not WatcherState.STARTING:
             return True
-        spawning = any(p.state is ProcessState.SPAWNING for p in self.processes.values())
-        return not spawning and not self._warming_up
+        pending = any(self._start_pending(p) for p in self.processes.values())
+        return not pending and not self._warming_up
+
+    def _start_pending(self, process: ProcessRecord) -> bool:
+        """Spawning, or (with `notify`) running but not ready yet."""
+        if process.state is ProcessState.SPAWNING:
+            return True
+        return self.config.notify and process.state is ProcessState.RUNNING and not process.ready
 
     def process_by_pid(self, pid: int) -> ProcessRecord | None:
         spawn_id = self._pids.get(pid)
@@ -192,6 +205,8 @@ class Watcher:
             Publish("spawn", {"process_pid": pid}),
             Log(logging.DEBUG, f"{self._label(process)} spawned"),
         ]
+        if self.config.notify and self.config.ready_timeout > 0:
+            actions.append(StartTimer((READY_TIMEOUT, spawn_id), self.config.ready_timeout))
         if self.config.max_age > 0:
             lifetime = self.config.max_age + self._rng.uniform(0, self.config.max_age_variance)
             actions.append(StartTimer((MAX_AGE, spawn_id), lifetime))
@@ -219,16 +234,17 @@ class Watcher:
             CancelTimer((KILL, spawn_id)),
             CancelTimer((MAX_AGE, spawn_id)),
             CancelTimer((HEALTHY, spawn_id)),
+            *self._cancel_notify_timers(spawn_id),
             Publish("reap", {"process_pid": pid, "exit_code": exit_code}),
         ]
-        if process.state not in LIVE_PROCESS_STATES:
+        if process.state not in LIVE_PROCESS_STATES and not process.failed_start:
             actions.append(Log(logging.DEBUG, f"{self._label(process)} stopped ({exit_code})"))
             return actions + self._reconcile(now)
         if exec_error is not None:
             return actions + self._after_exec_failure(process, exec_error, now)
         uptime = now - process.started_at
         how = _describe_exit(exit_code)
-        if uptime >= self.config.min_uptime:
+        if uptime >= self.config.min_uptime and not process.failed_start:
             self._failures.pop(process.wid, None)
             self._exec_failures = 0
             self._pauses = 0
@@ -240,9 +256,36 @@ class Watcher:
             return actions + self._flap(process, what, now)
         return actions + self._after_exit(process, what, now)
 
+    def notified(self, pid: int, message: dict[str, str], now: float) -> list[Action]:
+        """An sd_notify datagram from a process's own NOTIFY_SOCKET."""
+        process = self.process_by_pid(pid)
+        if process is None or process.state is not ProcessState.RUNNING:
+            return []
+        actions: list[Action] = []
+        if "STATUS" in message:
+            process.status = message["STATUS"]
+        if message.get("READY") == "1" and not process.ready:
+            process.ready = True
+            actions += [
+                CancelTimer((READY_TIMEOUT, process.spawn_id)),
+                Publish("ready", {"process_pid": pid, "wid": process.wid}),
+                Log(logging.INFO, f"{self._label(process)} ready"),
+            ]
+            if self.config.watchdog_sec > 0:
+                actions.append(StartTimer((WATCHDOG, process.spawn_id), self.config.watchdog_sec))
+        if message.get("WATCHDOG") == "1" and process.ready and self.config.watchdog_sec > 0:
+            actions.append(StartTimer((WATCHDOG, process.spawn_id), self.config.watchdog_sec))
+        if "ERRNO" in message:
+            actions.append(
+                Log(logging.WARNING, f"{self._label(process)} reports errno {message['ERRNO']}")
+            )
+        return actions + self._reconcile(now)
+
     def timer(self, key: Hashable, now: float) -> list[Action]:
         assert isinstance(key, tuple)
         kind = key[0]
+        if kind in (READY_TIMEOUT, WATCHDOG):
+            return self._notify_timeout(kind, key[1], now)
         if kind == KILL:
             process = self.processes.get(key[1])
             if process is None or process.pid is None:
@@ -286,6 +329,27 @@ class Watcher:
         return self._reconcile(now)
 
     # -- inner workings --------------------------------------------------------------------------
+
+    def _cancel_notify_timers(self, spawn_id: int) -> list[Action]:
+        if not self.config.notify:
+            return []
+        return [CancelTimer((READY_TIMEOUT, spawn_id)), CancelTimer((WATCHDOG, spawn_id))]
+
+    def _notify_timeout(self, kind: str, spawn_id: int, now: float) -> list[Action]:
+        process = self.processes.get(spawn_id)
+        if process is None or process.state is not ProcessState.RUNNING:
+            return []
+        label = self._label(process)
+        if kind == READY_TIMEOUT:
+            if process.ready:
+                return []
+            process.failed_start = True
+            message = f"{label} not ready {self.config.ready_timeout:g} s after its start"
+            stop = self._stop_process(process)
+        else:
+            message = f"{label} sent no WATCHDOG=1 for {self.config.watchdog_sec:g} s"
+            stop = self._stop_process(process, signal.SIGABRT)
+        return [Log(logging.WARNING, f"{message}: restarting it"), *stop, *self._reconcile(now)]
 
     def _set_state(self, state: WatcherState) -> None:
         if state not in WATCHER_TRANSITIONS[self.state]:
@@ -336,6 +400,7 @@ class Watcher:
         actions: list[Action] = [
             CancelTimer((MAX_AGE, process.spawn_id)),
             CancelTimer((HEALTHY, process.spawn_id)),
+            *self._cancel_notify_timers(process.spawn_id),
         ]
         if timeout <= 0:
             process.move_to(ProcessState.STOP_SIGKILL)
@@ -456,7 +521,7 @@ class Watcher:
         actions: list[Action] = []
         live_wids = set()
         for process in list(self.processes.values()):
-            if process.state not in LIVE_PROCESS_STATES:
+            if process.state not in LIVE_PROCESS_STATES and not process.failed_start:
                 continue
             if process.wid > target:
                 actions += self._stop_process(process)
@@ -476,7 +541,12 @@ class Watcher:
         return actions
 
     def _all_running(self) -> bool:
-        running = {p.wid for p in self.processes.values() if p.state is ProcessState.RUNNING}
+        """Every wanted worker has a running (and, with `notify`, ready) process."""
+        running = {
+            p.wid
+            for p in self.processes.values()
+            if p.state is ProcessState.RUNNING and (p.ready or not self.config.notify)
+        }
         wanted = set(range(1, self.config.target_processes + 1)) - self._retired
         return wanted <= running
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from circus_sd.config.model import ArbiterConfig, WatcherConfig
 from circus_sd.config.options import option_of
+from circus_sd.config.streams import StreamConfig
 
 
 def _default_text(name: str, value: Any) -> str:
@@ -37,7 +38,9 @@ def option_table(cls: type) -> str:
 def tables() -> str:
     return (
         "#### `[circus]`\n\n" + option_table(ArbiterConfig) + "\n\n"
-        "#### `[watcher:NAME]`\n\n" + option_table(WatcherConfig) + "\n"
+        "#### `[watcher:NAME]`\n\n" + option_table(WatcherConfig) + "\n\n"
+        "#### `stdout_stream.*` / `stderr_stream.*` (in `[watcher:NAME]`)\n\n"
+        + option_table(StreamConfig) + "\n"
     )
 
 

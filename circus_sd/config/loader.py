@@ -22,6 +22,8 @@ from circus_sd.config.options import (
     options_of,
     rlimit_pair,
 )
+from circus_sd.config.streams import StreamConfig, StreamOptionError, parse_stream
+from circus_sd.start_order import DependencyError, start_order
 
 
 def _describe(
@@ -110,10 +112,12 @@ _WATCHER_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 # Circus watcher keys that later versions will implement: accepted, stored in `extra`, warned.
 _NOT_YET = (
-    "stdout_stream.*", "stderr_stream.*", "hooks.*", "use_sockets", "stdin_socket", "on_demand",
-    "virtualenv_py_ver", "listen_fds", "memory_*", "cpu_*", "pids_max", "io_weight", "oom_group",
-    "ready_*",
+    "hooks.*", "use_sockets", "stdin_socket", "on_demand", "virtualenv_py_ver", "listen_fds",
+    "memory_*", "cpu_*", "pids_max", "io_weight", "oom_group",
+    "ready_log_line",
 )
+
+_STREAM_PREFIXES = ("stdout_stream.", "stderr_stream.")
 
 # The spawn path substitutes `$(circus.…)` in these per process, so the loader leaves them be.
 _SPAWN_TIME_KEYS = frozenset({"cmd", "args", "shell_args"})
@@ -273,6 +277,13 @@ class _Loader:
         flapping = self.flapping_defaults(plugins, arbiter_lookup)
         watchers = self.watchers(list(sections.values()), global_env, flapping)
         self.warn_ignored(list(sections.values()))
+        try:
+            start_order(watchers)
+        except DependencyError as exc:
+            raise ConfigError.at(
+                exc.watcher.location, str(exc).removeprefix("after: "),
+                f"watcher:{exc.watcher.name}", "after",
+            ) from None
         return Config(path=main, arbiter=arbiter, watchers=tuple(watchers))
 
     def watchers(
@@ -530,6 +541,7 @@ class _Loader:
         fields: dict[str, Any] = {}
         rlimits: list[tuple[int, int, int]] = []
         extra: dict[str, str] = {}
+        streams: dict[str, dict[str, tuple[str, _Value]]] = {}
         for key, value in section.values.items():
             if key in _SPAWN_TIME_KEYS:
                 text = value.text
@@ -540,6 +552,9 @@ class _Loader:
                 fields[field] = self.parse(declared.parse, text, value, section.name, key)
             elif key.startswith("rlimit_"):
                 rlimits.append(self.rlimit(key, text, value, section.name))
+            elif key.startswith(_STREAM_PREFIXES):
+                prefix, _, sub = key.partition(".")
+                streams.setdefault(prefix, {})[sub] = (text, value)
             else:
                 extra[key] = text
                 if any(fnmatchcase(key, pattern) for pattern in _NOT_YET):
@@ -549,6 +564,8 @@ class _Loader:
                 self.warn(value.location, message, section.name, key)
         if not fields.get("cmd", "").strip():
             raise ConfigError.at(section.location, "missing or empty", section.name, "cmd")
+        for prefix, values in streams.items():
+            fields[prefix] = self.stream(prefix, values, section)
         for field, default in flapping.items():
             fields.setdefault(field, default)
         return WatcherConfig(
@@ -559,6 +576,20 @@ class _Loader:
             location=section.location,
             **fields,
         )
+
+    def stream(
+        self, prefix: str, values: dict[str, tuple[str, _Value]], section: _Section
+    ) -> StreamConfig:
+        """`stdout_stream.*` or `stderr_stream.*` of one watcher, checked as a whole."""
+        try:
+            stream, warnings = parse_stream({sub: text for sub, (text, _) in values.items()})
+        except StreamOptionError as error:
+            where = values[error.key][1].location if error.key in values else section.location
+            key = f"{prefix}.{error.key}" if error.key else prefix
+            raise ConfigError.at(where, error.message, section.name, key) from None
+        for sub, message in warnings:
+            self.warn(values[sub][1].location, message, section.name, f"{prefix}.{sub}")
+        return stream
 
     def rlimit(self, key: str, text: str, value: _Value, section: str) -> tuple[int, int, int]:
         resource_number = RLIMITS.get(key)

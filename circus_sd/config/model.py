@@ -12,6 +12,7 @@ from circus_sd.config.options import (
     group_id,
     integer,
     log_level,
+    name_list,
     number,
     octal_mode,
     option,
@@ -20,6 +21,7 @@ from circus_sd.config.options import (
     text,
     user_id,
 )
+from circus_sd.config.streams import StreamConfig
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -97,6 +99,16 @@ class WatcherConfig:
     close_child_stdin: bool = option(boolean, True, "Give processes /dev/null as stdin.")
     close_child_stdout: bool = option(boolean, False, "Discard the processes' stdout.")
     close_child_stderr: bool = option(boolean, False, "Discard the processes' stderr.")
+    max_line: int = option(
+        integer(1),
+        65536,
+        "Longest line (bytes) kept whole in streamed output; longer ones are split with a marker.",
+    )
+    backpressure_timeout: float = option(
+        number(),
+        5.0,
+        "Seconds a process's output may wait for a slow stream before lines are dropped.",
+    )
     max_retry: int = option(
         integer(-1),
         5,
@@ -141,10 +153,30 @@ class WatcherConfig:
         key="flapping.max_retry",
         live=True,
     )
+    notify: bool = option(
+        boolean, False,
+        "Give each process its own NOTIFY_SOCKET: it is ready once it sends READY=1 (sd_notify).",
+    )
+    ready_timeout: float = option(
+        number(), 30.0,
+        "With `notify`: a process not ready this many seconds after its spawn is a failed start.",
+        live=True,
+    )
+    watchdog_sec: float = option(
+        number(), 0.0,
+        "With `notify`: restart a process that sends no WATCHDOG=1 for this long (0 = off).",
+        live=True,
+    )
+    after: tuple[str, ...] = option(
+        name_list, tuple[str, ...](), "Watchers that must be active (ready) before this one starts."
+    )
     # Not options of their own: filled from `[env...]` sections and `rlimit_*` keys.
     env: Mapping[str, str] = dataclasses.field(default_factory=_empty)
     # (RLIMIT_* number, soft, hard); applied in the child before exec.
     rlimits: tuple[tuple[int, int, int], ...] = ()
+    # From `stdout_stream.*` / `stderr_stream.*` keys; None = the default stream.
+    stdout_stream: StreamConfig | None = None
+    stderr_stream: StreamConfig | None = None
     # Keys the parser did not know (warned about), kept for plugins as Circus does.
     extra: Mapping[str, str] = dataclasses.field(default_factory=_empty)
     location: Location | None = dataclasses.field(default=None, compare=False)

@@ -113,6 +113,11 @@ def number(minimum: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
+def name_list(raw: str) -> tuple[str, ...]:
+    """Comma- or space-separated names."""
+    return tuple(name for name in raw.replace(",", " ").split() if name)
+
+
 def octal_mode(raw: str) -> int | None:
     value = raw.strip()
     if not value:

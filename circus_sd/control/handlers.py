@@ -76,10 +76,11 @@ def _matching(arbiter: Arbiter, props: dict[str, Any]) -> list[str]:
         found = [w for w in arbiter.watchers if fnmatch.fnmatchcase(w.lower(), name.lower())]
     elif match == "regex":
         try:
-            pattern = re.compile(name)
+            pattern = re.compile(name, re.IGNORECASE)
         except re.error as exc:
             raise CommandError(f"invalid regex {name!r}: {exc}") from None
-        found = [w for w in arbiter.watchers if pattern.fullmatch(w)]
+        # As Circus: re.match, anchored at the start only ("web" matches "web-1").
+        found = [w for w in arbiter.watchers if pattern.match(w)]
     else:
         raise CommandError(f"match: expected simple, glob or regex, got {match!r}")
     if not found:
@@ -104,7 +105,7 @@ def start(arbiter: Arbiter, props: dict[str, Any]) -> Result:
     async def work() -> dict[str, Any] | None:
         before = {n: set(arbiter.watchers[n].pids) for n in names}
         await _each(arbiter, names, arbiter.start_watcher)
-        if len(names) == 1 and names[0] in arbiter.watchers:
+        if _one_named(arbiter, props, names):
             now = set(arbiter.watchers[names[0]].pids)
             old = before[names[0]]
             return {"info": {"started": sorted(now - old), "kept": sorted(now & old)}}
@@ -130,7 +131,7 @@ def restart(arbiter: Arbiter, props: dict[str, Any]) -> Result:
     async def work() -> dict[str, Any] | None:
         before = {n: set(arbiter.watchers[n].pids) for n in names}
         await _each(arbiter, names, arbiter.restart_watcher)
-        return _replaced(arbiter, names, before)
+        return _replaced(arbiter, props, names, before)
 
     return Deferred(work())
 
@@ -148,15 +149,20 @@ def reload(arbiter: Arbiter, props: dict[str, Any]) -> Result:
             await arbiter.reload_watcher(name, graceful, sequential)
 
         await _each(arbiter, names, one)
-        return _replaced(arbiter, names, before)
+        return _replaced(arbiter, props, names, before)
 
     return Deferred(work())
 
 
+def _one_named(arbiter: Arbiter, props: dict[str, Any], names: list[str]) -> bool:
+    """Circus answers `info` only when a name was given and it matched one watcher."""
+    return bool(prop_str(props, "name")) and len(names) == 1 and names[0] in arbiter.watchers
+
+
 def _replaced(
-    arbiter: Arbiter, names: list[str], before: dict[str, set[int]]
+    arbiter: Arbiter, props: dict[str, Any], names: list[str], before: dict[str, set[int]]
 ) -> dict[str, Any] | None:
-    if len(names) != 1 or names[0] not in arbiter.watchers:
+    if not _one_named(arbiter, props, names):
         return None
     now = set(arbiter.watchers[names[0]].pids)
     old = before[names[0]]

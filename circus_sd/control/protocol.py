@@ -133,14 +133,14 @@ def prop_bool(props: dict[str, Any], key: str, default: bool = False) -> bool:
 
 
 def prop_int(props: dict[str, Any], key: str, default: int | None = None) -> int | None:
-    value = props.get(key, default)
-    if value is None:
-        return None
+    value = props.get(key)
+    if value is None:  # absent or null: the default, as for booleans
+        return default
     if isinstance(value, bool):
         raise CommandError(f"{key}: expected an integer, got {value!r}")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CommandError(f"{key}: expected an integer, got {value!r}") from None
 
 
@@ -152,5 +152,5 @@ def prop_float(props: dict[str, Any], key: str) -> float | None:
         raise CommandError(f"{key}: expected a number, got {value!r}")
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise CommandError(f"{key}: expected a number, got {value!r}") from None

@@ -66,6 +66,8 @@ class ControlServer:
         self._router: zmq.asyncio.Socket | None = None
         self._pub: zmq.Socket[bytes] | None = None
         self._locks: list[int] = []
+        # ipc socket files this server bound: the only ones it may remove when it closes.
+        self._bound_paths: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._tiers: dict[tuple[int, int], Tier | None] = {}
         self._own_uid = os.geteuid()
@@ -142,6 +144,7 @@ class ControlServer:
             raise EndpointError(f"cannot bind {endpoint}: {exc}") from None
         finally:
             os.umask(old_umask)
+        self._bound_paths.append(path)
         os.chmod(path, mode)
         if self.group is not None or self.owner_uid is not None:
             os.chown(
@@ -310,11 +313,11 @@ class ControlServer:
         self._router = self._pub = None
         if self._context is not None:
             self._context.term()
-        for endpoint in (self.endpoint, self.pubsub_endpoint):
-            path = ipc_path(endpoint)
-            if path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        # Not the files of endpoints we failed to bind: they may be another arbiter's.
+        for path in self._bound_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._bound_paths.clear()
         for lock in self._locks:
             os.close(lock)
         self._locks.clear()

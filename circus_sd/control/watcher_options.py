@@ -9,10 +9,12 @@ from typing import Any
 
 from circus_sd.config.model import WatcherConfig
 from circus_sd.config.options import RLIMITS, OptionValueError, options_of, rlimit_pair
+from circus_sd.config.streams import StreamOptionError, parse_stream, stream_options
 from circus_sd.control.protocol import CommandError
 
 _OPTIONS = options_of(WatcherConfig)
 _RLIMIT_NAMES = {number: key for key, number in RLIMITS.items()}
+_STREAMS = ("stdout_stream", "stderr_stream")
 
 
 def _as_text(value: Any) -> str:
@@ -27,9 +29,16 @@ def apply_options(config: WatcherConfig, options: Mapping[str, Any]) -> WatcherC
     """A copy of `config` with `options` (Circus key -> JSON value) parsed and applied."""
     changes: dict[str, Any] = {}
     rlimits = {number: (soft, hard) for number, soft, hard in config.rlimits}
+    streams: dict[str, dict[str, str]] = {}
     for key, value in options.items():
         key = key.lower()
-        if key in _OPTIONS:
+        prefix, _, sub = key.partition(".")
+        if prefix in _STREAMS and sub:
+            if prefix not in streams:
+                current = getattr(config, prefix)
+                streams[prefix] = stream_options(current) if current is not None else {}
+            streams[prefix][sub] = "" if value is None else _as_text(value)
+        elif key in _OPTIONS:
             field, declared = _OPTIONS[key]
             try:
                 changes[field] = declared.parse("" if value is None else _as_text(value))
@@ -46,6 +55,11 @@ def apply_options(config: WatcherConfig, options: Mapping[str, Any]) -> WatcherC
             changes["env"] = {str(k): str(v) for k, v in value.items()}
         else:
             raise CommandError(f"{key}: not a known option")
+    for prefix, raw in streams.items():
+        try:
+            changes[prefix] = parse_stream(raw)[0]
+        except StreamOptionError as exc:
+            raise CommandError(f"{prefix}.{exc.key or 'class'}: {exc.message}") from None
     changes["rlimits"] = tuple((n, s, h) for n, (s, h) in sorted(rlimits.items()))
     return dataclasses.replace(config, **changes)
 
@@ -58,6 +72,10 @@ def option_values(config: WatcherConfig) -> dict[str, Any]:
     values["env"] = dict(config.env)
     for number, soft, hard in config.rlimits:
         values[_RLIMIT_NAMES[number]] = _limit_text(soft, hard)
+    for prefix in _STREAMS:
+        stream = getattr(config, prefix)
+        if stream is not None:
+            values.update({f"{prefix}.{k}": v for k, v in stream_options(stream).items()})
     values.update(config.extra)
     return values
 

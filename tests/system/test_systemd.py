@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from conftest import System
@@ -159,3 +160,47 @@ def test_a_hung_arbiter_is_killed_by_the_watchdog_and_restarted(system: System) 
     assert not old_pids & set(system.pids_of("recorder.py"))
     messages = [e.get("MESSAGE", "") for e in system.journal()]
     assert any("Watchdog timeout" in m for m in messages)
+
+
+NOTIFIER = "/usr/bin/python3 /opt/payload/notifier.py"
+
+
+def test_notify_children_gate_readiness_and_after_orders_watchers(system: System) -> None:
+    system.configure(f"""
+[watcher:db]
+cmd = {NOTIFIER} 1.0 -1 0.5
+notify = true
+numprocesses = 2
+
+[watcher:web]
+cmd = {NOTIFIER} 0 -1 0.5
+notify = true
+priority = 10
+after = db
+""")
+    rc, out = system.systemctl("start", "circus-sd.service")
+    assert rc == 0, out
+    # systemctl start returned after READY=1: every process is up and has said READY=1.
+    assert len(system.pids_of("notifier.py 1.0")) == 2
+    assert len(system.pids_of("notifier.py 0 ")) == 1
+    assert system.show("StatusText") == "2/2 watchers active, 3 processes"
+    messages = [e.get("MESSAGE", "") for e in system.journal("_SYSTEMD_UNIT=circus-sd.service")]
+    ready_db = [i for i, m in enumerate(messages) if re.search(r"db\[\d\] pid \d+ ready", m)]
+    web_starts = [i for i, m in enumerate(messages) if "web: starting" in m]
+    assert len(ready_db) == 2 and web_starts and max(ready_db) < web_starts[-1]
+
+
+def test_a_child_that_stops_pinging_is_restarted_under_systemd(system: System) -> None:
+    system.configure(f"""
+[watcher:pinger]
+cmd = {NOTIFIER} 0 2 0.2
+notify = true
+watchdog_sec = 1
+""")
+    assert system.systemctl("start", "circus-sd.service")[0] == 0
+    (first,) = system.pids_of("notifier.py")
+    system.wait_until(
+        lambda: system.pids_of("notifier.py") not in ([], [first]), 10, "a new pinger"
+    )
+    messages = [e.get("MESSAGE", "") for e in system.journal("_SYSTEMD_UNIT=circus-sd.service")]
+    assert any(f"pid {first} sent no WATCHDOG=1" in m for m in messages)

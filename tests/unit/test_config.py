@@ -315,7 +315,8 @@ def test_env_placeholders_substituted_except_in_spawn_time_values(tmp_path: Path
     assert dict(web.env) == {"DATA": "$(circus.env.ROOT)/data"}
     assert web.working_dir == str(tmp_path / "srv")  # upper-case fallback
     assert web.graceful_timeout == 4.0  # case-insensitive, ((…)) spelling
-    assert web.extra["stdout_stream.filename"] == f"{tmp_path}/srv/$(circus.wid).log"
+    assert web.stdout_stream is not None
+    assert web.stdout_stream.filename == f"{tmp_path}/srv/$(circus.wid).log"
     assert web.extra["home"] == "~/x"
 
 
@@ -425,21 +426,17 @@ def test_unknown_and_unsupported_keys_warn_with_file_line_and_are_kept(tmp_path:
     path = write(tmp_path, "circus.ini", """
         [watcher:web]
         cmd = sleep 1
-        stdout_stream.class = FileStream
         memory_max = 1G
         use_sockets = true
         my_plugin_key = 7
     """)
     config, warnings = load(path)
     assert messages(warnings) == [
-        f"{path}:3: [watcher:web] stdout_stream.class: "
-        "not supported yet in this version; it has no effect",
-        f"{path}:4: [watcher:web] memory_max: not supported yet in this version; it has no effect",
-        f"{path}:5: [watcher:web] use_sockets: not supported yet in this version; it has no effect",
-        f"{path}:6: [watcher:web] my_plugin_key: unknown option (ignored; kept for plugins)",
+        f"{path}:3: [watcher:web] memory_max: not supported yet in this version; it has no effect",
+        f"{path}:4: [watcher:web] use_sockets: not supported yet in this version; it has no effect",
+        f"{path}:5: [watcher:web] my_plugin_key: unknown option (ignored; kept for plugins)",
     ]
     assert dict(config.watchers[0].extra) == {
-        "stdout_stream.class": "FileStream",
         "memory_max": "1G",
         "use_sockets": "true",
         "my_plugin_key": "7",

@@ -367,3 +367,56 @@ def test_kill_timer_of_a_reaped_process_does_nothing() -> None:
     assert (KILL, spawn_id) not in h.timers
     assert h.watcher.timer((KILL, spawn_id), h.now) == []
     assert h.watcher.timer((MAX_AGE, spawn_id), h.now) == []
+
+
+def test_notify_watcher_is_active_only_once_every_process_is_ready() -> None:
+    h = Harness(numprocesses=2, notify=True)
+    h.start()
+    first, second = h.answer_spawns()
+    assert h.watcher.state is WatcherState.STARTING and not h.watcher.start_settled
+    h.apply(h.watcher.notified(first, {"READY": "1", "STATUS": "warming"}, h.now))
+    assert h.watcher.state is WatcherState.STARTING
+    assert h.watcher.process_by_pid(first).status == "warming"
+    h.apply(h.watcher.notified(second, {"READY": "1"}, h.now))
+    assert h.watcher.state is WatcherState.ACTIVE and h.watcher.start_settled
+    assert [p["process_pid"] for n, p in h.events if n == "ready"] == [first, second]
+
+
+def test_a_process_not_ready_in_time_is_a_failed_start() -> None:
+    h = Harness(notify=True, ready_timeout=5.0, backoff_initial=1.0, check_flapping=False)
+    h.start()
+    (pid,) = h.answer_spawns()
+    h.advance(5.1)
+    assert h.signals == [Signal(pid, signal.SIGTERM)]
+    h.exit(pid, code=-15)
+    # Ran 5 s (more than min_uptime) but never got ready: backoff, not an immediate restart.
+    assert (RESTART, 1) in h.timers and not h.pending_spawns
+
+
+def test_a_process_that_stops_pinging_the_watchdog_is_restarted() -> None:
+    h = Harness(notify=True, watchdog_sec=3.0)
+    h.start()
+    (pid,) = h.answer_spawns()
+    h.apply(h.watcher.notified(pid, {"READY": "1"}, h.now))
+    for _ in range(3):
+        h.advance(2.0)
+        h.apply(h.watcher.notified(pid, {"WATCHDOG": "1"}, h.now))
+    assert not h.signals
+    h.advance(3.1)
+    assert h.signals == [Signal(pid, signal.SIGABRT)]
+    h.exit(pid, code=-6)
+    assert [s.wid for s in h.pending_spawns] == [1]
+
+
+def test_start_order_follows_priority_and_after() -> None:
+    from circus_sd.start_order import DependencyError, start_order
+
+    def w(name: str, priority: int = 0, after: tuple[str, ...] = ()) -> WatcherConfig:
+        return WatcherConfig(name=name, cmd="x", priority=priority, after=after)
+
+    order = start_order([w("web", 10, ("db",)), w("db"), w("cache", 5)])
+    assert [c.name for c in order] == ["cache", "db", "web"]
+    with pytest.raises(DependencyError, match="wait for each other"):
+        start_order([w("a", after=("b",)), w("b", after=("a",))])
+    with pytest.raises(DependencyError, match="no watcher named"):
+        start_order([w("a", after=("nope",))])

@@ -1,0 +1,1 @@
+"""Benchmarks of circus-sd against Circus and supervisord (`make bench`); see bench/README.md."""

@@ -1,0 +1,63 @@
+"""Did the log lines land intact? bench-child writes 100-byte lines "<pid:7> <seq:10> x...x\\n"."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+
+LINE_BYTES = 100
+_LINE = re.compile(rb"^(\d{7}) (\d{10}) x{80}\n", re.MULTILINE)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogCheck:
+    expected_lines: int
+    lines: int  # newline-terminated records found
+    intact: int  # records that are exactly one whole line, each (pid, seq) once
+    duplicates: int
+
+    @property
+    def torn(self) -> int:
+        """Records that are not one whole line: torn apart, merged with another, or mangled."""
+        return self.lines - self.intact - self.duplicates
+
+    @property
+    def missing(self) -> int:
+        return self.expected_lines - self.intact
+
+    @property
+    def intact_bytes(self) -> int:
+        return self.intact * LINE_BYTES
+
+
+def check(path: str, expected_lines: int) -> LogCheck:
+    with open(path, "rb") as f:
+        data = f.read()
+    seen: set[tuple[bytes, bytes]] = set()
+    duplicates = 0
+    for match in _LINE.finditer(data):
+        key = (match.group(1), match.group(2))
+        if key in seen:
+            duplicates += 1
+        seen.add(key)
+    return LogCheck(expected_lines, data.count(b"\n"), len(seen), duplicates)
+
+
+def wait_landed(path: str, expected_bytes: int, quiet: float, timeout: float) -> float:
+    """Poll the file's size (2 ms) until it holds `expected_bytes` or stops growing for `quiet`
+    seconds; returns the time.monotonic() of the last growth seen."""
+    deadline = time.monotonic() + timeout
+    size, changed = -1, time.monotonic()
+    while True:
+        try:
+            now_size = os.stat(path).st_size
+        except FileNotFoundError:
+            now_size = 0
+        now = time.monotonic()
+        if now_size != size:
+            size, changed = now_size, now
+        if size >= expected_bytes or now - changed > quiet or now > deadline:
+            return changed
+        time.sleep(0.002)

@@ -1,0 +1,247 @@
+"""File sinks' writers: append whole lines, rotate by size or time, reopen a moved file.
+
+Run in the sink's writer thread only. Every failure (no space, a deleted directory, a file that
+cannot be opened) becomes a SinkError saying how much of the batch was written; the sink retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable
+
+from circus_sd.config.streams import ROTATE_UNITS
+from circus_sd.output.lines import Buffer
+from circus_sd.output.sink import Chunk, SinkError
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+# How often a FileStream or TimedRotatingFileStream checks that its file is still in place (so it
+# recovers from a deleted file or directory); a WatchedFileStream checks before every batch.
+CHECK_INTERVAL = 1.0
+_DAY = 86400
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeRotation:
+    """RotatingFileHandler's scheme: NAME -> NAME.1 -> ... -> NAME.backup_count."""
+
+    max_bytes: int
+    backup_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeRotation:
+    """TimedRotatingFileHandler's scheme with Circus's suffixes: NAME.20240131 etc."""
+
+    when: str  # S M H D MIDNIGHT W0..W6
+    interval: int
+    backup_count: int
+    utc: bool
+
+    @property
+    def seconds(self) -> int:
+        unit = _DAY * 7 if self.when.startswith("W") else ROTATE_UNITS[self.when]
+        return unit * self.interval
+
+    @property
+    def suffix(self) -> str:
+        return {"S": "%Y%m%d%H%M%S", "M": "%Y%m%d%H%M", "H": "%Y%m%d%H"}.get(self.when, "%Y%m%d")
+
+    @property
+    def suffix_pattern(self) -> re.Pattern[str]:
+        digits = len(time.strftime(self.suffix, time.gmtime(0)))
+        return re.compile(rf"\d{{{digits}}}\Z")
+
+    def next_rollover(self, now: float) -> float:
+        """When the file opened (or last rotated) at `now` is rotated next."""
+        current = int(now)
+        if self.when != "MIDNIGHT" and not self.when.startswith("W"):
+            return current + self.seconds
+        t = time.gmtime(current) if self.utc else time.localtime(current)
+        result = current + _DAY - ((t.tm_hour * 60 + t.tm_min) * 60 + t.tm_sec)
+        if self.when == "MIDNIGHT":
+            return result + (self.interval - 1) * _DAY
+        # Wn: at the midnight that ends weekday n, as logging does.
+        day, today = int(self.when[1]), t.tm_wday
+        if day != today:
+            result += (day - today if today < day else 6 - today + day + 1) * _DAY
+        return result
+
+
+class FileWriter:
+    """Appends to one file (O_APPEND), optionally rotating it; reopens it when it moved."""
+
+    def __init__(
+        self,
+        path: str,
+        rotation: SizeRotation | TimeRotation | None = None,
+        check_interval: float = CHECK_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.rotation = rotation
+        self.check_interval = check_interval
+        self._clock = clock
+        self._fd = -1
+        self._identity = (0, 0)
+        self._size = 0
+        self._checked = 0.0
+        self._rollover_at = 0.0
+        self.description = f"file {path}"
+        self.reopened = 0  # times the file was found moved or deleted and opened again
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise SinkError(f"cannot open {self.path}: {exc.strerror}") from None
+        stat = os.fstat(fd)
+        self._fd = fd
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._size = stat.st_size
+        self._checked = self._clock()
+        if isinstance(self.rotation, TimeRotation):
+            # As logging does: a file that exists rotates on the schedule of its last change.
+            since = stat.st_mtime if stat.st_size else self._checked
+            self._rollover_at = self.rotation.next_rollover(since)
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def _still_in_place(self) -> bool:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._identity
+
+    def _prepare(self) -> None:
+        """An open fd on the file at `path` (checked every check_interval), rotated if due."""
+        now = self._clock()
+        if self._fd >= 0 and now - self._checked >= self.check_interval:
+            self._checked = now
+            if not self._still_in_place():
+                self._close_fd()
+                self.reopened += 1
+        if self._fd < 0:
+            self._open()
+        if isinstance(self.rotation, TimeRotation) and now >= self._rollover_at:
+            self._rotate_by_time(now)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, batch: list[Chunk]) -> None:
+        self._prepare()
+        parts = [part for chunk in batch for part in chunk.parts]
+        if isinstance(self.rotation, SizeRotation) and self.rotation.backup_count > 0:
+            self._write_rotating(parts, self.rotation)
+        else:
+            self._writev(parts, 0)
+
+    def _writev(self, parts: list[Buffer], written_before: int) -> int:
+        """Write all of `parts`; bytes written. SinkError counts `written_before` in."""
+        written = 0
+        index = 0
+        while index < len(parts):
+            group = parts[index : index + _IOV_MAX]
+            try:
+                count = os.writev(self._fd, group)
+            except OSError as exc:
+                raise SinkError(
+                    f"cannot write {self.path}: {exc.strerror}", written_before + written
+                ) from None
+            written += count
+            self._size += count
+            # Skip what was written; a short write leaves the tail of one part.
+            for part in group:
+                if count >= len(part):
+                    count -= len(part)
+                    index += 1
+                else:
+                    parts[index] = memoryview(part)[count:]
+                    break
+        return written
+
+    def _write_rotating(self, parts: list[Buffer], rotation: SizeRotation) -> None:
+        """Write so that no file grows past max_bytes, rotating between whole lines."""
+        written = 0
+        queued: list[Buffer] = []
+        queued_size = 0
+        for part in parts:
+            while len(part):
+                room = rotation.max_bytes - self._size - queued_size
+                if len(part) <= room:
+                    queued.append(part)
+                    queued_size += len(part)
+                    break
+                written += self._writev(queued, written)
+                queued, queued_size = [], 0
+                data = bytes(part)
+                cut = data.rfind(b"\n", 0, max(room, 0)) + 1
+                if not cut and self._size == 0:
+                    # A single line longer than a whole file: it gets a file of its own.
+                    cut = data.find(b"\n") + 1 or len(data)
+                if cut:
+                    written += self._writev([data[:cut]], written)
+                part = data[cut:]
+                self._rotate_by_size(rotation, written)
+        written += self._writev(queued, written)
+
+    # -- rotating --------------------------------------------------------------------------------
+
+    def _rotate_by_size(self, rotation: SizeRotation, written: int) -> None:
+        self._close_fd()
+        try:
+            for index in range(rotation.backup_count - 1, 0, -1):
+                source = f"{self.path}.{index}"
+                if os.path.exists(source):
+                    os.replace(source, f"{self.path}.{index + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        except OSError as exc:
+            raise SinkError(f"cannot rotate {self.path}: {exc.strerror}", written) from None
+        try:
+            self._open()
+        except SinkError as error:
+            raise SinkError(error.reason, written) from None
+
+    def _rotate_by_time(self, now: float) -> None:
+        rotation = self.rotation
+        assert isinstance(rotation, TimeRotation)
+        # The file is named after the start of the interval it holds, as in Circus and logging.
+        start = self._rollover_at - rotation.seconds
+        stamp = time.gmtime(start) if rotation.utc else time.localtime(start)
+        target = f"{self.path}.{time.strftime(rotation.suffix, stamp)}"
+        self._close_fd()
+        try:
+            if os.path.exists(self.path):
+                os.replace(self.path, target)
+            if rotation.backup_count > 0:
+                for old in self._old_backups(rotation):
+                    os.unlink(old)
+        except OSError as exc:
+            raise SinkError(f"cannot rotate {self.path}: {exc.strerror}") from None
+        self._open()
+        rollover = rotation.next_rollover(now)
+        while rollover <= now:
+            rollover += rotation.seconds
+        self._rollover_at = rollover
+
+    def _old_backups(self, rotation: TimeRotation) -> list[str]:
+        directory, base = os.path.split(self.path)
+        prefix = base + "."
+        pattern = rotation.suffix_pattern
+        backups = sorted(
+            os.path.join(directory, name)
+            for name in os.listdir(directory)
+            if name.startswith(prefix) and pattern.match(name[len(prefix) :])
+        )
+        return backups[: max(0, len(backups) - rotation.backup_count)]
+
+    def close(self) -> None:
+        self._close_fd()
