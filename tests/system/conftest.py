@@ -79,7 +79,7 @@ class System:
     def pids_of(self, pattern: str) -> list[int]:
         """Pids of payload programs whose command line starts with `pattern` (anchored, so that
         the shell running pgrep, whose own command line holds the pattern, is not counted)."""
-        out = self.sh(f"pgrep -f '^/usr/bin/python3 /opt/payload/{pattern}' || true")
+        out = self.sh(f"pgrep -f '^/usr/bin/python3 /opt/(payload|children)/{pattern}' || true")
         return [int(p) for p in out.split()]
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -105,6 +105,8 @@ def container() -> Iterator[SystemdContainer]:
     binds = [
         (str(WHEELS), "/opt/circus-sd/wheel", True),
         (str(HERE / "payload"), "/opt/payload", True),
+        # The integration tests' child programs (notifier.py), shared rather than copied.
+        (str(ROOT / "tests" / "integration" / "children"), "/opt/children", True),
     ]
     with SystemdContainer(binds=binds) as ct:
         install = ct.run(

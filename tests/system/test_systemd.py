@@ -162,7 +162,7 @@ def test_a_hung_arbiter_is_killed_by_the_watchdog_and_restarted(system: System) 
     assert any("Watchdog timeout" in m for m in messages)
 
 
-NOTIFIER = "/usr/bin/python3 /opt/payload/notifier.py"
+NOTIFIER = "/usr/bin/python3 /opt/children/notifier.py"
 
 
 def test_notify_children_gate_readiness_and_after_orders_watchers(system: System) -> None:
