@@ -51,7 +51,8 @@ from circus_sd.output.sink import Chunk
 class InlineSink:
     # Writes in the loop thread, at once: the alternative to a writer thread per sink.
     def __init__(self, writer, loop, limit, on_report):
-        self.writer, self.description, self.closed, self.full = writer, writer.description, False, False
+        self.writer, self.description = writer, writer.description
+        self.closed = self.full = False
     def put(self, parts, size, origin):
         self.writer.write([Chunk(parts, size, origin)])
         return True
@@ -68,14 +69,15 @@ router.Sink = InlineSink
 VARIANTS: dict[str, str] = {
     "circus-sd": "",
     "inline-write": _INLINE_SINK,
-    "read-64k": "import circus_sd.output.router as r; r.READ_SIZE = 64 << 10",
-    "read-1m": "import circus_sd.output.router as r; r.READ_SIZE = 1 << 20",
+    "read-64k": "import circus_sd.output.reader as r; r.READ_SIZE = 64 << 10",
+    "read-1m": "import circus_sd.output.reader as r; r.READ_SIZE = 1 << 20",
     "pipe-64k": "import circus_sd.output.router as r; r.PIPE_SIZE = 64 << 10",
-    "no-gather": "import circus_sd.output.router as r; r.GATHER_DELAY = 0.0",
-    "gather-5ms": "import circus_sd.output.router as r; r.GATHER_DELAY = 0.005",
+    "no-gather": "import circus_sd.output.reader as r; r.GATHER_DELAY = 0.0",
+    "gather-5ms": "import circus_sd.output.reader as r; r.GATHER_DELAY = 0.005",
 }
-if os.environ.get("OUTBENCH_PATCH"):
-    VARIANTS["patched"] = open(os.environ["OUTBENCH_PATCH"]).read()
+if os.environ.get("OUTBENCH_PATCH"):  # a one-off experiment: a file of Python to run first
+    with open(os.environ["OUTBENCH_PATCH"]) as _patch:
+        VARIANTS["patched"] = _patch.read()
 
 
 def circus_config(run_dir: str, sock: str, lines: int, mode: str, per_process: bool) -> str:
@@ -138,8 +140,8 @@ def one_run(
                 with open(config, "w") as f:
                     f.write(circus_config(run_dir, sock, lines, mode, per_process))
                 argv = [PROJECT_PY, "-c", _LAUNCH.format(patch=VARIANTS[variant]), config]
-            log = open(os.path.join(run_dir, "daemon.log"), "wb")
-            daemon = subprocess.Popen(argv, stdout=log, stderr=log, cwd=run_dir)
+            with open(os.path.join(run_dir, "daemon.log"), "wb") as log:
+                daemon = subprocess.Popen(argv, stdout=log, stderr=log, cwd=run_dir)
             try:
                 if not registry.wait_alive(WRITERS, 30):
                     raise RuntimeError(f"{variant}: writers did not start")
@@ -164,7 +166,6 @@ def one_run(
                 except subprocess.TimeoutExpired:
                     daemon.kill()
                     daemon.wait()
-                log.close()
         results = [check(path, lines * WRITERS // len(files)) for path in files]
         intact = sum(r.intact for r in results)
         torn = sum(r.torn for r in results)

@@ -1,14 +1,10 @@
-"""The arbiter's side of child output: a pipe per process and stream, read by the event loop.
+"""The arbiter's side of child output: each process's pipes, the sinks they share, the reports.
 
-Data path: child --pipe--> StreamReader (loop: non-blocking reads of up to 256 KiB) -->
-LineAssembler (whole lines) --> Sink (bounded queue) --> the sink's writer thread --> file,
-journald, the arbiter's stdout or a user's class.
-
-Backpressure, the stated policy: when a sink's queue is full, the readers feeding it stop
-reading their pipes, so the children's writes wait (the pipe holds 1 MiB). A reader that has
-waited `backpressure_timeout` seconds reads again and drops whole lines while the sink is still
-full, counting them; when the sink has caught up (its queue is half empty) everything is
-written again. Drops are logged and published as `watcher.<name>.dropped`.
+Data path: child --pipe (1 MiB)--> StreamReader (the loop: reads of up to 256 KiB, reader.py)
+--> LineAssembler (whole lines, lines.py) --> Sink (a queue bounded to 4 MiB, sink.py) --> the
+sink's writer thread --> a file (files.py), journald (journal.py), the arbiter's stdout
+(console.py) or a user's class (custom.py). Backpressure: reader.py. Lines dropped anywhere are
+summed up here, logged and published as `watcher.<name>.dropped` at most once a second.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import enum
 import fcntl
 import logging
 import os
@@ -37,9 +32,11 @@ from circus_sd.config.streams import (
 from circus_sd.output import journal
 from circus_sd.output.console import ConsoleWriter, console_style
 from circus_sd.output.custom import CustomWriter
+from circus_sd.output.drops import DropReport
 from circus_sd.output.files import CHECK_INTERVAL, FileWriter, SizeRotation, TimeRotation
 from circus_sd.output.journal import JournalWriter
-from circus_sd.output.lines import Buffer, LineAssembler, LineStyle
+from circus_sd.output.lines import LineAssembler, LineStyle
+from circus_sd.output.reader import StreamReader, Tap
 from circus_sd.output.sink import (
     Origin,
     Sink,
@@ -48,23 +45,15 @@ from circus_sd.output.sink import (
     SinkRecovered,
     SinkReport,
     Writer,
-    count_lines,
 )
 from circus_sd.spawner import JournalStreamSetup
 
 log = logging.getLogger("circus_sd")
 
-READ_SIZE = 256 << 10
 PIPE_SIZE = 1 << 20
-# A busy stream (read again within this delay, and not much there) is left alone this long, so
-# that the next read takes a big chunk: 50-100x fewer reads, wakeups and hand-overs at full
-# speed; output that comes now and then is still read at once.
-GATHER_DELAY = 0.002
 SINK_LIMIT = 4 << 20
 # An unused sink stays open this long, so that a restarted process finds it still open.
 LINGER = 2.0
-# Drops are summed up and reported (log line + event) at most this often per watcher.
-REPORT_EVERY = 1.0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
 
@@ -97,13 +86,6 @@ def effective_stream(
     return StreamConfig(class_name=JOURNAL if journal_default else STDOUT)
 
 
-class _State(enum.Enum):
-    READING = "reading"
-    GATHERING = "gathering"  # busy: letting the pipe fill a little before the next read
-    PAUSED = "paused"  # the sink is full: the pipe is not read, the child's writes wait
-    DROPPING = "dropping"  # paused too long: reading, and dropping lines the sink has no room for
-
-
 class SinkUse:
     """A sink as the loop sees it: who uses it, and its drop episode."""
 
@@ -115,143 +97,6 @@ class SinkUse:
         self.close_timer: asyncio.TimerHandle | None = None
         self.failing: str | None = None
         self.dropping_since: float | None = None
-
-
-class StreamReader:
-    """One process's stdout or stderr: its pipe, its line assembler, its sink."""
-
-    def __init__(
-        self,
-        router: OutputRouter,
-        fd: int,
-        use: SinkUse,
-        assembler: LineAssembler,
-        origin: Origin,
-        backpressure_timeout: float,
-    ) -> None:
-        self.router = router
-        self.fd = fd
-        self.use = use
-        self.assembler = assembler
-        self.origin = origin
-        self.backpressure_timeout = backpressure_timeout
-        self.state = _State.READING
-        self._timer: asyncio.TimerHandle | None = None
-        self.read_bytes = 0
-        self._last_read = 0.0
-        self.closed = False
-
-    def start(self) -> None:
-        self.router.loop.add_reader(self.fd, self.on_readable)
-
-    def on_readable(self) -> None:
-        try:
-            data = os.read(self.fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.finish()
-            return
-        self.read_bytes += len(data)
-        parts = self.assembler.feed(data, time.time())
-        if parts:
-            self._deliver(parts)
-        now = time.monotonic()
-        if (
-            self.state is _State.READING
-            and len(data) < READ_SIZE // 2
-            and now - self._last_read < GATHER_DELAY
-        ):
-            self._gather()
-        self._last_read = now
-
-    def _gather(self) -> None:
-        loop = self.router.loop
-        loop.remove_reader(self.fd)
-        self.state = _State.GATHERING
-        self._timer = loop.call_later(GATHER_DELAY, self._gathered)
-
-    def _gathered(self) -> None:
-        self._timer = None
-        if self.state is _State.GATHERING:
-            self.state = _State.READING
-            self.router.loop.add_reader(self.fd, self.on_readable)
-
-    def _deliver(self, parts: list[Buffer]) -> None:
-        size = 0
-        for part in parts:
-            size += len(part)
-        for tap in self.router.taps:
-            tap(self.origin, parts)
-        sink = self.use.sink
-        if self.state is _State.DROPPING and sink.full:
-            self.router.dropped(
-                self.origin, sink.description, count_lines(parts), size, "backpressure"
-            )
-            return
-        if not sink.put(parts, size, self.origin) and self.state is _State.READING:
-            self._pause()
-
-    def _pause(self) -> None:
-        loop = self.router.loop
-        loop.remove_reader(self.fd)
-        self.state = _State.PAUSED
-        self._timer = loop.call_later(self.backpressure_timeout, self._stop_waiting)
-        self.use.sink.when_room(self, self._on_room)
-
-    def _stop_waiting(self) -> None:
-        self._timer = None
-        if self.state is not _State.PAUSED:
-            return
-        self.state = _State.DROPPING
-        self.router.loop.add_reader(self.fd, self.on_readable)
-        self.router.started_dropping(self)
-
-    def _on_room(self) -> None:
-        if self.state is _State.PAUSED:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self.router.loop.add_reader(self.fd, self.on_readable)
-        self.state = _State.READING
-        self.router.caught_up(self.use)
-
-    def drain(self, reads: int = 64) -> None:
-        """At shutdown: what the pipe still holds, whatever the sink's queue says."""
-        for _ in range(reads):
-            if self.closed:
-                return
-            try:
-                data = os.read(self.fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                break
-            parts = self.assembler.feed(data, time.time())
-            if parts:
-                self.use.sink.put(parts, sum(len(p) for p in parts), self.origin)
-        self.finish()
-
-    def finish(self) -> None:
-        """EOF (or shutdown): the last incomplete line goes out, the pipe is closed."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.state in (_State.READING, _State.DROPPING):
-            self.router.loop.remove_reader(self.fd)
-        self.use.sink.forget(self)
-        parts = self.assembler.flush(time.time())
-        if parts and not self.use.sink.closed:
-            self.use.sink.put(parts, sum(len(p) for p in parts), self.origin)
-        os.close(self.fd)
-        self.router.reader_done(self)
 
 
 @dataclasses.dataclass
@@ -288,12 +133,12 @@ class ProcessOutput:
             reader = StreamReader(
                 self.router,
                 pending.read_fd,
-                pending.use,
+                pending.use.sink,
                 assembler,
                 origin,
                 self.config.backpressure_timeout,
             )
-            self.router.readers.add(reader)
+            self.router.readers[reader] = pending.use
             reader.start()
         self._pending = []
 
@@ -327,16 +172,13 @@ class OutputRouter:
         self._publish = publish
         self._loop: asyncio.AbstractEventLoop | None = None
         self._uses: dict[Hashable, SinkUse] = {}
-        self.readers: set[StreamReader] = set()
+        self.readers: dict[StreamReader, SinkUse] = {}
         # Called in the loop with every block of whole lines read (before any drop): the hook
         # for an output PUB socket (`output_endpoint`) and readiness by log line.
-        self.taps: list[Callable[[Origin, list[Buffer]], None]] = []
+        self.taps: list[Tap] = []
         self._warned: set[Hashable] = set()
         # (watcher, stream, sink description, reason) -> [lines, bytes] not yet reported
-        self._unreported: dict[tuple[str, str, str, str], list[int]] = {}
-        self._report_timer: asyncio.TimerHandle | None = None
-        # Lines and bytes dropped per watcher since the start (for stats).
-        self.dropped_totals: dict[str, list[int]] = {}
+        self.drops = DropReport(publish, lambda delay, then: self.loop.call_later(delay, then))
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -491,8 +333,9 @@ class OutputRouter:
             use.sink.close()
 
     def reader_done(self, reader: StreamReader) -> None:
-        self.readers.discard(reader)
-        self.release(reader.use)
+        use = self.readers.pop(reader, None)
+        if use is not None:
+            self.release(use)
 
     # -- reports ---------------------------------------------------------------------------------
 
@@ -502,7 +345,7 @@ class OutputRouter:
             log.warning(message, *args)
 
     def started_dropping(self, reader: StreamReader) -> None:
-        use = reader.use
+        use = self.readers[reader]
         if use.dropping_since is None:
             use.dropping_since = time.monotonic()
             log.warning(
@@ -512,7 +355,8 @@ class OutputRouter:
                 reader.backpressure_timeout,
             )
 
-    def caught_up(self, use: SinkUse) -> None:
+    def caught_up(self, reader: StreamReader) -> None:
+        use = self.readers[reader]
         if use.dropping_since is not None:
             log.info(
                 "%s caught up after %.1f s of dropping lines",
@@ -522,30 +366,8 @@ class OutputRouter:
             use.dropping_since = None
 
     def dropped(self, origin: Origin, sink: str, lines: int, size: int, reason: str) -> None:
-        """Count lines dropped; they are reported (log and event) within REPORT_EVERY."""
-        key = (origin.watcher, origin.stream, sink, reason)
-        counts = self._unreported.setdefault(key, [0, 0])
-        counts[0] += lines
-        counts[1] += size
-        totals = self.dropped_totals.setdefault(origin.watcher, [0, 0])
-        totals[0] += lines
-        totals[1] += size
-        if self._report_timer is None:
-            self._report_timer = self.loop.call_later(REPORT_EVERY, self._report_drops)
-
-    def _report_drops(self) -> None:
-        self._report_timer = None
-        unreported, self._unreported = self._unreported, {}
-        for (watcher, stream, sink, reason), (lines, size) in unreported.items():
-            log.warning(
-                "%s: dropped %d line(s) (%d bytes) of %s for %s (%s)",
-                watcher, lines, size, stream, sink, reason,
-            )
-            self._publish(
-                watcher,
-                "dropped",
-                {"stream": stream, "lines": lines, "bytes": size, "sink": sink, "reason": reason},
-            )
+        """Count lines dropped: reported as events within a second, in the log now and then."""
+        self.drops.add(origin, sink, lines, size, reason)
 
     def _on_sink_report(self, sink: Sink, report: SinkReport) -> None:
         use = next((u for u in self._uses.values() if u.sink is sink), None)
@@ -584,7 +406,5 @@ class OutputRouter:
                 )
         # Reports the writer threads sent while finishing.
         await asyncio.sleep(0)
-        if self._report_timer is not None:
-            self._report_timer.cancel()
-        self._report_drops()
+        self.drops.flush()
 

@@ -1,0 +1,190 @@
+"""One process's stdout or stderr in the event loop: reads, whole lines, and backpressure.
+
+The policy, per reader: READING until the sink says it is full, then PAUSED (the pipe is not
+read, so the child's writes wait) until the sink has room again; after `backpressure_timeout`
+seconds of waiting, DROPPING: the pipe is read again and the lines the sink has no room for are
+dropped and counted, until the sink has room. A busy pipe is also left alone for GATHER_DELAY
+between reads (GATHERING), so that each read takes a big chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from circus_sd.output.lines import Buffer, LineAssembler
+from circus_sd.output.sink import Origin, Sink, count_lines
+
+READ_SIZE = 256 << 10
+# A busy stream (read again within this delay, and not much there) is left alone this long, so
+# that the next read takes a big chunk: 50-100x fewer reads, wakeups and hand-overs at full
+# speed; output that comes now and then is still read at once.
+GATHER_DELAY = 0.002
+
+Tap = Callable[[Origin, list[Buffer]], None]
+
+
+class ReaderHost(Protocol):
+    """What a reader needs from whoever owns it (the router)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def taps(self) -> list[Tap]: ...
+
+    def dropped(self, origin: Origin, sink: str, lines: int, size: int, reason: str) -> None: ...
+
+    def started_dropping(self, reader: StreamReader) -> None: ...
+
+    def caught_up(self, reader: StreamReader) -> None: ...
+
+    def reader_done(self, reader: StreamReader) -> None: ...
+
+
+class _State(enum.Enum):
+    READING = "reading"
+    GATHERING = "gathering"  # busy: letting the pipe fill a little before the next read
+    PAUSED = "paused"  # the sink is full: the pipe is not read, the child's writes wait
+    DROPPING = "dropping"  # paused too long: reading, and dropping lines the sink has no room for
+
+
+class StreamReader:
+    """One process's stdout or stderr: its pipe, its line assembler, its sink."""
+
+    def __init__(
+        self,
+        host: ReaderHost,
+        fd: int,
+        sink: Sink,
+        assembler: LineAssembler,
+        origin: Origin,
+        backpressure_timeout: float,
+    ) -> None:
+        self.host = host
+        self.fd = fd
+        self.sink = sink
+        self.assembler = assembler
+        self.origin = origin
+        self.backpressure_timeout = backpressure_timeout
+        self.state = _State.READING
+        self._timer: asyncio.TimerHandle | None = None
+        self.read_bytes = 0
+        self._last_read = 0.0
+        self.closed = False
+
+    def start(self) -> None:
+        self.host.loop.add_reader(self.fd, self.on_readable)
+
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.finish()
+            return
+        self.read_bytes += len(data)
+        parts = self.assembler.feed(data, time.time())
+        if parts:
+            self._deliver(parts)
+        now = time.monotonic()
+        if (
+            self.state is _State.READING
+            and len(data) < READ_SIZE // 2
+            and now - self._last_read < GATHER_DELAY
+        ):
+            self._gather()
+        self._last_read = now
+
+    def _gather(self) -> None:
+        loop = self.host.loop
+        loop.remove_reader(self.fd)
+        self.state = _State.GATHERING
+        self._timer = loop.call_later(GATHER_DELAY, self._gathered)
+
+    def _gathered(self) -> None:
+        self._timer = None
+        if self.state is _State.GATHERING:
+            self.state = _State.READING
+            self.host.loop.add_reader(self.fd, self.on_readable)
+
+    def _deliver(self, parts: list[Buffer]) -> None:
+        size = 0
+        for part in parts:
+            size += len(part)
+        for tap in self.host.taps:
+            tap(self.origin, parts)
+        sink = self.sink
+        if self.state is _State.DROPPING and sink.full:
+            self.host.dropped(
+                self.origin, sink.description, count_lines(parts), size, "backpressure"
+            )
+            return
+        if not sink.put(parts, size, self.origin) and self.state is _State.READING:
+            self._pause()
+
+    def _pause(self) -> None:
+        loop = self.host.loop
+        loop.remove_reader(self.fd)
+        self.state = _State.PAUSED
+        self._timer = loop.call_later(self.backpressure_timeout, self._stop_waiting)
+        self.sink.when_room(self, self._on_room)
+
+    def _stop_waiting(self) -> None:
+        self._timer = None
+        if self.state is not _State.PAUSED:
+            return
+        self.state = _State.DROPPING
+        self.host.loop.add_reader(self.fd, self.on_readable)
+        self.host.started_dropping(self)
+
+    def _on_room(self) -> None:
+        if self.state is _State.PAUSED:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.host.loop.add_reader(self.fd, self.on_readable)
+        self.state = _State.READING
+        self.host.caught_up(self)
+
+    def drain(self, reads: int = 64) -> None:
+        """At shutdown: what the pipe still holds, whatever the sink's queue says."""
+        for _ in range(reads):
+            if self.closed:
+                return
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                break
+            parts = self.assembler.feed(data, time.time())
+            if parts:
+                self.sink.put(parts, sum(len(p) for p in parts), self.origin)
+        self.finish()
+
+    def finish(self) -> None:
+        """EOF (or shutdown): the last incomplete line goes out, the pipe is closed."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.state in (_State.READING, _State.DROPPING):
+            self.host.loop.remove_reader(self.fd)
+        self.sink.forget(self)
+        parts = self.assembler.flush(time.time())
+        if parts and not self.sink.closed:
+            self.sink.put(parts, sum(len(p) for p in parts), self.origin)
+        os.close(self.fd)
+        self.host.reader_done(self)
