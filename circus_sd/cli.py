@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="circus-sd",
         description="Run and watch processes described in a Circus-style INI file.",
     )
-    parser.add_argument("config", help="configuration file (circus.ini)")
+    parser.add_argument("config", nargs="?", help="configuration file (circus.ini)")
     parser.add_argument(
         "--check",
         action="store_true",
@@ -48,12 +48,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--logger-config", dest="loggerconfig", help="a logging configuration file (INI or JSON)"
     )
     parser.add_argument("--pidfile", help="pidfile, locked while the arbiter runs")
+    parser.add_argument("--make-curve-keys", metavar="DIR",
+                        help="write CURVE key pairs for a tcp:// endpoint into DIR, then exit")
     parser.add_argument("--version", action="version", version=f"circus-sd {__version__}")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.make_curve_keys:
+        from circus_sd.curve import make_keys
+
+        for path in make_keys(args.make_curve_keys):
+            print(path)
+        return 0
+    if not args.config:
+        print("circus-sd: a configuration file is required (see --help)", file=sys.stderr)
+        return 2
     try:
         config, warnings = load_config(args.config)
     except ConfigError as exc:
@@ -116,14 +127,7 @@ async def _serve(arbiter: Arbiter) -> int:
     options = arbiter.config.arbiter
     server = None
     try:
-        server = ControlServer(
-            arbiter,
-            endpoint=options.endpoint,
-            pubsub_endpoint=options.pubsub_endpoint,
-            group=options.endpoint_group,
-            owner=options.endpoint_owner,
-            insecure_tcp=options.insecure_tcp,
-        )
+        server = ControlServer(arbiter, options)
         server.bind()
     except EndpointError as exc:
         log.error("%s", exc)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from circus_sd import endpoints
+from circus_sd.curve import apply_client_keys_from_env
 
 if TYPE_CHECKING:
     import zmq
@@ -114,6 +115,7 @@ class _ClientBase:
             self._socket = self._context.socket(zmq.DEALER)
             self._socket.setsockopt(zmq.IDENTITY, new_request_id().encode())
             self._socket.setsockopt(zmq.LINGER, 0)
+            apply_client_keys_from_env(self._socket, self.endpoint)
             self._socket.connect(self.endpoint)
         return self._socket
 
@@ -230,6 +232,7 @@ def subscribe(
     socket = context.socket(zmq.SUB)
     try:
         socket.setsockopt(zmq.LINGER, 0)
+        apply_client_keys_from_env(socket, pubsub_endpoint)
         socket.connect(pubsub_endpoint)
         for topic in list(topics) or [""]:
             socket.setsockopt(zmq.SUBSCRIBE, topic.encode())

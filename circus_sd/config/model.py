@@ -206,6 +206,14 @@ class ArbiterConfig:
     endpoint_group: int | None = option(
         group_id, None, "Group whose members may use the control socket (status, start, incr...)."
     )
+    curve_secret_key: str | None = option(
+        optional_text, None,
+        "tcp:// endpoints: the server's CURVE secret key file (`circus-sd --make-curve-keys`).",
+    )
+    curve_clients: str | None = option(
+        optional_text, None,
+        "tcp:// endpoints: directory of the CURVE public keys of authorized clients.",
+    )
     insecure_tcp: bool = option(
         boolean, False, "Allow a tcp:// endpoint on a non-loopback address without CURVE keys."
     )

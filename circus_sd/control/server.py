@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import fcntl
 import ipaddress
 import json
@@ -16,8 +17,10 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from circus_sd.arbiter import Arbiter
+from circus_sd.config.model import ArbiterConfig
 from circus_sd.control.handlers import HANDLERS, Deferred
 from circus_sd.control.protocol import (
     CommandError,
@@ -30,9 +33,34 @@ from circus_sd.control.protocol import (
     parse_request,
 )
 from circus_sd.control.registry import COMMANDS, Tier, option_needs_admin
+from circus_sd.curve import make_server
 from circus_sd.endpoints import default_endpoint, default_pubsub_endpoint, ipc_path
 
 log = logging.getLogger("circus_sd.control")
+
+
+class EndpointVerdict(enum.Enum):
+    """What an endpoint's transport and address mean for access control."""
+
+    PRIVATE = "ipc socket: file permissions and peer credentials"
+    CURVE = "tcp with CURVE: only authorized keys"
+    OPEN_LOCALLY = "loopback tcp without keys: any local user (warned)"
+    OPEN_TO_NETWORK = "network tcp without keys, explicitly accepted (warned)"
+    REFUSED = "network tcp without keys"
+    UNSUPPORTED = "neither ipc nor tcp"
+
+
+def endpoint_verdict(endpoint: str, curve: bool, insecure_tcp: bool) -> EndpointVerdict:
+    scheme = endpoint.partition("://")[0]
+    if scheme == "ipc":
+        return EndpointVerdict.PRIVATE
+    if scheme != "tcp":
+        return EndpointVerdict.UNSUPPORTED
+    if curve:
+        return EndpointVerdict.CURVE
+    if _is_loopback(urllib.parse.urlsplit(endpoint).hostname or ""):
+        return EndpointVerdict.OPEN_LOCALLY
+    return EndpointVerdict.OPEN_TO_NETWORK if insecure_tcp else EndpointVerdict.REFUSED
 
 
 class EndpointError(Exception):
@@ -47,21 +75,18 @@ class EndpointError(Exception):
 class ControlServer:
     """Serves Circus's JSON commands; checks each request's sender against its access tier."""
 
-    def __init__(
-        self,
-        arbiter: Arbiter,
-        endpoint: str | None = None,
-        pubsub_endpoint: str | None = None,
-        group: int | None = None,
-        owner: str | None = None,
-        insecure_tcp: bool = False,
-    ) -> None:
+    def __init__(self, arbiter: Arbiter, options: ArbiterConfig) -> None:
         self.arbiter = arbiter
-        self.endpoint = endpoint or default_endpoint()
-        self.pubsub_endpoint = pubsub_endpoint or default_pubsub_endpoint()
-        self.group = group
-        self.owner_uid = _owner_uid(owner)
-        self.insecure_tcp = insecure_tcp
+        self.endpoint = options.endpoint or default_endpoint()
+        self.pubsub_endpoint = options.pubsub_endpoint or default_pubsub_endpoint()
+        self.group = options.endpoint_group
+        self.owner_uid = _owner_uid(options.endpoint_owner)
+        self.insecure_tcp = options.insecure_tcp
+        self.curve_secret_key = options.curve_secret_key
+        self.curve_clients = options.curve_clients
+        if bool(self.curve_secret_key) != bool(self.curve_clients):
+            raise EndpointError("curve_secret_key and curve_clients go together: set both")
+        self._authenticator: AsyncioAuthenticator | None = None
         self._context: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._pub: zmq.Socket[bytes] | None = None
@@ -79,13 +104,16 @@ class ControlServer:
         for endpoint in (self.endpoint, self.pubsub_endpoint):
             self._check_endpoint(endpoint)
         self._context = zmq.asyncio.Context()
+        self._start_authenticator()
         self._router = self._context.socket(zmq.ROUTER)
         self._router.linger = 0
+        self._secure(self._router, self.endpoint)
         self._bind(self._router, self.endpoint)
         # A plain (blocking-API) socket on the same context: publishing is a non-blocking send.
         pub: zmq.Socket[bytes] = zmq.Context.shadow(self._context.underlying).socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
         self._pub = pub
+        self._secure(pub, self.pubsub_endpoint)
         self._bind(pub, self.pubsub_endpoint)
         self.arbiter.endpoints = {
             "endpoint": self.endpoint,
@@ -94,26 +122,43 @@ class ControlServer:
         self.arbiter.listeners.append(self.publish)
         log.info("control on %s, events on %s", self.endpoint, self.pubsub_endpoint)
 
-    def _check_endpoint(self, endpoint: str) -> None:
-        scheme = endpoint.partition("://")[0]
-        if scheme == "ipc":
+    def _start_authenticator(self) -> None:
+        """ZAP handler in our loop: only clients whose public key is in curve_clients get in."""
+        if not self.curve_clients or self._context is None:
             return
-        if scheme != "tcp":
+        if not os.path.isdir(self.curve_clients):
+            raise EndpointError(f"curve_clients: {self.curve_clients} is not a directory")
+        self._authenticator = AsyncioAuthenticator(self._context)
+        self._authenticator.start()
+        self._authenticator.configure_curve(domain="*", location=self.curve_clients)
+
+    def _secure(self, socket: Any, endpoint: str) -> None:
+        if self.curve_secret_key and endpoint.startswith("tcp://"):
+            try:
+                make_server(socket, self.curve_secret_key)
+            except (OSError, ValueError) as exc:
+                raise EndpointError(f"curve_secret_key: {exc}") from None
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        verdict = endpoint_verdict(endpoint, bool(self.curve_secret_key), self.insecure_tcp)
+        if verdict is EndpointVerdict.REFUSED:
+            raise EndpointError(
+                f"{endpoint}: a control endpoint on a non-loopback address needs authentication: "
+                "set curve_secret_key and curve_clients (`circus-sd --make-curve-keys DIR`), use "
+                "an ipc:// or loopback endpoint, or set insecure_tcp = true to accept the risk"
+            )
+        if verdict is EndpointVerdict.UNSUPPORTED:
             raise EndpointError(f"{endpoint}: only ipc:// and tcp:// endpoints are supported")
-        host = urllib.parse.urlsplit(endpoint).hostname or ""
-        if _is_loopback(host):
+        if verdict is EndpointVerdict.CURVE:
+            log.info("%s: CURVE authentication, clients' keys in %s", endpoint, self.curve_clients)
+        elif verdict is EndpointVerdict.OPEN_LOCALLY:
             log.warning(
                 "%s has no authentication: every local user can control circus-sd through it "
                 "(and run programs as its user with `add`). Prefer the default ipc:// socket.",
                 endpoint,
             )
-        elif self.insecure_tcp:
+        elif verdict is EndpointVerdict.OPEN_TO_NETWORK:
             log.warning("%s is open to the network WITHOUT authentication (insecure_tcp)", endpoint)
-        else:
-            raise EndpointError(
-                f"{endpoint}: a control endpoint on a non-loopback address needs authentication; "
-                "use an ipc:// or loopback endpoint, or set insecure_tcp = true to accept the risk"
-            )
 
     def _bind(self, socket: Any, endpoint: str) -> None:
         path = ipc_path(endpoint)
@@ -311,6 +356,9 @@ class ControlServer:
             if socket is not None:
                 socket.close(linger=100)
         self._router = self._pub = None
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if self._context is not None:
             self._context.term()
         # Not the files of endpoints we failed to bind: they may be another arbiter's.
