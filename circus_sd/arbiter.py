@@ -19,6 +19,8 @@ from typing import Any
 import psutil
 
 from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
+from circus_sd.cgroup_supervision import CgroupSupervision
+from circus_sd.cgroups import Cgroups
 from circus_sd.child_notify import NotifySocket, NotifySockets
 from circus_sd.config.loader import ConfigError, ConfigWarning
 from circus_sd.config.model import Config, WatcherConfig
@@ -30,7 +32,14 @@ from circus_sd.process_stats import ProcessStats
 from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request
 from circus_sd.spawner import Spawner, SpawnError
 from circus_sd.start_order import start_order
-from circus_sd.states import HALTED_STATES, RUNNING_STATES, ProcessState, Want, WatcherState
+from circus_sd.states import (
+    HALTED_STATES,
+    RUNNING_STATES,
+    STOPPING_PROCESS_STATES,
+    ProcessState,
+    Want,
+    WatcherState,
+)
 from circus_sd.systemd_notify import SystemdNotifier
 from circus_sd.watcher import Watcher
 
@@ -64,9 +73,16 @@ class Arbiter:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         notifier: SystemdNotifier | None = None,
+        cgroups: Cgroups | None = None,
     ) -> None:
         self.config = config
         self.spawner = spawner
+        # Per-watcher cgroups when a delegated cgroup v2 tree was found (None: process groups).
+        self.cgroups = (
+            CgroupSupervision(cgroups, self._on_leaf_empty, self._on_oom) if cgroups else None
+        )
+        # Processes whose main pid was reaped while their leaf still held descendants.
+        self._exit_pending: dict[int, tuple[str, int, str | None]] = {}
         self.listeners: list[EventListener] = []
         self._loader = loader
         self._defaults = defaults or ChildDefaults.capture()
@@ -114,6 +130,8 @@ class Arbiter:
         """Start the watchers, serve signals until told to stop, stop everything. Exit status."""
         loop = self._loop = asyncio.get_running_loop()
         self.spawner.attach(loop)
+        if self.cgroups is not None:
+            self.cgroups.attach(loop)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(signum, self.request, Request.STOP)
         loop.add_signal_handler(signal.SIGHUP, self.request, Request.RELOAD)
@@ -223,13 +241,28 @@ class Arbiter:
         for pid in list(self._handles):
             self._forget(pid)
         self._notify_sockets.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
+            for name in self.watchers:
+                self.cgroups.remove(name)
 
     # -- watchers --------------------------------------------------------------------------------
 
     def _add_watcher(self, config: WatcherConfig) -> Watcher:
         watcher = Watcher(config, rng=self._rng)
         self.watchers[config.name] = watcher
+        self._configure_cgroup(config)
         return watcher
+
+    def _configure_cgroup(self, config: WatcherConfig) -> None:
+        if self.cgroups is None:
+            return
+        try:
+            errors = self.cgroups.configure(config)
+        except OSError as exc:
+            errors = [str(exc)]
+        for error in errors:
+            log.warning("%s: cgroup: %s", config.name, error)
 
     @staticmethod
     def _by_priority(watchers: Iterable[Watcher]) -> list[Watcher]:
@@ -339,6 +372,8 @@ class Arbiter:
         if stop:
             await self.stop_watcher(name)
         watcher = self.watchers.pop(name)
+        if self.cgroups is not None and stop:
+            self.cgroups.remove(name)
         self.config = dataclasses.replace(
             self.config, watchers=tuple(w for w in self.config.watchers if w.name != name)
         )
@@ -373,6 +408,11 @@ class Arbiter:
             # Until its exec, the child is a copy of the spawner, whose handlers swallow TERM,
             # INT, HUP and QUIT: a stop sent right after a spawn would be lost.
             self._before_exec.setdefault(pid, []).append((signum, tree))
+            return
+        # With cgroups the leaf is exact (cgroup.kill for SIGKILL), and it may be all that is left
+        # of a process whose main pid was already reaped.
+        exact = pid in self._exit_pending or tree
+        if exact and self.cgroups is not None and self.cgroups.signal(pid, signum, tree=True):
             return
         handle.send_signal(signum, tree=tree)
 
@@ -485,6 +525,8 @@ class Arbiter:
             log.info("%s: removed from the configuration", watcher.name)
             await self.stop_watcher(watcher.name)
             del self.watchers[watcher.name]
+            if self.cgroups is not None:
+                self.cgroups.remove(watcher.name)
             self.publish(watcher.name, "remove", {})
         for name, config in fresh.items():
             if name in old and old[name] != config:
@@ -502,6 +544,7 @@ class Arbiter:
     async def _apply_changed(self, watcher: Watcher, config: WatcherConfig) -> None:
         """Apply a changed config; the caller holds the watcher's lock."""
         changed = _changed_options(watcher.config, config)
+        self._configure_cgroup(config)
         if all(_is_live(name) for name in changed):
             log.info("%s: applying %s without a restart", watcher.name, ", ".join(changed))
             self._feed(watcher.name, watcher.update_config(config, self._clock()))
@@ -588,6 +631,9 @@ class Arbiter:
                 extra_env["NOTIFY_SOCKET"] = notify.path
             output = self.output.prepare(config, action.wid)
             self._pending_output[(name, action.spawn_id)] = output
+            cgroup = (
+                self.cgroups.prepare(name, action.wid, action.spawn_id) if self.cgroups else None
+            )
             request = build_request(
                 config,
                 action.wid,
@@ -595,6 +641,7 @@ class Arbiter:
                 extra_env,
                 output.fd_targets,
                 output.journal_streams,
+                cgroup=cgroup,
             )
         except (SpawnPlanError, OSError) as exc:
             # Answer on the next turn, like a real spawn, so this batch of actions finishes first.
@@ -612,6 +659,8 @@ class Arbiter:
         output = self._pending_output.pop((name, spawn_id), None)
         if output is not None:
             output.discard()
+        if self.cgroups is not None:
+            self.cgroups.discard(name, spawn_id)
         watcher = self.watchers.get(name)
         if watcher is not None:
             self._feed(name, watcher.spawn_failed(spawn_id, reason, self._clock()))
@@ -639,6 +688,8 @@ class Arbiter:
         output = self._pending_output.pop((name, spawn_id), None)
         if output is not None:
             output.attach(pid)
+        if self.cgroups is not None:
+            self.cgroups.claimed(name, spawn_id, pid)
         watcher = self.watchers.get(name)
         if watcher is None:
             handle.send_signal(signal.SIGKILL, tree=True)
@@ -666,10 +717,38 @@ class Arbiter:
             return
         exec_error = handle.exec_error()
         name = self._owner[pid]
+        if self.cgroups is not None and self.cgroups.main_exited(pid, self._is_stopping(name, pid)):
+            # Descendants remain in its leaf: the process ends when the leaf is empty.
+            self._loop.remove_reader(handle.pidfd)
+            self._exit_pending[pid] = (name, exit_code, exec_error)
+            return
+        self._finish_exit(pid, name, exit_code, exec_error)
+
+    def _is_stopping(self, name: str, pid: int) -> bool:
+        watcher = self.watchers.get(name)
+        record = watcher.process_by_pid(pid) if watcher is not None else None
+        return record is not None and record.state in STOPPING_PROCESS_STATES
+
+    def _on_leaf_empty(self, pid: int) -> None:
+        pending = self._exit_pending.pop(pid, None)
+        if pending is not None:
+            self._finish_exit(pid, *pending)
+
+    def _finish_exit(self, pid: int, name: str, exit_code: int, exec_error: str | None) -> None:
         self._forget(pid)
         watcher = self.watchers.get(name)
         if watcher is not None:
             self._feed(name, watcher.exited(pid, exit_code, self._clock(), exec_error))
+
+    def _on_oom(self, name: str, kills: int) -> None:
+        log.warning("%s: the kernel's OOM killer killed %d process(es) at memory_max", name, kills)
+        self.publish(name, "oom", {"oom_kill": kills})
+
+    def freeze(self, name: str, frozen: bool) -> None:
+        if self.cgroups is None:
+            raise OSError("freezing needs per-watcher cgroups, which are off here")
+        self.cgroups.freeze(name, frozen)
+        self.publish(name, "freeze" if frozen else "thaw", {})
 
     def _on_sigchld(self) -> None:
         self._child_exited.set()

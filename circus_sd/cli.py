@@ -16,6 +16,7 @@ from circus_sd.config.options import LOG_LEVELS
 
 if TYPE_CHECKING:
     from circus_sd.arbiter import Arbiter
+    from circus_sd.cgroups import Cgroups
 
 EX_CONFIG = 78  # sysexits.h: a bad configuration; the systemd unit does not restart on it.
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here so that `--check` and errors stay fast and light.
     from circus_sd.arbiter import Arbiter
+    from circus_sd.cgroups import CgroupUnavailable
     from circus_sd.logging_setup import configure_logging
     from circus_sd.pidfile import PidFile, PidFileLocked
     from circus_sd.process import become_subreaper
@@ -111,9 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         _raise_nofile_limit()
         if not become_subreaper():
             log.warning("could not become a child subreaper: orphans of children will escape")
-        # Before any thread exists (pyzmq starts some): the spawner is a fork of this process.
+        try:
+            cgroups = _setup_cgroups(config.arbiter.cgroup, config.arbiter.cgroup_root)
+        except CgroupUnavailable as exc:
+            log.error("[circus] cgroup = required, but: %s", exc)
+            return EX_CONFIG
+        # Before any thread exists (pyzmq starts some): the spawner is a fork of this process
+        # (and, with cgroups, already in the arbiter's leaf with us).
         spawner = Spawner.fork()
-        arbiter = Arbiter(config, spawner, loader=load_config, defaults=defaults, notifier=notifier)
+        arbiter = Arbiter(
+            config,
+            spawner,
+            loader=load_config,
+            defaults=defaults,
+            notifier=notifier,
+            cgroups=cgroups,
+        )
         return asyncio.run(_serve(arbiter))
     finally:
         if pidfile is not None:
@@ -142,6 +157,25 @@ async def _serve(arbiter: Arbiter) -> int:
     finally:
         serving.cancel()
         await server.close()
+
+
+def _setup_cgroups(mode: str, cgroup_root: str | None) -> Cgroups | None:
+    """Our delegated cgroup v2 tree; None when unavailable (said once); raises if required."""
+    from circus_sd.cgroups import Cgroups, CgroupUnavailable
+
+    if mode == "off":
+        log.info("per-watcher cgroups are off (cgroup = off): process groups track processes")
+        return None
+    try:
+        cgroups = Cgroups.setup(cgroup_root)
+    except (CgroupUnavailable, OSError) as exc:
+        if mode == "required":
+            raise CgroupUnavailable(str(exc)) from None
+        log.info("per-watcher cgroups are off: %s; process groups track processes", exc)
+        return None
+    controllers = ", ".join(sorted(cgroups.controllers)) or "none"
+    log.info("per-watcher cgroups under %s (controllers: %s)", cgroups.root, controllers)
+    return cgroups
 
 
 def _raise_nofile_limit() -> None:

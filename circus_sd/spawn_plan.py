@@ -131,11 +131,13 @@ def build_request(
     extra_env: Mapping[str, str] | None = None,
     fd_targets: Sequence[int] = (),
     journal_streams: Sequence[JournalStreamSetup] = (),
+    cgroup: str | None = None,
 ) -> SpawnRequest:
     """`extra_env`: variables the arbiter provides for this one process (NOTIFY_SOCKET).
 
     `fd_targets`: where the fds sent with the request go (the output pipes: 1, 2);
-    `journal_streams`: output fds the child connects to journald itself.
+    `journal_streams`: output fds the child connects to journald itself;
+    `cgroup`: the leaf cgroup the child joins before anything else.
     """
     env = child_environment(config, wid, defaults)
     env.update(extra_env or {})
@@ -174,6 +176,7 @@ def build_request(
         inherit=frozenset(inherit),
         fd_targets=tuple(fd_targets),
         journal_streams=tuple(journal_streams),
+        cgroup=cgroup,
     )
 
 

@@ -84,6 +84,8 @@ class SpawnRequest:
     env_own_pid: tuple[str, ...] = ()
     # Output fds the child connects to journald itself (JournalStream direct mode).
     journal_streams: tuple[JournalStreamSetup, ...] = ()
+    # A cgroup directory the child joins before anything else (writes 0 to its cgroup.procs).
+    cgroup: str | None = None
 
 
 class SpawnError(OSError):
@@ -115,8 +117,13 @@ def _become_child(request: SpawnRequest, passed: Sequence[int], status_fd: int) 
     """Runs in the new child: set up identity, limits and fds, then exec. Never returns."""
     # No signal work here: the spawner has no ignored or blocked signal (see _spawner_main),
     # and exec resets handled ones to their defaults.
-    stage = "fds"
+    stage = "cgroup"
     try:
+        if request.cgroup is not None:
+            # First: no instruction of the child runs outside its leaf.
+            with open(os.path.join(request.cgroup, "cgroup.procs"), "w") as procs:
+                procs.write("0")
+        stage = "fds"
         _install_fds(request, passed)
         if request.new_session:
             stage = "setsid"

@@ -8,13 +8,23 @@ import os
 import pwd
 import re
 import shlex
+import socket as socket_module
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any
 
 from circus_sd.config.ini import IniSection, IniSyntaxError, parse_ini
-from circus_sd.config.model import ArbiterConfig, Config, Location, WatcherConfig
+from circus_sd.config.model import (
+    HOOK_NAMES,
+    ArbiterConfig,
+    Config,
+    HookImportError,
+    HookSpec,
+    Location,
+    SocketConfig,
+    WatcherConfig,
+)
 from circus_sd.config.options import (
     RLIMITS,
     OptionValueError,
@@ -107,13 +117,13 @@ def load_config(
 
 _WATCHER_OPTIONS = options_of(WatcherConfig)
 _ARBITER_OPTIONS = options_of(ArbiterConfig)
+_SOCKET_OPTIONS = options_of(SocketConfig)
 
 _WATCHER_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 # Circus watcher keys that later versions will implement: accepted, stored in `extra`, warned.
 _NOT_YET = (
-    "hooks.*", "use_sockets", "stdin_socket", "on_demand", "virtualenv_py_ver", "listen_fds",
-    "memory_*", "cpu_*", "pids_max", "io_weight", "oom_group",
+    "on_demand", "virtualenv_py_ver",
     "ready_log_line",
 )
 
@@ -256,6 +266,7 @@ class _Loader:
         self.warnings: list[ConfigWarning] = []
         self.sections: list[_Section] = []  # every section of every file, includes in place
         self.read_from: dict[str, str] = {}  # real path -> path shown, of every file read
+        self.socket_names: list[str] = []  # [socket:NAME] sections, for the watchers' checks
 
     def warn(
         self,
@@ -275,6 +286,8 @@ class _Loader:
         arbiter = self.arbiter(sections.get("circus"), arbiter_lookup)
         plugins = [s for s in sections.values() if s.name.startswith("plugin:")]
         flapping = self.flapping_defaults(plugins, arbiter_lookup)
+        sockets = self.sockets(list(sections.values()), arbiter_lookup)
+        self.socket_names = [s.name for s in sockets]
         watchers = self.watchers(list(sections.values()), global_env, flapping)
         self.warn_ignored(list(sections.values()))
         try:
@@ -284,7 +297,7 @@ class _Loader:
                 exc.watcher.location, str(exc).removeprefix("after: "),
                 f"watcher:{exc.watcher.name}", "after",
             ) from None
-        return Config(path=main, arbiter=arbiter, watchers=tuple(watchers))
+        return Config(path=main, arbiter=arbiter, watchers=tuple(watchers), sockets=tuple(sockets))
 
     def watchers(
         self, sections: list[_Section], global_env: dict[str, str], flapping: Mapping[str, Any]
@@ -311,12 +324,10 @@ class _Loader:
 
     def warn_ignored(self, sections: list[_Section]) -> None:
         for section in sections:
-            if section.name.startswith("socket:"):
-                message = "sockets are not supported yet; this section has no effect"
-            elif section.name == "DEFAULT":
+            if section.name == "DEFAULT":
                 message = "not inherited by other sections here; this section has no effect"
             elif section.name in ("circus", "env") or section.name.startswith(
-                ("env:", "watcher:", "plugin:")
+                ("env:", "watcher:", "plugin:", "socket:")
             ):
                 continue
             else:
@@ -379,7 +390,9 @@ class _Loader:
                 if os.path.isfile(match)
                 and not (wildcard and os.path.realpath(match) == visit.real)
             ]
-            if not matches:
+            # An existing but empty drop-in directory is normal (the Debian package ships one).
+            empty_dir = key == "include_dir" and os.path.isdir(os.path.dirname(pattern))
+            if not matches and not empty_dir:
                 self.warn(origin.location, f"{pattern!r} matches no file", "circus", key)
             found.extend((match, key, origin) for match in matches)
         return found
@@ -542,6 +555,7 @@ class _Loader:
         rlimits: list[tuple[int, int, int]] = []
         extra: dict[str, str] = {}
         streams: dict[str, dict[str, tuple[str, _Value]]] = {}
+        hooks: dict[str, HookSpec] = {}
         for key, value in section.values.items():
             if key in _SPAWN_TIME_KEYS:
                 text = value.text
@@ -555,6 +569,10 @@ class _Loader:
             elif key.startswith(_STREAM_PREFIXES):
                 prefix, _, sub = key.partition(".")
                 streams.setdefault(prefix, {})[sub] = (text, value)
+            elif key.startswith("hooks."):
+                hook = self.hook(key, text, value, section.name, env)
+                if hook is not None:
+                    hooks[key[len("hooks.") :]] = hook
             else:
                 extra[key] = text
                 if any(fnmatchcase(key, pattern) for pattern in _NOT_YET):
@@ -568,14 +586,146 @@ class _Loader:
             fields[prefix] = self.stream(prefix, values, section)
         for field, default in flapping.items():
             fields.setdefault(field, default)
+        self.check_socket_references(section, fields, env)
         return WatcherConfig(
             name=name,
             env=MappingProxyType(env),
             rlimits=tuple(rlimits),
             extra=MappingProxyType(extra),
+            hooks=MappingProxyType(hooks),
             location=section.location,
             **fields,
         )
+
+    def hook(
+        self, key: str, text: str, value: _Value, section: str, env: Mapping[str, str]
+    ) -> HookSpec | None:
+        """`hooks.NAME = dotted.callable[, ignore_errors]`, imported now so a typo fails here.
+
+        As in Circus, the watcher's PYTHONPATH is searched; so is the config file's directory.
+        """
+        name = key[len("hooks.") :]
+        if name not in HOOK_NAMES:
+            self.warn(
+                value.location,
+                f"unknown hook (ignored; hooks are {', '.join(HOOK_NAMES)})",
+                section,
+                key,
+            )
+            return None
+        spec: HookSpec = self.parse(HookSpec.parse, text, value, section, key)
+        search = [
+            entry
+            for entry in env.get("PYTHONPATH", "").split(os.pathsep)
+            if entry and not _has_placeholder(entry)
+        ]
+        search.append(os.path.dirname(value.location.path))
+        try:
+            spec.resolve(search)
+        except HookImportError as error:
+            raise ConfigError.at(value.location, str(error), section, key) from None
+        return spec
+
+    def check_socket_references(
+        self, section: _Section, fields: Mapping[str, Any], env: Mapping[str, str]
+    ) -> None:
+        """Sockets named by `stdin_socket`, `listen_fds` and `$(circus.sockets.NAME)` exist and
+        are passed to the processes."""
+        known = set(self.socket_names)
+        passed: set[str] = set(known) if fields.get("use_sockets") else set()
+        for key in ("stdin_socket", "listen_fds"):
+            value = fields.get(key)
+            names = [value] if isinstance(value, str) else list(value or ())
+            for socket_name in names:
+                if socket_name not in known:
+                    raise ConfigError.at(
+                        section.values[key].location,
+                        f"no [socket:{socket_name}] section",
+                        section.name,
+                        key,
+                    )
+            if len(set(names)) != len(names):
+                raise ConfigError.at(
+                    section.values[key].location, "a socket is named twice", section.name, key
+                )
+            passed.update(names)
+        texts: list[tuple[str, _Value]] = [
+            (key, section.values[key])
+            for key in ("cmd", "args", "shell_args", "executable")
+            if key in section.values
+        ]
+        texts += [(f"env {name}", _Value(raw, section.location)) for name, raw in env.items()]
+        for key, value in texts:
+            for match in _PLACEHOLDER.finditer(value.text):
+                prefix, _, socket_name = (match.group(1) or match.group(2)).partition(".")
+                if prefix.lower() != "sockets":
+                    continue
+                if socket_name not in known:
+                    message = f"{match.group(0)}: no [socket:{socket_name}] section"
+                elif socket_name not in passed:
+                    message = (
+                        f"{match.group(0)}: the processes do not get this socket; set "
+                        "use_sockets = true (or name it in listen_fds)"
+                    )
+                else:
+                    continue
+                raise ConfigError.at(value.location, message, section.name, key)
+
+    # -- [socket:…] ------------------------------------------------------------------------------
+
+    def sockets(self, sections: list[_Section], lookup: Mapping[str, str]) -> list[SocketConfig]:
+        """Every [socket:NAME] in file order."""
+        found: list[SocketConfig] = []
+        for section in sections:
+            if not section.name.startswith("socket:"):
+                continue
+            name = section.name[len("socket:") :].strip()
+            if not _WATCHER_NAME.match(name):
+                raise ConfigError.at(
+                    section.location,
+                    f"invalid socket name {name!r}: use letters, digits, '_', '.' and '-'",
+                    section.name,
+                )
+            fields: dict[str, Any] = {}
+            for key, value in section.values.items():
+                text = self.substitute(value, lookup, section.name, key)
+                if key in _SOCKET_OPTIONS:
+                    field, declared = _SOCKET_OPTIONS[key]
+                    fields[field] = self.parse(declared.parse, text, value, section.name, key)
+                else:
+                    self.warn(value.location, "unknown option (ignored)", section.name, key)
+            config = SocketConfig(name=name, location=section.location, **fields)
+            self.check_socket(config, section)
+            found.append(config)
+        return found
+
+    def check_socket(self, config: SocketConfig, section: _Section) -> None:
+        values = section.values
+        if config.path is not None:
+            if config.family not in (None, socket_module.AF_UNIX):
+                self.warn(
+                    values["family"].location,
+                    "ignored: `path` makes this an AF_UNIX socket",
+                    section.name,
+                    "family",
+                )
+            for key in ("host", "port", "so_reuseport", "interface"):
+                if key in values:
+                    self.warn(
+                        values[key].location, "ignored for an AF_UNIX socket (`path`)",
+                        section.name, key,
+                    )
+        elif config.family == socket_module.AF_UNIX:
+            raise ConfigError.at(
+                values["family"].location, "AF_UNIX needs a `path`", section.name, "family"
+            )
+        else:
+            for key in ("umask", "replace"):
+                if key in values:
+                    self.warn(
+                        values[key].location, "only used by AF_UNIX sockets (`path`)",
+                        section.name, key,
+                    )
 
     def stream(
         self, prefix: str, values: dict[str, tuple[str, _Value]], section: _Section

@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
 import signal
-from collections.abc import Mapping
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 from circus_sd.config.options import (
+    OptionValueError,
     boolean,
+    cgroup_mode,
+    count_or_max,
+    cpu_quota,
     group_id,
     integer,
     log_level,
+    memory_size,
     name_list,
     number,
     octal_mode,
     option,
     optional_text,
+    port_number,
     signal_number,
+    socket_family,
+    socket_kind,
+    socket_protocol,
     text,
     user_id,
+    weight,
 )
 from circus_sd.config.streams import StreamConfig
 
@@ -29,6 +44,85 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 def _empty() -> Mapping[str, str]:
     # A factory because dataclasses refuse an unhashable default such as a mappingproxy.
     return _EMPTY
+
+
+def _no_hooks() -> Mapping[str, HookSpec]:
+    return MappingProxyType({})
+
+
+# Circus's hooks, in the order a start and a stop call them (README: Hooks).
+HOOK_NAMES = (
+    "before_start",
+    "before_spawn",
+    "after_spawn",
+    "after_start",
+    "before_stop",
+    "before_signal",
+    "after_signal",
+    "before_reap",
+    "after_reap",
+    "after_stop",
+    "extended_stats",
+)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+class HookImportError(Exception):
+    """A hook's callable cannot be imported; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HookSpec:
+    """`hooks.NAME = dotted.callable[, ignore_errors]`: what to call, whether failures count."""
+
+    target: str
+    ignore_errors: bool = False
+
+    @classmethod
+    def parse(cls, raw: str) -> HookSpec:
+        target, _, flag = raw.partition(",")
+        target = target.strip()
+        if not _DOTTED.fullmatch(target):
+            raise OptionValueError(
+                f"expected a dotted path to a callable, optionally `, true` "
+                f"(package.module.function[, ignore_errors]), got {raw!r}"
+            )
+        return cls(target, boolean(flag) if flag.strip() else False)
+
+    def resolve(self, search_path: Sequence[str] = ()) -> Callable[..., Any]:
+        """Import the callable. `search_path` entries are appended to sys.path first (as Circus
+        adds a watcher's PYTHONPATH), so the standard library always wins."""
+        for entry in search_path:
+            if entry and entry not in sys.path:
+                sys.path.append(entry)
+        parts = self.target.split(".")
+        found: Any = None
+        error: BaseException | None = None
+        # The longest importable module prefix, then attributes (module.Class.method works).
+        for split in range(len(parts) - 1, 0, -1):
+            try:
+                found = importlib.import_module(".".join(parts[:split]))
+            except ModuleNotFoundError as exc:
+                error = error or exc
+                continue
+            except Exception as exc:
+                raise HookImportError(
+                    f"importing {'.'.join(parts[:split])} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            try:
+                for attribute in parts[split:]:
+                    found = getattr(found, attribute)
+            except AttributeError as exc:
+                raise HookImportError(f"{self.target}: {exc}") from None
+            break
+        else:
+            raise HookImportError(f"cannot import {self.target}: {error}")
+        if not callable(found):
+            raise HookImportError(f"{self.target} is not callable")
+        return found  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        return f"{self.target}, true" if self.ignore_errors else self.target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,22 +247,72 @@ class WatcherConfig:
         key="flapping.max_retry",
         live=True,
     )
+    # cgroup v2 limits of the watcher's cgroup (README: cgroups); file values, None = not set.
+    memory_max: str | None = option(
+        memory_size,
+        None,
+        "cgroup memory.max: hard limit, e.g. 512M (the OOM killer acts above).",
+        live=True,
+    )
+    memory_high: str | None = option(
+        memory_size, None, "cgroup memory.high: throttle and reclaim above this.", live=True
+    )
+    memory_swap_max: str | None = option(memory_size, None, "cgroup memory.swap.max.", live=True)
+    cpu_max: str | None = option(
+        cpu_quota,
+        None,
+        "cgroup cpu.max: `50%` of one core, `max`, or `QUOTA PERIOD` (µs).",
+        live=True,
+    )
+    cpu_weight: str | None = option(weight, None, "cgroup cpu.weight (1-10000).", live=True)
+    io_weight: str | None = option(weight, None, "cgroup io.weight (1-10000).", live=True)
+    pids_max: str | None = option(
+        count_or_max, None, "cgroup pids.max: processes and threads of the watcher.", live=True
+    )
+    oom_group: bool = option(
+        boolean, False, "cgroup memory.oom.group: an OOM kill takes the whole watcher.", live=True
+    )
     notify: bool = option(
-        boolean, False,
+        boolean,
+        False,
         "Give each process its own NOTIFY_SOCKET: it is ready once it sends READY=1 (sd_notify).",
     )
     ready_timeout: float = option(
-        number(), 30.0,
+        number(),
+        30.0,
         "With `notify`: a process not ready this many seconds after its spawn is a failed start.",
         live=True,
     )
     watchdog_sec: float = option(
-        number(), 0.0,
+        number(),
+        0.0,
         "With `notify`: restart a process that sends no WATCHDOG=1 for this long (0 = off).",
         live=True,
     )
     after: tuple[str, ...] = option(
         name_list, tuple[str, ...](), "Watchers that must be active (ready) before this one starts."
+    )
+    use_sockets: bool = option(
+        boolean,
+        False,
+        "Pass every `[socket:NAME]` to the processes; `$(circus.sockets.NAME)` is its fd number.",
+    )
+    stdin_socket: str | None = option(
+        optional_text,
+        None,
+        "A `[socket:NAME]` the processes get as stdin, fd 0 (FastCGI programs listen there).",
+    )
+    listen_fds: tuple[str, ...] = option(
+        name_list,
+        tuple[str, ...](),
+        "Sockets passed as systemd does: fds 3... with LISTEN_FDS, LISTEN_FDNAMES and "
+        "LISTEN_PID, so `sd_listen_fds()` programs run unchanged.",
+    )
+    hook_timeout: float = option(
+        number(),
+        30.0,
+        "Seconds a hook may take; past it, it counts as failed (README: Hooks).",
+        live=True,
     )
     # Not options of their own: filled from `[env...]` sections and `rlimit_*` keys.
     env: Mapping[str, str] = dataclasses.field(default_factory=_empty)
@@ -179,11 +323,81 @@ class WatcherConfig:
     stderr_stream: StreamConfig | None = None
     # Keys the parser did not know (warned about), kept for plugins as Circus does.
     extra: Mapping[str, str] = dataclasses.field(default_factory=_empty)
+    # From `hooks.NAME` keys, by hook name. Live: hooks are looked up when they are due.
+    hooks: Mapping[str, HookSpec] = dataclasses.field(
+        default_factory=_no_hooks, metadata={"live": True}
+    )
     location: Location | None = dataclasses.field(default=None, compare=False)
 
     @property
     def target_processes(self) -> int:
         return min(self.numprocesses, 1) if self.singleton else self.numprocesses
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketConfig:
+    """One `[socket:NAME]` section: a socket the arbiter binds once and hands to watchers."""
+
+    name: str
+    host: str = option(
+        text, "localhost", "Address to bind: a name or an IP address (`*` or empty: all)."
+    )
+    port: int = option(port_number, 8080, "Port; 0 = any free one (`listsockets` shows it).")
+    path: str | None = option(
+        optional_text, None, "An AF_UNIX socket at this file instead of `host` and `port`."
+    )
+    family: int | None = option(
+        socket_family,
+        None,
+        "`AF_INET`, `AF_INET6` or `AF_UNIX`; default: AF_UNIX with `path`, AF_INET6 for an "
+        "IPv6 `host`, else AF_INET.",
+    )
+    kind: int = option(
+        socket_kind,
+        socket.SOCK_STREAM,
+        "`SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.",
+        key="type",
+    )
+    proto: int = option(
+        socket_protocol, 0, "Protocol: a name (`tcp`, `udp`, `mptcp`...) or number; 0 = default."
+    )
+    backlog: int = option(
+        integer(0), 2048, "Connections the kernel queues until a process accepts them."
+    )
+    umask: int | None = option(
+        octal_mode,
+        None,
+        "AF_UNIX: umask of the socket file, octal (`077`: only the arbiter's user may connect); "
+        "unset: 000, every local user may connect (as with Circus).",
+    )
+    replace: bool = option(
+        boolean,
+        False,
+        "AF_UNIX: replace whatever file is at `path` (without it, only a stale socket that "
+        "nobody listens on is replaced).",
+    )
+    so_reuseport: bool = option(
+        boolean,
+        False,
+        "SO_REUSEPORT: each process gets a socket of its own on the address and the kernel "
+        "spreads connections over them (as Circus does).",
+    )
+    interface: str | None = option(
+        optional_text, None, "Only traffic of this network interface (SO_BINDTODEVICE)."
+    )
+    blocking: bool = option(
+        boolean, False, "Hand the socket over in blocking mode (default: non-blocking, as Circus)."
+    )
+    location: Location | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def address_family(self) -> socket.AddressFamily:
+        """The family used: explicit, else AF_UNIX with `path`, AF_INET6 for an IPv6 host."""
+        if self.path is not None:
+            return socket.AF_UNIX
+        if self.family is not None:
+            return socket.AddressFamily(self.family)
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,12 +421,24 @@ class ArbiterConfig:
         group_id, None, "Group whose members may use the control socket (status, start, incr...)."
     )
     curve_secret_key: str | None = option(
-        optional_text, None,
+        optional_text,
+        None,
         "tcp:// endpoints: the server's CURVE secret key file (`circus-sd --make-curve-keys`).",
     )
     curve_clients: str | None = option(
-        optional_text, None,
+        optional_text,
+        None,
         "tcp:// endpoints: directory of the CURVE public keys of authorized clients.",
+    )
+    cgroup: str = option(
+        cgroup_mode,
+        "auto",
+        "Per-watcher cgroups: `auto` (if a delegated v2 tree is writable), `required`, `off`.",
+    )
+    cgroup_root: str | None = option(
+        optional_text,
+        None,
+        "A writable cgroup v2 directory to use instead of our own delegated one.",
     )
     insecure_tcp: bool = option(
         boolean, False, "Allow a tcp:// endpoint on a non-loopback address without CURVE keys."
@@ -237,6 +463,8 @@ class Config:
     path: str
     arbiter: ArbiterConfig
     watchers: tuple[WatcherConfig, ...]
+    # `[socket:NAME]` sections, in file order.
+    sockets: tuple[SocketConfig, ...] = ()
 
     def watcher(self, name: str) -> WatcherConfig | None:
         for watcher in self.watchers:

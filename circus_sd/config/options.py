@@ -7,6 +7,7 @@ import grp
 import pwd
 import resource
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -118,6 +119,71 @@ def name_list(raw: str) -> tuple[str, ...]:
     return tuple(name for name in raw.replace(",", " ").split() if name)
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def memory_size(raw: str) -> str | None:
+    """A cgroup memory value: bytes with an optional K/M/G/T suffix, or `max`."""
+    value = raw.strip().upper().removesuffix("B")
+    if not value:
+        return None
+    if value == "MAX":
+        return "max"
+    number_, unit = value.rstrip("KMGT"), value[len(value.rstrip("KMGT")) :]
+    try:
+        return str(int(float(number_) * _SIZE_UNITS[unit]))
+    except (ValueError, KeyError):
+        raise OptionValueError(f"expected a size like 512M, 2G or max, got {raw!r}") from None
+
+
+def cpu_quota(raw: str) -> str | None:
+    """cpu.max: `50%` (of one core), `max`, or `QUOTA PERIOD` in microseconds."""
+    value = raw.strip().lower()
+    if not value:
+        return None
+    period = 100_000
+    try:
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if percent <= 0:
+                raise ValueError(value)
+            return f"{int(percent / 100 * period)} {period}"
+        parts = value.split()
+        if parts[0] == "max" and len(parts) <= 2:
+            return f"max {int(parts[1]) if len(parts) == 2 else period}"
+        if len(parts) == 2:
+            return f"{int(parts[0])} {int(parts[1])}"
+    except ValueError:
+        pass
+    raise OptionValueError(f"expected a CPU quota like 50%, max, or 'QUOTA PERIOD', got {raw!r}")
+
+
+def weight(raw: str) -> str | None:
+    """cpu.weight / io.weight: 1 to 10000 (100 is the default share)."""
+    value = raw.strip()
+    if not value:
+        return None
+    if value.isdigit() and 1 <= int(value) <= 10000:
+        return value
+    raise OptionValueError(f"expected a weight from 1 to 10000, got {raw!r}")
+
+
+def count_or_max(raw: str) -> str | None:
+    value = raw.strip().lower()
+    if not value:
+        return None
+    if value == "max" or (value.isdigit() and int(value) > 0):
+        return value
+    raise OptionValueError(f"expected a positive number or max, got {raw!r}")
+
+
+def cgroup_mode(raw: str) -> str:
+    value = raw.strip().lower()
+    if value in ("auto", "required", "off"):
+        return value
+    raise OptionValueError(f"expected auto, required or off, got {raw!r}")
+
+
 def octal_mode(raw: str) -> int | None:
     value = raw.strip()
     if not value:
@@ -170,6 +236,55 @@ def group_id(raw: str) -> int | None:
     raise OptionValueError(f"expected a group name or gid, but no group {raw!r} exists")
 
 
+# -- `[socket:NAME]` values ----------------------------------------------------------------------
+
+_FAMILIES = {f.name: f for f in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)}
+_KINDS = {k.name: k for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET)}
+# For systems without /etc/protocols (minimal containers).
+_PROTOCOLS = {"ip": 0, "tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "mptcp": 262}
+
+
+def socket_family(raw: str) -> socket.AddressFamily | None:
+    """`AF_INET`, `AF_INET6` or `AF_UNIX` (any case, `AF_` optional); empty = derived."""
+    value = raw.strip().upper()
+    if not value:
+        return None
+    found = _FAMILIES.get(value if value.startswith("AF_") else "AF_" + value)
+    if found is None:
+        raise OptionValueError(f"expected AF_INET, AF_INET6 or AF_UNIX, got {raw!r}")
+    return found
+
+
+def socket_kind(raw: str) -> socket.SocketKind:
+    value = raw.strip().upper() or "SOCK_STREAM"
+    found = _KINDS.get(value if value.startswith("SOCK_") else "SOCK_" + value)
+    if found is None:
+        raise OptionValueError(f"expected SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET, got {raw!r}")
+    return found
+
+
+def socket_protocol(raw: str) -> int:
+    """A protocol name from /etc/protocols (`tcp`, `udp`...) or number; empty = 0 (default)."""
+    value = raw.strip().lower()
+    if not value:
+        return 0
+    if value.isdigit():
+        return int(value)
+    try:
+        return socket.getprotobyname(value)
+    except OSError:
+        if value in _PROTOCOLS:
+            return _PROTOCOLS[value]
+    raise OptionValueError(f"expected a protocol name (tcp, udp...) or number, got {raw!r}")
+
+
+def port_number(raw: str) -> int:
+    value = raw.strip()
+    if value.isdigit() and int(value) <= 65535:
+        return int(value)
+    raise OptionValueError(f"expected a port number from 0 to 65535, got {raw!r}")
+
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -209,7 +324,7 @@ def rlimit_pair(raw: str) -> tuple[int, int]:
 
 # resource.RLIMIT_NOFILE -> "rlimit_nofile", for every limit this platform knows.
 RLIMITS: dict[str, int] = {
-    "rlimit_" + name[len("RLIMIT_"):].lower(): getattr(resource, name)
+    "rlimit_" + name[len("RLIMIT_") :].lower(): getattr(resource, name)
     for name in dir(resource)
     if name.startswith("RLIMIT_")
 }

@@ -436,7 +436,11 @@ def stats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
             if pid not in arbiter.watchers[name].pids:
                 raise CommandError(f"process {pid} not found in {name}")
             return {"process": pid, "info": arbiter.process_info(pid, extended)}
-        return {"name": name, "info": _watcher_stats(arbiter, name, extended)}
+        reply = {"name": name, "info": _watcher_stats(arbiter, name, extended)}
+        # circus-sd: the watcher's cgroup figures from the kernel, when cgroups are on.
+        if arbiter.cgroups is not None:
+            reply["cgroup"] = arbiter.cgroups.cgroups.stats(name)
+        return reply
     return {"infos": {n: _watcher_stats(arbiter, n, extended) for n in sorted(arbiter.watchers)}}
 
 
@@ -447,6 +451,18 @@ def _watcher_stats(arbiter: Arbiter, name: str, extended: bool) -> dict[str, Any
 @handles("dstats")
 def dstats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
     return {"info": arbiter.process_info(os.getpid(), extended=False)}
+
+
+@handles("freeze")
+def freeze(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    arbiter.freeze(_watcher_name(arbiter, props), True)
+    return None
+
+
+@handles("thaw")
+def thaw(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    arbiter.freeze(_watcher_name(arbiter, props), False)
+    return None
 
 
 @handles("ipython")

@@ -179,6 +179,9 @@ _ALL = [
         "stats [--extended] [<name>] [<pid>]",
     ),
     Command("dstats", Tier.READ, "Statistics of the arbiter itself.", "dstats"),
+    Command("freeze", Tier.OPERATE, "Freeze every process of a watcher (cgroup.freeze).",
+            "freeze <name>", ("name",)),
+    Command("thaw", Tier.OPERATE, "Thaw a frozen watcher.", "thaw <name>", ("name",)),
     Command("ipython", Tier.ADMIN, "Not supported by circus-sd.", "ipython"),
 ]
 

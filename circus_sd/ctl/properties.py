@@ -189,6 +189,8 @@ BUILDERS: dict[str, Builder] = {
     "kill": _kill,
     "stats": _stats,
     "dstats": _no_args("dstats"),
+    "freeze": _name_only("freeze"),
+    "thaw": _name_only("thaw"),
     "ipython": _no_args("ipython"),
 }
 

@@ -426,18 +426,18 @@ def test_unknown_and_unsupported_keys_warn_with_file_line_and_are_kept(tmp_path:
     path = write(tmp_path, "circus.ini", """
         [watcher:web]
         cmd = sleep 1
-        memory_max = 1G
+        on_demand = true
         use_sockets = true
         my_plugin_key = 7
     """)
     config, warnings = load(path)
     assert messages(warnings) == [
-        f"{path}:3: [watcher:web] memory_max: not supported yet in this version; it has no effect",
+        f"{path}:3: [watcher:web] on_demand: not supported yet in this version; it has no effect",
         f"{path}:4: [watcher:web] use_sockets: not supported yet in this version; it has no effect",
         f"{path}:5: [watcher:web] my_plugin_key: unknown option (ignored; kept for plugins)",
     ]
     assert dict(config.watchers[0].extra) == {
-        "memory_max": "1G",
+        "on_demand": "true",
         "use_sockets": "true",
         "my_plugin_key": "7",
     }

@@ -140,6 +140,8 @@ PROPERTIES = [
     ("set web NumProcesses 3 send_hup true --waiting",
      {"name": "web", "options": {"numprocesses": 3, "send_hup": True}, "waiting": True}),
     ("options web", {"name": "web"}),
+    ("freeze web", {"name": "web"}),
+    ("thaw web", {"name": "web"}),
     ("globaloptions", {}),
     ("globaloptions pubsub_endpoint", {"option": "pubsub_endpoint"}),
     ("signal web HUP", {"name": "web", "signum": "HUP"}),
