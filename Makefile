@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-venv python3-dev procps
 EXAMPLE ?= example/circus.ini
 
-.PHONY: all deps venv run check test test-unit test-integration test-system testbed wheel lint clean docs bench bench-quick
+.PHONY: all deps venv run check test test-unit test-integration test-system testbed wheel deb lint clean docs bench bench-quick
 
 all: venv
 
@@ -42,27 +42,74 @@ test-unit: venv
 test-integration: venv
 	$(PY) -m pytest -q tests/integration
 
-test: lint venv testbed
+test: lint venv testbed deb
 	$(PY) -m pytest -q tests/unit tests/integration tests/system
 
 # The systemd test bed (tests/system): a Debian tree booted with systemd-nspawn, circus-sd
 # installed in it from a wheel of this checkout. The tree is rebuilt when its recipe changes.
 TESTBED := .build/testbed
-testbed: $(TESTBED)/rootfs.stamp wheel
-$(TESTBED)/rootfs.stamp: tests/system/testbed/build-rootfs.sh
+# The VM tier (a real kernel with cgroup controllers, under qemu/TCG) boots its own tree.
+TESTBED_APT := mmdebstrap qemu-system-x86 e2fsprogs util-linux
+testbed: $(TESTBED)/rootfs.stamp $(TESTBED)/vm.stamp wheel
+$(TESTBED)/apt.stamp:
 	@mkdir -p $(TESTBED)
-	@command -v mmdebstrap >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap; }
+	@if ! dpkg -s $(TESTBED_APT) >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TESTBED_APT); \
+	fi
+	@touch $@
+$(TESTBED)/rootfs.stamp: tests/system/testbed/build-rootfs.sh $(TESTBED)/apt.stamp
 	bash tests/system/testbed/build-rootfs.sh $(CURDIR)/$(TESTBED)/rootfs > $(TESTBED)/rootfs.log 2>&1 \
 	    || { tail -20 $(TESTBED)/rootfs.log; exit 1; }
+	@touch $@
+$(TESTBED)/vm.stamp: tests/system/testbed/build-rootfs.sh tests/system/testbed/build-image.sh \
+		$(wildcard tests/system/testbed/vm/*) $(TESTBED)/apt.stamp
+	WITH_KERNEL=1 bash tests/system/testbed/build-rootfs.sh $(CURDIR)/$(TESTBED)/vmroot \
+	    > $(TESTBED)/vmroot.log 2>&1 || { tail -20 $(TESTBED)/vmroot.log; exit 1; }
+	bash tests/system/testbed/build-image.sh $(CURDIR)/$(TESTBED) > $(TESTBED)/vm.log 2>&1 \
+	    || { tail -20 $(TESTBED)/vm.log; exit 1; }
 	@touch $@
 
 wheel: venv
 	rm -rf $(TESTBED)/wheel
 	$(PY) -m pip wheel -q --no-deps -w $(TESTBED)/wheel .
 
-test-system: venv testbed
+test-system: venv testbed deb
 	$(PY) -m pytest -q tests/system
+
+# The Debian package (packaging/deb/, README "Install"): dpkg-buildpackage (debhelper, pybuild)
+# on a copy of the sources with packaging/deb/debian as debian/; build dependencies come from the
+# Debian mirror (apt-get build-dep reads debian/control). lintian checks the result: an error
+# fails the build, its report is .build/deb/lintian.log. The tests install .build/deb/*.deb.
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' packaging/deb/debian/changelog)
+DEB_BUILD   := .build/deb
+DEB         := circus-sd_$(DEB_VERSION)_all.deb
+DEB_OFFLINE := $(if $(shell unshare --net true 2>/dev/null && echo y),unshare --net --)
+DEB_SOURCES := pyproject.toml README.md $(shell find circus_sd packaging -type f -not -name '*.pyc')
+
+deb: $(DEB)
+$(DEB): .build/deb-apt.stamp $(DEB_SOURCES)
+	@v=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml); [ "$$v" = "$(DEB_VERSION)" ] || \
+	    { echo "pyproject.toml has version $$v, packaging/deb/debian/changelog $(DEB_VERSION)"; exit 1; }
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src
+	tar -c --exclude=__pycache__ pyproject.toml README.md circus_sd packaging | tar -x -C $(DEB_BUILD)/src
+	cp -a packaging/deb/debian $(DEB_BUILD)/src/debian
+	@# Debian's python3 only (not a pyenv or venv one earlier in PATH), and no network at all
+	@# where a network namespace can be made: the build needs nothing beyond the build-deps.
+	cd $(DEB_BUILD)/src && $(DEB_OFFLINE) env -u PYTHONPATH -u VIRTUAL_ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+	    dpkg-buildpackage -b -us -uc > ../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
+	lintian --info --display-info --fail-on error $(DEB_BUILD)/$(DEB) > $(DEB_BUILD)/lintian.log 2>&1 \
+	    || { cat $(DEB_BUILD)/lintian.log; exit 1; }
+	@echo "lintian: $$(grep -c '^E:' $(DEB_BUILD)/lintian.log) errors, $$(grep -c '^W:' $(DEB_BUILD)/lintian.log) warnings, $$(grep -c '^I:' $(DEB_BUILD)/lintian.log) info ($(DEB_BUILD)/lintian.log)"
+	cp $(DEB_BUILD)/$(DEB) $@
+
+.build/deb-apt.stamp: packaging/deb/debian/control .build/apt.stamp
+	@if ! { command -v lintian && dpkg-checkbuilddeps packaging/deb/debian/control; } >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq --no-install-recommends ./packaging/deb && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian; \
+	fi
+	@touch $@
 
 # Benchmarks against the peers (bench/README.md). The peers live in their own venv, never in
 # the project's. circus 0.19 needs no old pin on Python 3.11: it works with tornado 6.6.1 and
@@ -104,7 +151,7 @@ CONTROL_TEST_APT := python3-zmq util-linux passwd
 test test-integration: .build/control-test-apt.stamp $(BENCH_VENV)/.stamp
 
 clean:
-	rm -rf $(VENV) .build .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .build .mypy_cache .pytest_cache .ruff_cache circus-sd_*.deb
 
 # Regenerate the README's option tables from the option declarations.
 docs: venv

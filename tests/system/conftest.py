@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,20 +21,31 @@ WHEELS = BUILD / "wheel"
 UNIT = ROOT / "packaging" / "systemd" / "circus-sd.service"
 
 
+def vm_unavailable() -> str | None:
+    """None if the VM tier can boot here, else why."""
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 missing (make testbed installs it)"
+    if not (BUILD / "vm" / "root.img").exists():
+        return f"no VM image in {BUILD / 'vm'} (make testbed builds it)"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    why = available()
-    if why is None:
-        return
-    if not any(WHEELS.glob("*.whl")):
-        why = f"no circus-sd wheel in {WHEELS} (make testbed builds it)"
+    container_why = available()
+    if container_why is None and not any(WHEELS.glob("*.whl")):
+        container_why = f"no circus-sd wheel in {WHEELS} (make testbed builds it)"
     # CI sets CIRCUS_SD_REQUIRE_SYSTEM=1: a system test that cannot run is a failure there.
     required = os.environ.get("CIRCUS_SD_REQUIRE_SYSTEM") == "1"
     for item in items:
-        if item.path.is_relative_to(HERE):
-            if required:
-                item.add_marker(pytest.mark.xfail(reason=why, run=False, strict=True))
-            else:
-                item.add_marker(pytest.mark.skip(reason=f"no systemd test bed: {why}"))
+        if not item.path.is_relative_to(HERE):
+            continue
+        why = vm_unavailable() if item.get_closest_marker("vm") else container_why
+        if why is None:
+            continue
+        if required:
+            item.add_marker(pytest.mark.xfail(reason=why, run=False, strict=True))
+        else:
+            item.add_marker(pytest.mark.skip(reason=f"no systemd test bed: {why}"))
 
 
 class System:

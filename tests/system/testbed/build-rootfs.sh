@@ -11,7 +11,10 @@ secmirror=${SECMIRROR:-http://deb.debian.org/debian-security}
 pkgs=systemd,systemd-sysv,dbus,procps,iproute2,python3,python3-pip
 # circus-sd's runtime dependencies, as the Debian package will depend on them.
 pkgs=$pkgs,python3-zmq,python3-psutil,python3-systemd,python3-sdnotify,python3-rich,python3-prometheus-client
-if [ "${WITH_KERNEL:-0}" = 1 ]; then pkgs=$pkgs,udev,kmod,linux-image-amd64,initramfs-tools; fi
+# The VM tier's tree (WITH_KERNEL=1): a kernel to boot, and pytest for the suite run inside.
+if [ "${WITH_KERNEL:-0}" = 1 ]; then
+  pkgs=$pkgs,udev,kmod,linux-image-amd64,initramfs-tools,python3-pytest
+fi
 pkgs=$pkgs${EXTRA_PKGS:+,$EXTRA_PKGS}
 cache=${APT_CACHE:-$(dirname "$out")/apt-cache}     # downloaded .debs kept here between builds
 rm -rf "$out.tmp"; mkdir -p "$(dirname "$out")" "$cache"

@@ -1,0 +1,16 @@
+"""Forks until fork fails, records how many and why (the pids_max check)."""
+
+import os
+import time
+
+forked = 0
+while True:
+    try:
+        if os.fork() == 0:
+            time.sleep(600)
+            os._exit(0)
+        forked += 1
+    except OSError as exc:
+        with open("/run/forker.log", "w") as f:
+            f.write(f"{forked} {exc.errno}")
+        time.sleep(600)
