@@ -22,5 +22,7 @@ from circus_sd.control.server import EndpointVerdict, endpoint_verdict
         ("udp://127.0.0.1:5555", False, False, EndpointVerdict.UNSUPPORTED),
     ],
 )
-def test_endpoint_verdict(endpoint: str, curve: bool, insecure: bool, verdict: EndpointVerdict) -> None:
+def test_endpoint_verdict(
+    endpoint: str, curve: bool, insecure: bool, verdict: EndpointVerdict
+) -> None:
     assert endpoint_verdict(endpoint, curve, insecure) is verdict
