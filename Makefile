@@ -156,3 +156,4 @@ clean:
 # Regenerate the README's option tables from the option declarations.
 docs: venv
 	$(PY) -m circus_sd.config.doc --write README.md
+	$(PY) -m circus_sd.plugins.doc --write README.md

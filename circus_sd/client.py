@@ -32,7 +32,7 @@ class CallError(Exception):
 
 def resolve_endpoint(endpoint: str | None) -> str:
     """The endpoint to use: the one given, else $CIRCUSCTL_ENDPOINT, else the default ipc socket."""
-    return endpoint or os.environ.get(ENDPOINT_ENV) or endpoints.default_endpoint()
+    return endpoint or os.environ.get(ENDPOINT_ENV) or endpoints.client_default_endpoint()
 
 
 def new_request_id() -> str:
@@ -241,3 +241,30 @@ def subscribe(
     finally:
         socket.close(linger=0)
         context.term()
+
+
+class AsyncSubscription:
+    """The asyncio twin of `subscribe`: `await receive()` the next (topic, payload).
+
+    Connects at once, so that events published while the caller sets up are not missed
+    (beyond ZMQ's usual: a SUB socket sees nothing before its connection is made).
+    """
+
+    def __init__(self, pubsub_endpoint: str, topics: Iterable[str] = ()) -> None:
+        check_ipc_endpoint(pubsub_endpoint, what="events")
+        import zmq
+        import zmq.asyncio
+
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(pubsub_endpoint)
+        for topic in list(topics) or [""]:
+            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+
+    async def receive(self) -> tuple[str, dict[str, Any]]:
+        return decode_event(await self._socket.recv_multipart())
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()

@@ -6,12 +6,14 @@ import os
 
 CONTROL_SOCKET = "control.sock"
 EVENTS_SOCKET = "events.sock"
+# The circus-sd service's (root's) runtime directory: RuntimeDirectory=circus-sd in its unit.
+SYSTEM_RUNTIME_DIR = "/run/circus-sd"
 
 
 def runtime_dir() -> str:
     """`/run/circus-sd` for root, else `$XDG_RUNTIME_DIR/circus-sd` (or /tmp/circus-sd-UID)."""
     if os.geteuid() == 0:
-        return "/run/circus-sd"
+        return SYSTEM_RUNTIME_DIR
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base:
         return os.path.join(base, "circus-sd")
@@ -20,6 +22,16 @@ def runtime_dir() -> str:
 
 def default_endpoint() -> str:
     return "ipc://" + os.path.join(runtime_dir(), CONTROL_SOCKET)
+
+
+def client_default_endpoint() -> str:
+    """The control endpoint of a client told nothing: its user's arbiter, or the system service's
+    when only that one runs (the user is then, hopefully, in its endpoint_group)."""
+    own = os.path.join(runtime_dir(), CONTROL_SOCKET)
+    system = os.path.join(SYSTEM_RUNTIME_DIR, CONTROL_SOCKET)
+    if own != system and not os.path.exists(own) and os.path.exists(system):
+        return "ipc://" + system
+    return "ipc://" + own
 
 
 def default_pubsub_endpoint() -> str:

@@ -59,6 +59,9 @@ class ProcessStats:
                 "wid": wid,
                 "mem_info1": human_bytes(memory.rss),
                 "mem_info2": human_bytes(memory.vms),
+                # Exact figures beside Circus's rounded strings (for plugins and exporters).
+                "rss": memory.rss,
+                "vms": memory.vms,
                 "cpu": process.cpu_percent(None),
                 "mem": round(process.memory_percent(), 1),
                 "ctime": _ctime(times.user + times.system),

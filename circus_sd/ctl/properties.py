@@ -7,6 +7,7 @@ Circus's defaults), except `reload`'s `graceful`, which Circus always sends.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -165,6 +166,20 @@ def _stats(args: list[str], flags: FlagValues) -> Properties:
     return props
 
 
+def _publish(args: list[str], flags: FlagValues) -> Properties:
+    _count("publish", args, 2, 3, "<name> <event> [<json object>]")
+    props: Properties = {"name": args[0], "event": args[1]}
+    if len(args) == 3:
+        try:
+            data = json.loads(args[2])
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise UsageError(f"publish: the data must be a JSON object, got {args[2]!r}")
+        props["data"] = data
+    return props
+
+
 BUILDERS: dict[str, Builder] = {
     "add": _add,
     "rm": _rm,
@@ -192,6 +207,7 @@ BUILDERS: dict[str, Builder] = {
     "freeze": _name_only("freeze"),
     "thaw": _name_only("thaw"),
     "ipython": _no_args("ipython"),
+    "publish": _publish,
 }
 
 

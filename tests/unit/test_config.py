@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import pwd
 import resource
@@ -154,7 +155,7 @@ def test_unknown_section_warns(tmp_path: Path) -> None:
     assert messages(warnings) == [f"{tmp_path}/circus.ini:1: [nodes] unknown section (ignored)"]
 
 
-def test_socket_section_warns_once(tmp_path: Path) -> None:
+def test_socket_section_is_read_without_warning(tmp_path: Path) -> None:
     path = write(tmp_path, "circus.ini", """
         [socket:web]
         host = 127.0.0.1
@@ -162,9 +163,8 @@ def test_socket_section_warns_once(tmp_path: Path) -> None:
     """)
     config, warnings = load(path)
     assert config.watchers == ()
-    assert messages(warnings) == [
-        f"{path}:1: [socket:web] sockets are not supported yet; this section has no effect"
-    ]
+    assert [(s.name, s.host, s.port) for s in config.sockets] == [("web", "127.0.0.1", 8888)]
+    assert messages(warnings) == []
 
 
 # -- rule 1: env sections ------------------------------------------------------------------------
@@ -296,9 +296,11 @@ def test_env_placeholders_substituted_except_in_spawn_time_values(tmp_path: Path
         endpoint = ipc://$(circus.env.RUN)/ctl
         [env:web]
         DATA = $(circus.env.ROOT)/data
+        [socket:web]
         [watcher:web]
         cmd = sleep $(circus.env.SECONDS) $(circus.wid)
         args = $(circus.sockets.web)
+        use_sockets = true
         shell_args = $(circus.env.X)
         working_dir = $(circus.env.root)
         graceful_timeout = ((circus.env.Timeout))
@@ -427,18 +429,19 @@ def test_unknown_and_unsupported_keys_warn_with_file_line_and_are_kept(tmp_path:
         [watcher:web]
         cmd = sleep 1
         on_demand = true
-        use_sockets = true
+        virtualenv_py_ver = 3.11
         my_plugin_key = 7
     """)
     config, warnings = load(path)
     assert messages(warnings) == [
         f"{path}:3: [watcher:web] on_demand: not supported yet in this version; it has no effect",
-        f"{path}:4: [watcher:web] use_sockets: not supported yet in this version; it has no effect",
+        f"{path}:4: [watcher:web] virtualenv_py_ver: not supported yet in this version; "
+        "it has no effect",
         f"{path}:5: [watcher:web] my_plugin_key: unknown option (ignored; kept for plugins)",
     ]
     assert dict(config.watchers[0].extra) == {
         "on_demand": "true",
-        "use_sockets": "true",
+        "virtualenv_py_ver": "3.11",
         "my_plugin_key": "7",
     }
 
@@ -577,16 +580,84 @@ def test_bad_flapping_plugin_value_names_the_plugin_section(tmp_path: Path) -> N
     assert (error.line, error.section, error.option) == (3, "plugin:flap", "window")
 
 
-def test_other_plugins_warn_once(tmp_path: Path) -> None:
+def test_a_plugin_section_becomes_a_singleton_watcher_running_the_plugin(tmp_path: Path) -> None:
     path = write(tmp_path, "circus.ini", """
-        [plugin:statsd]
+        [circus]
+        endpoint = ipc:///tmp/x/control.sock
+        pubsub_endpoint = ipc:///tmp/x/events.sock
+        [plugin:stats]
         use = circus.plugins.statsd.StatsdEmitter
-        host = localhost
+        host = 127.0.0.1
+        port = $(circus.env.STATSD_PORT)
+        [plugin:off]
+        use = autoscale
+        active = false
     """)
-    _, warnings = load(path)
+    config, warnings = load(path, {**ENV, "STATSD_PORT": "9125"})
+    assert warnings == []
+    (watcher,) = config.watchers
+    assert watcher.name == "plugin:stats"
+    assert (watcher.singleton, watcher.priority, watcher.copy_env) == (True, 1, True)
+    assert watcher.cmd.endswith("-m circus_sd.plugins stats")
+    assert "--use circus_sd.plugins.statsd.StatsdEmitter" in watcher.args
+    assert "--endpoint ipc:///tmp/x/control.sock" in watcher.args
+    assert "--pubsub-endpoint ipc:///tmp/x/events.sock" in watcher.args
+    assert json.loads(watcher.env["CIRCUS_SD_PLUGIN_OPTIONS"]) == {
+        "host": "127.0.0.1", "port": "9125",
+    }
+
+
+def test_shipped_plugin_options_are_checked_at_load_time(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [plugin:scale]
+        use = autoscale
+        watcher = web
+        max = many
+    """)
+    error = error_of(path)
+    assert (error.line, error.section, error.option) == (4, "plugin:scale", "max")
+    path = write(tmp_path, "circus.ini", """
+        [plugin:scale]
+        use = autoscale
+        watcher = web
+        grow_above = 10
+        shrink_below = 20
+        colour = blue
+    """)
+    error = error_of(path)
+    assert (error.line, error.section) == (1, "plugin:scale")
+    assert "shrink_below" in error.message
+    path = write(tmp_path, "circus.ini", """
+        [plugin:scale]
+        use = autoscale
+        watcher = web
+        priority = 5
+        colour = blue
+    """)
+    config, warnings = load(path)
+    assert config.watchers[0].priority == 5
+    assert messages(warnings) == [f"{path}:5: [plugin:scale] colour: unknown option (ignored)"]
+
+
+def test_plugin_use_errors_and_circus_plugins_without_counterpart(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", "[plugin:x]\nwatcher = web\n")
+    error = error_of(path)
+    assert (error.line, error.section, error.option) == (1, "plugin:x", "use")
+    path = write(tmp_path, "circus.ini", "[plugin:x]\nuse = not a class\n")
+    assert error_of(path).option == "use"
+    path = write(tmp_path, "circus.ini", """
+        [plugin:http]
+        use = circus.plugins.http_observer.HttpObserver
+        [plugin:mine]
+        use = mypackage.plugins.Mine
+        anything = goes
+    """)
+    config, warnings = load(path)
     assert messages(warnings) == [
-        f"{path}:1: [plugin:statsd] plugins are not supported yet; this section has no effect"
+        f"{path}:2: [plugin:http] use: Circus's circus.plugins.http_observer.HttpObserver has no "
+        "circus-sd counterpart; this section has no effect"
     ]
+    assert [w.name for w in config.watchers] == ["plugin:mine"]
 
 
 # -- rule 7: cross-checks ------------------------------------------------------------------------

@@ -158,6 +158,8 @@ PROPERTIES = [
     ("stats web 1234", {"name": "web", "process": 1234}),
     ("dstats", {}),
     ("ipython", {}),
+    ("publish autoscale grow", {"name": "autoscale", "event": "grow"}),
+    ('publish autoscale grow {"to":3}', {"name": "autoscale", "event": "grow", "data": {"to": 3}}),
 ]
 
 

@@ -10,7 +10,7 @@ mirror=${MIRROR:-http://deb.debian.org/debian}
 secmirror=${SECMIRROR:-http://deb.debian.org/debian-security}
 pkgs=systemd,systemd-sysv,dbus,procps,iproute2,python3,python3-pip
 # circus-sd's runtime dependencies, as the Debian package will depend on them.
-pkgs=$pkgs,python3-zmq,python3-psutil,python3-systemd,python3-sdnotify,python3-rich,python3-prometheus-client
+pkgs=$pkgs,python3-zmq,python3-psutil,python3-systemd,python3-sdnotify,python3-rich,python3-prometheus-client,adduser
 # The VM tier's tree (WITH_KERNEL=1): a kernel to boot, and pytest for the suite run inside.
 if [ "${WITH_KERNEL:-0}" = 1 ]; then
   pkgs=$pkgs,udev,kmod,linux-image-amd64,initramfs-tools,python3-pytest

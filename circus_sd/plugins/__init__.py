@@ -1,0 +1,14 @@
+"""Plugins: supervised processes that follow the arbiter's events and send it commands."""
+
+from circus_sd.plugins.base import CommandFailed, Plugin, Timer, WatcherEvent, WatcherStatus
+from circus_sd.plugins.options import PluginOptionError, parse_options
+
+__all__ = [
+    "CommandFailed",
+    "Plugin",
+    "PluginOptionError",
+    "Timer",
+    "WatcherEvent",
+    "WatcherStatus",
+    "parse_options",
+]
