@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import enum
 import functools
@@ -18,19 +19,40 @@ from typing import Any
 
 import psutil
 
-from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
+from circus_sd.actions import (
+    Action,
+    CallHook,
+    CancelTimer,
+    Log,
+    Publish,
+    Signal,
+    Spawn,
+    StartTimer,
+)
 from circus_sd.cgroup_supervision import CgroupSupervision
 from circus_sd.cgroups import Cgroups
 from circus_sd.child_notify import NotifySocket, NotifySockets
 from circus_sd.config.loader import ConfigError, ConfigWarning
 from circus_sd.config.model import Config, WatcherConfig
 from circus_sd.config.options import option_of
+from circus_sd.control.watcher_options import option_values
 from circus_sd.endpoints import runtime_dir
+from circus_sd.fd_reserve import FdReserve
+from circus_sd.hooks import (
+    PROCESS_GONE,
+    ArbiterView,
+    HookOutcome,
+    HookRunner,
+    WatcherView,
+    watcher_view,
+)
 from circus_sd.output.router import OutputRouter, ProcessOutput
 from circus_sd.process import ProcessHandle, own_children, reap_strays
 from circus_sd.process_stats import ProcessStats
-from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request
-from circus_sd.spawner import Spawner, SpawnError
+from circus_sd.sockets import ListeningSockets, SocketError
+from circus_sd.spawn_client import Spawner
+from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request, socket_layout
+from circus_sd.spawner import SpawnError
 from circus_sd.start_order import start_order
 from circus_sd.states import (
     HALTED_STATES,
@@ -74,9 +96,12 @@ class Arbiter:
         rng: random.Random | None = None,
         notifier: SystemdNotifier | None = None,
         cgroups: Cgroups | None = None,
+        sockets: ListeningSockets | None = None,
     ) -> None:
         self.config = config
         self.spawner = spawner
+        # [socket:NAME] sections: bound (or adopted from systemd) at start, held until exit.
+        self.sockets = sockets or ListeningSockets()
         # Per-watcher cgroups when a delegated cgroup v2 tree was found (None: process groups).
         self.cgroups = (
             CgroupSupervision(cgroups, self._on_leaf_empty, self._on_oom) if cgroups else None
@@ -84,6 +109,7 @@ class Arbiter:
         # Processes whose main pid was reaped while their leaf still held descendants.
         self._exit_pending: dict[int, tuple[str, int, str | None]] = {}
         self.listeners: list[EventListener] = []
+        self.hooks = HookRunner(self.publish)
         self._loader = loader
         self._defaults = defaults or ChildDefaults.capture()
         self._clock = clock
@@ -123,6 +149,7 @@ class Arbiter:
         self.output = OutputRouter(self.publish)
         self._pending_output: dict[tuple[str, int], ProcessOutput] = {}
         self._notify: dict[int, NotifySocket] = {}
+        self._fd_reserve = FdReserve()
 
     # -- life of the arbiter ---------------------------------------------------------------------
 
@@ -137,6 +164,8 @@ class Arbiter:
         loop.add_signal_handler(signal.SIGHUP, self.request, Request.RELOAD)
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
         try:
+            if not self._open_sockets():
+                return self._exit_status
             await self.start_all()
             log.info("circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid())
             self.notifier.ready(self.status_line())
@@ -150,15 +179,29 @@ class Arbiter:
             self.notifier.stopping()
             await self.stop_all()
             await self._drain_orphans()
+            # Hooks already due (after_stop...) finish, each within its deadline.
+            longest = max((w.config.hook_timeout for w in self.watchers.values()), default=0.0)
+            await self.hooks.drain(longest)
         finally:
             self.notifier.stop_watchdog()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self._leave_nothing_behind()
+            self.sockets.close_all()
             loop.remove_signal_handler(signal.SIGCHLD)
             await self.output.close()
         log.info("stopped")
         return self._exit_status
+
+    def _open_sockets(self) -> bool:
+        """Bind or adopt every [socket:NAME] before any watcher starts; False if one fails."""
+        try:
+            self.sockets.open_all(self.config.sockets)
+        except SocketError as exc:
+            log.error("cannot start: %s", exc)
+            self._exit_status = 1
+            return False
+        return True
 
     def request(self, what: Request) -> None:
         """Queue work for the loop (what signal handlers call)."""
@@ -183,8 +226,9 @@ class Arbiter:
         ordered = list(reversed(self._by_priority(self.watchers.values())))
         for _priority, group in itertools.groupby(ordered, key=lambda w: w.config.priority):
             members = list(group)
-            # Graceful stops may outlast the unit's TimeoutStopSec: ask for what they may take.
-            self.notifier.extend_timeout(max(w.config.graceful_timeout for w in members) + 5)
+            # Graceful stops (and stop hooks) may outlast the unit's TimeoutStopSec: ask for
+            # what they may take.
+            self.notifier.extend_timeout(max(_stop_time(w.config) for w in members) + 5)
             await asyncio.gather(*(self.stop_watcher(w.name) for w in members))
 
     def _orphans(self) -> set[int]:
@@ -277,7 +321,10 @@ class Arbiter:
         watcher = self.watchers[name]
         await self._wait_for_dependencies(watcher)
         self._feed(name, watcher.start(self._clock()))
-        await self.wait_for(lambda: watcher.start_settled)
+        # Settled, and not on its way down (a stop in progress, or a start a hook refused).
+        await self.wait_for(
+            lambda: watcher.start_settled and watcher.state is not WatcherState.STOPPING
+        )
 
     async def _wait_for_dependencies(self, watcher: Watcher) -> None:
         """`after`: wait until those watchers are active (ready); ordering, not a requirement."""
@@ -401,6 +448,37 @@ class Arbiter:
         return pids
 
     def _signal(self, pid: int, signum: int, tree: bool = False) -> None:
+        """Send a signal, through the watcher's before_signal/after_signal hooks if it has any.
+
+        before_signal returning False keeps the signal from being sent, as in Circus; SIGKILL is
+        never held back, nor delayed, by a hook.
+        """
+        name = self._owner.get(pid)
+        watcher = self.watchers.get(name) if name is not None else None
+        hooks = watcher.config.hooks if watcher is not None else {}
+        if watcher is None or not {"before_signal", "after_signal"} & set(hooks):
+            self._deliver(pid, signum, tree)
+            return
+        if signum == signal.SIGKILL:
+            self._deliver(pid, signum, tree)
+        view = self._watcher_view(watcher)
+        arguments = {"pid": pid, "signum": signum}
+
+        async def around_the_signal() -> None:
+            outcome = await self._run_hook(watcher, "before_signal", arguments, view)
+            if signum != signal.SIGKILL:
+                if outcome.approved:
+                    self._deliver(pid, signum, tree)
+                else:
+                    log.info(
+                        "%s: the before_signal hook said no: signal %d not sent to pid %d",
+                        watcher.name, signum, pid,
+                    )
+            await self._run_hook(watcher, "after_signal", arguments, view)
+
+        self.hooks.queue(watcher.name, around_the_signal)
+
+    def _deliver(self, pid: int, signum: int, tree: bool = False) -> None:
         handle = self._handles.get(pid)
         if handle is None:
             return
@@ -515,10 +593,19 @@ class Arbiter:
             return str(exc)
         for warning in warnings:
             log.warning("%s", warning)
+        # New sockets first: if one cannot be bound, nothing has changed yet.
+        try:
+            self.sockets.open_added(new.sockets)
+        except SocketError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return str(exc)
+        sockets = self.sockets.changes(new.sockets)
+        self.hooks.forget_imports()
         if new.arbiter != self.config.arbiter:
             log.warning("the [circus] section changed: restart circus-sd to apply it")
         old = {w.name: w for w in self.config.watchers}
         fresh = {w.name: w for w in new.watchers}
+        old_sockets = [s.name for s in self.config.sockets]
         self.config = new
         removed = [self.watchers[n] for n in old if n not in fresh and n in self.watchers]
         for watcher in reversed(self._by_priority(removed)):
@@ -528,10 +615,37 @@ class Arbiter:
             if self.cgroups is not None:
                 self.cgroups.remove(watcher.name)
             self.publish(watcher.name, "remove", {})
+        # A changed socket is closed and bound again: the watchers using it stop before (the old
+        # socket must let go of its address) and start after.
+        moved = set(sockets.changed) | set(sockets.removed)
+        users = [
+            name
+            for name, config in fresh.items()
+            if name in old
+            and self.watchers[name].want is Want.UP
+            and moved & (_sockets_of(old[name], old_sockets) | _sockets_of(config, old_sockets))
+        ]
+        for name in users:
+            log.info("%s: restarting it, a socket it uses changed", name)
+            async with self.lock(name):
+                await self.stop_watcher(name)
+        new_sockets = {s.name: s for s in new.sockets}
+        for socket_name in sockets.changed:
+            try:
+                self.sockets.rebind(new_sockets[socket_name])
+                log.info("[socket:%s] bound again with its new options", socket_name)
+            except SocketError as exc:
+                log.error("%s", exc)
+                self.last_error = str(exc)
+        for socket_name in sockets.removed:
+            self.sockets.close(socket_name)
         for name, config in fresh.items():
             if name in old and old[name] != config:
                 async with self.lock(name):
                     await self._apply_changed(self.watchers[name], config)
+        for name in users:
+            async with self.lock(name):
+                await self.start_watcher(name)
         added = [self._add_watcher(c) for n, c in fresh.items() if n not in old]
         for watcher in self._by_priority(added):
             log.info("%s: added", watcher.name)
@@ -573,6 +687,8 @@ class Arbiter:
                     timer.cancel()
             elif isinstance(action, Publish):
                 self.publish(name, action.event, action.payload)
+            elif isinstance(action, CallHook):
+                self._call_hook(name, action)
             elif isinstance(action, Log):
                 log.log(action.level, "%s", action.message)
                 if action.level >= logging.ERROR:
@@ -601,7 +717,10 @@ class Arbiter:
         return "; ".join(parts)
 
     def publish(self, watcher: str, event: str, payload: dict[str, Any]) -> None:
-        topic = f"watcher.{topic_name(watcher)}.{event}"
+        self.emit(f"watcher.{topic_name(watcher)}.{event}", payload)
+
+    def emit(self, topic: str, payload: dict[str, Any]) -> None:
+        """Publish an event on any topic (the `publish` command: `plugin.<name>.<event>`)."""
         body = {**payload, "time": time.time()}
         for listener in self.listeners:
             listener(topic, body)
@@ -624,6 +743,10 @@ class Arbiter:
         watcher = self.watchers[name]
         config = watcher.config
         extra_env = {}
+        refusal = self._fd_reserve.refusal()
+        if refusal is not None:
+            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, refusal)
+            return
         try:
             if config.notify:
                 notify = self._notify_sockets.open(name, action.wid, config.uid, config.gid)
@@ -634,20 +757,25 @@ class Arbiter:
             cgroup = (
                 self.cgroups.prepare(name, action.wid, action.spawn_id) if self.cgroups else None
             )
+            layout = socket_layout(config, self.sockets.names())
+            socket_fds, own_sockets = self.sockets.for_process([n for n, _fd in layout])
             request = build_request(
                 config,
                 action.wid,
                 self._defaults,
                 extra_env,
-                output.fd_targets,
+                [*output.fd_targets, *(fd for _name, fd in layout)],
                 output.journal_streams,
                 cgroup=cgroup,
+                sockets=layout,
             )
-        except (SpawnPlanError, OSError) as exc:
+        except (SpawnPlanError, SocketError, OSError) as exc:
             # Answer on the next turn, like a real spawn, so this batch of actions finishes first.
             self._loop.call_soon(self._spawn_failed, name, action.spawn_id, str(exc))
             return
-        future = self.spawner.spawn(request, output.child_fds)
+        future = self.spawner.spawn(request, [*output.child_fds, *socket_fds])
+        for sock in own_sockets:
+            sock.close()  # the spawner holds its copy; so_reuseport ones are the child's alone
         self._unclaimed_spawns += 1
         output.sent()
         future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
@@ -675,7 +803,16 @@ class Arbiter:
         except SpawnError as exc:
             self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}")
             return
-        handle = ProcessHandle(pid, status_fd)
+        try:
+            handle = ProcessHandle(pid, status_fd)
+        except OSError as exc:
+            # No pidfd (EMFILE): a child we cannot watch is killed; it is still our unreaped
+            # child, so its pid cannot have been reused. _reap_strays collects it.
+            os.close(status_fd)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}")
+            return
         self._handles[pid] = handle
         self._owner[pid] = name
         self._started_wall[pid] = time.time()
@@ -738,7 +875,89 @@ class Arbiter:
         self._forget(pid)
         watcher = self.watchers.get(name)
         if watcher is not None:
+            self._reap_hooks(watcher, pid, exit_code)
             self._feed(name, watcher.exited(pid, exit_code, self._clock(), exec_error))
+
+    def _reap_hooks(self, watcher: Watcher, pid: int, exit_code: int) -> None:
+        """before_reap and after_reap, queued before the watcher decides what follows the exit
+        (so that, e.g., after_stop comes after them). They never delay a respawn."""
+        if not {"before_reap", "after_reap"} & set(watcher.config.hooks):
+            return
+        view = self._watcher_view(watcher)
+        reaped_at = time.time()
+
+        async def reap_hooks() -> None:
+            arguments: dict[str, Any] = {"process_pid": pid, "time": reaped_at}
+            await self._run_hook(watcher, "before_reap", arguments, view)
+            arguments.update(exit_code=exit_code, process_status=PROCESS_GONE)
+            await self._run_hook(watcher, "after_reap", arguments, view)
+
+        self.hooks.queue(watcher.name, reap_hooks)
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def _watcher_view(self, watcher: Watcher) -> WatcherView:
+        """What a hook sees of the watcher: a snapshot taken when the hook is due."""
+        return watcher_view(
+            watcher.name,
+            option_values(watcher.config),
+            watcher.pids,
+            watcher.config.target_processes,
+            watcher.state.circus_status,
+        )
+
+    def _arbiter_view(self) -> ArbiterView:
+        return ArbiterView(sorted(self.watchers), self.endpoints.get("endpoint"))
+
+    async def _run_hook(
+        self, watcher: Watcher, hook: str, arguments: dict[str, Any], view: WatcherView
+    ) -> HookOutcome:
+        """Call `hook` if the watcher (still) has it; a missing hook approves."""
+        spec = watcher.config.hooks.get(hook)
+        if spec is None:
+            return HookOutcome(approved=True)
+        return await self.hooks.call(
+            spec,
+            hook,
+            arguments,
+            watcher.config.hook_timeout,
+            view,
+            self._arbiter_view(),
+            _hook_search_path(self.config.path, watcher.config),
+        )
+
+    def _call_hook(self, name: str, action: CallHook) -> None:
+        """A hook the watcher asked for: queued behind its earlier hooks; a gate's outcome goes
+        back to the watcher as `hook_done` (unless the watcher was replaced meanwhile)."""
+        watcher = self.watchers.get(name)
+        if watcher is None:
+            return
+        view = self._watcher_view(watcher)
+        arguments = dict(action.kwargs)
+        future = self.hooks.queue(
+            name, lambda: self._run_hook(watcher, action.hook, arguments, view)
+        )
+        if action.token is None:
+            return
+
+        def answer(done: asyncio.Future[HookOutcome]) -> None:
+            if done.cancelled() or self.watchers.get(name) is not watcher:
+                return
+            approved = done.exception() is None and done.result().approved
+            self._feed(name, watcher.hook_done(action.token, approved, self._clock()))
+
+        future.add_done_callback(answer)
+
+    async def extended_stats(self, name: str, pid: int, stats: Any) -> Any:
+        """Circus's `extended_stats` hook: it may add to a process's `stats --extended`."""
+        watcher = self.watchers.get(name)
+        if watcher is None or "extended_stats" not in watcher.config.hooks:
+            return stats
+        mine = copy.deepcopy(stats)  # a hook that times out may still write into it
+        outcome = await self._run_hook(
+            watcher, "extended_stats", {"pid": pid, "stats": mine}, self._watcher_view(watcher)
+        )
+        return mine if outcome.error is None else stats
 
     def _on_oom(self, name: str, kills: int) -> None:
         log.warning("%s: the kernel's OOM killer killed %d process(es) at memory_max", name, kills)
@@ -790,8 +1009,33 @@ def _is_live(field_name: str) -> bool:
     for field in dataclasses.fields(WatcherConfig):
         if field.name == field_name:
             declared = option_of(field)
-            return declared is not None and declared.live
+            if declared is None:
+                return bool(field.metadata.get("live"))
+            return declared.live
     return False
+
+
+def _sockets_of(config: WatcherConfig, all_sockets: Iterable[str]) -> set[str]:
+    """The sockets a watcher's processes get."""
+    names = set(config.listen_fds)
+    if config.stdin_socket is not None:
+        names.add(config.stdin_socket)
+    if config.use_sockets:
+        names.update(all_sockets)
+    return names
+
+
+def _stop_time(config: WatcherConfig) -> float:
+    """How long stopping a watcher may take: graceful timeout, and its stop hooks'."""
+    hooks = sum(name in config.hooks for name in ("before_stop", "after_stop"))
+    return config.graceful_timeout + hooks * config.hook_timeout
+
+
+def _hook_search_path(config_path: str, config: WatcherConfig) -> list[str]:
+    """Where hooks are imported from: the watcher's PYTHONPATH (as Circus) and the config's
+    directory."""
+    search = [p for p in config.env.get("PYTHONPATH", "").split(os.pathsep) if p and "$(" not in p]
+    return [*search, os.path.dirname(config_path)]
 
 
 def _describe_pid(pid: int) -> str:

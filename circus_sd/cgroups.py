@@ -90,6 +90,7 @@ class Cgroups:
         mountinfo: str | None = None,
         proc_self_cgroup: str | None = None,
         pid: int | None = None,
+        extra_pids: tuple[int, ...] = (),
     ) -> Cgroups:
         """Find our delegated cgroup, move this process into `arbiter/`, enable controllers.
 
@@ -118,7 +119,8 @@ class Cgroups:
             raise CgroupUnavailable(f"{root} is not writable")
         arbiter = root / "arbiter"
         arbiter.mkdir(exist_ok=True)
-        _write(arbiter / "cgroup.procs", str(pid or os.getpid()))
+        for member in (pid or os.getpid(), *extra_pids):
+            _write(arbiter / "cgroup.procs", str(member))
         available = set(_read(root / "cgroup.controllers").split())
         enabled = set()
         for controller in WANTED_CONTROLLERS:

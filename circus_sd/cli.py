@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -17,6 +17,9 @@ from circus_sd.config.options import LOG_LEVELS
 if TYPE_CHECKING:
     from circus_sd.arbiter import Arbiter
     from circus_sd.cgroups import Cgroups
+    from circus_sd.config.loader import ConfigWarning
+    from circus_sd.config.model import Config
+    from circus_sd.spawn_client import Spawner
 
 EX_CONFIG = 78  # sysexits.h: a bad configuration; the systemd unit does not restart on it.
 
@@ -77,18 +80,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.path}: OK, {len(config.watchers)} watcher(s)")
         return 0
 
-    # Imported here so that `--check` and errors stay fast and light.
+    # The spawner first: every child starts as a copy of it, so it is forked while this process
+    # is still small (nothing imported yet beyond the config loader) and has no thread.
+    if config.arbiter.umask is not None:
+        os.umask(config.arbiter.umask)
+    from circus_sd.spawner import fork_spawner
+
+    spawner_pid, spawner_socket = fork_spawner()
+    from circus_sd.spawn_client import Spawner
+
+    spawner = Spawner(spawner_pid, spawner_socket)
+    try:
+        return _run(args, config, warnings, spawner)
+    finally:
+        # A no-op after a normal run (the arbiter ended it); else end it here.
+        spawner.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spawner.pid, 0)
+
+
+def _run(
+    args: argparse.Namespace, config: Config, warnings: list[ConfigWarning], spawner: Spawner
+) -> int:
+    """Everything after the spawner exists: logging, locks, limits, cgroups, the arbiter."""
+    import asyncio
+
     from circus_sd.arbiter import Arbiter
     from circus_sd.cgroups import CgroupUnavailable
     from circus_sd.logging_setup import configure_logging
     from circus_sd.pidfile import PidFile, PidFileLocked
     from circus_sd.process import become_subreaper
+    from circus_sd.sockets import ListeningSockets, SystemdSockets
     from circus_sd.spawn_plan import ChildDefaults
-    from circus_sd.spawner import Spawner
     from circus_sd.systemd_notify import SystemdNotifier
 
-    # First: it takes NOTIFY_SOCKET & co. out of the environment children are made from.
+    # First: what systemd handed us leaves the environment children are made from: NOTIFY_SOCKET
+    # & co. (the notifier), LISTEN_* and the sockets they describe (socket activation).
     notifier = SystemdNotifier()
+    systemd_sockets = SystemdSockets.take()
     try:
         configure_logging(config.arbiter, args.loglevel, args.logoutput, args.loggerconfig)
     except (OSError, ValueError) as exc:
@@ -96,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     for warning in warnings:
         log.warning("%s", warning)
+    for problem in systemd_sockets.warnings:
+        log.warning("%s", problem)
 
     pidfile = None
     pidfile_path = args.pidfile or config.arbiter.pidfile
@@ -107,20 +138,17 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", exc)
             return 1
     try:
-        if config.arbiter.umask is not None:
-            os.umask(config.arbiter.umask)
         defaults = ChildDefaults.capture()
         _raise_nofile_limit()
         if not become_subreaper():
             log.warning("could not become a child subreaper: orphans of children will escape")
         try:
-            cgroups = _setup_cgroups(config.arbiter.cgroup, config.arbiter.cgroup_root)
+            cgroups = _setup_cgroups(
+                config.arbiter.cgroup, config.arbiter.cgroup_root, spawner.pid
+            )
         except CgroupUnavailable as exc:
             log.error("[circus] cgroup = required, but: %s", exc)
             return EX_CONFIG
-        # Before any thread exists (pyzmq starts some): the spawner is a fork of this process
-        # (and, with cgroups, already in the arbiter's leaf with us).
-        spawner = Spawner.fork()
         arbiter = Arbiter(
             config,
             spawner,
@@ -128,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             defaults=defaults,
             notifier=notifier,
             cgroups=cgroups,
+            sockets=ListeningSockets(systemd_sockets.sockets),
         )
         return asyncio.run(_serve(arbiter))
     finally:
@@ -137,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(arbiter: Arbiter) -> int:
     """Bind the control and event endpoints, then run the arbiter until it stops."""
+    import asyncio
+
     from circus_sd.control.server import ControlServer, EndpointError
 
     options = arbiter.config.arbiter
@@ -148,8 +179,6 @@ async def _serve(arbiter: Arbiter) -> int:
         log.error("%s", exc)
         if server is not None:
             await server.close()
-        arbiter.spawner.close()
-        os.waitpid(arbiter.spawner.pid, 0)
         return 1 if exc.in_use else EX_CONFIG
     serving = asyncio.create_task(server.serve())
     try:
@@ -159,7 +188,7 @@ async def _serve(arbiter: Arbiter) -> int:
         await server.close()
 
 
-def _setup_cgroups(mode: str, cgroup_root: str | None) -> Cgroups | None:
+def _setup_cgroups(mode: str, cgroup_root: str | None, spawner_pid: int) -> Cgroups | None:
     """Our delegated cgroup v2 tree; None when unavailable (said once); raises if required."""
     from circus_sd.cgroups import Cgroups, CgroupUnavailable
 
@@ -167,7 +196,8 @@ def _setup_cgroups(mode: str, cgroup_root: str | None) -> Cgroups | None:
         log.info("per-watcher cgroups are off (cgroup = off): process groups track processes")
         return None
     try:
-        cgroups = Cgroups.setup(cgroup_root)
+        # The spawner too: a cgroup whose children get controllers may hold no process itself.
+        cgroups = Cgroups.setup(cgroup_root, extra_pids=(spawner_pid,))
     except (CgroupUnavailable, OSError) as exc:
         if mode == "required":
             raise CgroupUnavailable(str(exc)) from None

@@ -14,8 +14,6 @@ The pipe gives EOF when exec succeeded, or a line "stage:errno:message" when set
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -214,6 +212,10 @@ def _serve(sock: socket.socket) -> None:
             )
         except InterruptedError:
             continue
+        # Python 3.11's recv_fds drops its flags argument (MSG_CMSG_CLOEXEC): without this, every
+        # child would inherit a stray copy of each fd passed to it (pipes, sockets).
+        for fd in fds:
+            os.set_inheritable(fd, False)
         if not data:
             return
         try:
@@ -286,119 +288,3 @@ def parse_exec_status(data: bytes) -> str | None:
     code, _, text = rest.partition(":")
     where = {"exec": "exec", "chdir": "working_dir", "identity": "uid/gid"}.get(stage, stage)
     return f"{where}: {text}" + (f" (errno {code})" if code not in ("", "0") else "")
-
-
-# -- the arbiter's side --------------------------------------------------------------------------
-
-
-class Spawner:
-    """The arbiter's handle on the spawner process: pipelined, asynchronous spawn requests."""
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self._sock = sock
-        self._sock.setblocking(False)
-        self._pending: collections.deque[asyncio.Future[tuple[int, int]]] = collections.deque()
-        self._outbox: collections.deque[tuple[bytes, list[int]]] = collections.deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._writing = False
-        self.closed = False
-
-    @classmethod
-    def fork(cls) -> Spawner:
-        return cls(*fork_spawner())
-
-    @property
-    def in_flight(self) -> int:
-        """Requests sent and not yet answered: children may exist whose pid we do not know."""
-        return len(self._pending)
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        loop.add_reader(self._sock.fileno(), self._on_readable)
-
-    def spawn(
-        self, request: SpawnRequest, fds: Sequence[int] = ()
-    ) -> asyncio.Future[tuple[int, int]]:
-        """Ask for a child; the future gives (pid, exec-status fd) or raises SpawnError.
-
-        The caller keeps ownership of `fds` and may close them once this returns.
-        """
-        assert self._loop is not None
-        future: asyncio.Future[tuple[int, int]] = self._loop.create_future()
-        if self.closed:
-            future.set_exception(SpawnError(errno.EPIPE, "the spawner is gone"))
-            return future
-        self._outbox.append((pickle.dumps(request), [os.dup(fd) for fd in fds]))
-        self._pending.append(future)
-        self._flush()
-        return future
-
-    def _flush(self) -> None:
-        assert self._loop is not None
-        while self._outbox:
-            data, fds = self._outbox[0]
-            try:
-                socket.send_fds(self._sock, [data], fds)
-            except BlockingIOError:
-                if not self._writing:
-                    self._writing = True
-                    self._loop.add_writer(self._sock.fileno(), self._flush)
-                return
-            except OSError as exc:
-                self._fail(exc)
-                return
-            self._outbox.popleft()
-            for fd in fds:
-                os.close(fd)
-        if self._writing:
-            self._writing = False
-            self._loop.remove_writer(self._sock.fileno())
-
-    def _on_readable(self) -> None:
-        while True:
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(
-                    self._sock, 65536, 4, socket.MSG_CMSG_CLOEXEC
-                )
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._fail(exc)
-                return
-            if not data:
-                self._fail(SpawnError(errno.EPIPE, "the spawner exited"))
-                return
-            reply = pickle.loads(data)
-            future = self._pending.popleft()
-            if reply[0] == "ok":
-                if future.cancelled():
-                    os.close(fds[0])
-                else:
-                    future.set_result((int(reply[1]), fds[0]))
-            else:
-                for fd in fds:
-                    os.close(fd)
-                if not future.cancelled():
-                    future.set_exception(SpawnError(reply[1], reply[2]))
-
-    def _fail(self, exc: Exception) -> None:
-        self.close()
-        while self._pending:
-            future = self._pending.popleft()
-            if not future.done():
-                future.set_exception(SpawnError(errno.EPIPE, f"the spawner is gone: {exc}"))
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            if self._writing:
-                self._loop.remove_writer(self._sock.fileno())
-        for _data, fds in self._outbox:
-            for fd in fds:
-                os.close(fd)
-        self._outbox.clear()
-        self._sock.close()

@@ -25,7 +25,8 @@ from arbiter_harness import Circus, child_command, report_command, wait_until
 from control_helpers import Clients, EventStream, clients, events_endpoint
 
 from circus_sd.output.lines import SPLIT_MARKER
-from circus_sd.spawner import JournalStreamSetup, Spawner, SpawnRequest
+from circus_sd.spawn_client import Spawner
+from circus_sd.spawner import JournalStreamSetup, SpawnRequest, fork_spawner
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -412,7 +413,7 @@ def _spawn_with_journal_stream(
     """
 
     async def scenario() -> tuple[int, bytes]:
-        spawner = Spawner.fork()
+        spawner = Spawner(*fork_spawner())
         spawner.attach(asyncio.get_running_loop())
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
