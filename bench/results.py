@@ -81,7 +81,8 @@ class Results:
         figures = {}
         for key, metric in self.metrics.items():
             row: dict[str, Any] = {"label": metric.label, "unit": metric.unit,
-                                   "higher_is_better": metric.higher_is_better}
+                                   "higher_is_better": metric.higher_is_better,
+                                   "machine_key": metric.machine_key}
             for who in (*SUBJECTS, MACHINE):
                 samples = self.samples.get(key, {}).get(who)
                 note = self.notes.get(key, {}).get(who)
@@ -182,8 +183,9 @@ def plot(results: Results, path: str, ns: list[int]) -> bool:
     panels = [
         ("daemon start → N exist (s)", "spawn.daemon.{n}", "machine.burst.{n}"),
         ("`start` → N exist (s)", "spawn.command.{n}", "machine.burst.{n}"),
-        ("SIGTERM → none remain (s)", "stop.reaped.{n}", "machine.burst_stop.{n}"),
-        ("SIGTERM → daemon exit (s)", "stop.daemon_exit.{n}", "machine.burst_stop.{n}"),
+        ("SIGTERM → none remain (s, log scale)", "stop.reaped.{n}", "machine.burst_stop.{n}"),
+        ("SIGTERM → daemon exit (s, log scale)", "stop.daemon_exit.{n}",
+         "machine.burst_stop.{n}"),
         ("idle CPU (% of a core)", "idle.cpu.{n}", None),
         ("RSS, own processes (MB)", "idle.rss_sum.{n}", None),
     ]
@@ -206,6 +208,8 @@ def plot(results: Results, path: str, ns: list[int]) -> bool:
             pts = [(n, s.median) for n, s in found if s is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), "k--", marker="x", label="machine")
+        if "log scale" in title:
+            ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("N processes")
         ax.grid(alpha=0.3)
@@ -214,6 +218,38 @@ def plot(results: Results, path: str, ns: list[int]) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def load(path: str) -> Results:
+    """A saved run back as Results (to print its table or plot it again)."""
+    with open(path) as f:
+        data = json.load(f)
+    results = Results(data["meta"])
+    results.extra = data.get("extra", {})
+    for key, row in data["figures"].items():
+        metric = Metric(key, row["label"], row["unit"], row["higher_is_better"],
+                        row.get("machine_key", _older_machine_key(key)))
+        results.define(metric)
+        for who in (*SUBJECTS, MACHINE):
+            cell = row.get(who) or {}
+            if "samples" in cell:
+                results.add(metric, who, *cell["samples"])
+            elif "note" in cell:
+                results.note(metric, who, cell["note"])
+    return results
+
+
+def _older_machine_key(key: str) -> str | None:
+    """Files written before "machine_key" was saved: the pairs run.py used then."""
+    kind, _, rest = key.partition(".")
+    what, _, tail = rest.rpartition(".")
+    if kind == "spawn" and what in ("daemon", "command"):
+        return f"machine.burst.{tail}"
+    if kind == "stop" and what in ("last_exit", "reaped", "daemon_exit"):
+        return f"machine.burst_stop.{tail}"
+    if kind == "log" and tail == "mbps":
+        return f"log.machine_cat.{what}"
+    return None
 
 
 def dump(results: Results, path: str) -> None:

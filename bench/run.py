@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from bench import machine
 from bench.control import ControlError
 from bench.procs import become_subreaper, reap_orphans
-from bench.results import MACHINE, Metric, Results, dump, plot
+from bench.results import MACHINE, Metric, Results, dump, load, plot
 from bench.supervisors import Supervisor, Workload, all_supervisors
 from bench.workloads import (
     BenchError,
@@ -97,7 +97,7 @@ class Plan:
 
 class Bench:
     def __init__(self, plan: Plan, supervisors: list[Supervisor], child: str, base_dir: str,
-                 results: Results, seed: int) -> None:
+                 results: Results, seed: int, results_dir: str) -> None:
         self.plan = plan
         self.supervisors = supervisors
         self.child = child
@@ -105,6 +105,8 @@ class Bench:
         self.results = results
         self.rng = random.Random(seed)
         self.caps: dict[str, dict[str, bool]] = {}
+        self.current: DaemonRun | None = None
+        self.results_dir = results_dir
 
     def finding(self, text: str) -> None:
         if not text.startswith("FAILED"):
@@ -126,14 +128,26 @@ class Bench:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             brief = lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "") if lines else ""
             self.say(f"  FAILED {what}: {exc}")
-            self.finding(f"FAILED {what}: {type(exc).__name__}: {brief}")
+            self.finding(f"FAILED {what}: {type(exc).__name__}: {brief}{self.keep_log(what)}")
             if not isinstance(exc, BenchError | ControlError):
                 traceback.print_exc(file=sys.stderr)
             for metric, who in cells:
                 self.results.note(metric, who, f"error: {type(exc).__name__}")
 
     def run(self, make: Callable[[str], Workload], sup: Supervisor) -> DaemonRun:
-        return DaemonRun(sup, self.base, make, self.child)
+        self.current = DaemonRun(sup, self.base, make, self.child)
+        return self.current
+
+    def keep_log(self, what: str) -> str:
+        """Copy the daemon log of the run that failed next to the results; its note."""
+        run = self.current
+        if run is None or not os.path.exists(os.path.join(run.dir, "daemon.log")):
+            return ""
+        logs = os.path.join(self.results_dir, "logs")
+        os.makedirs(logs, exist_ok=True)
+        name = f"{self.results.meta['started']}-{what}.log".replace(" ", "_").replace(":", "")
+        shutil.copyfile(os.path.join(run.dir, "daemon.log"), os.path.join(logs, name))
+        return f" (log: {os.path.join(logs, name)})"
 
     def idle_children(self, n: int, autostart: bool = True) -> Callable[[str], Workload]:
         return lambda sock: Workload((self.child, sock, "idle"), n, autostart)
@@ -298,8 +312,8 @@ class Bench:
                               p.client_window, sys.executable)
             finally:
                 client.close()
-            if got.listed != n:
-                self.finding(f"{who} listed {got.listed} processes, expected {n}")
+            if got.listed != n:  # the figures would be of another N: not recorded
+                raise BenchError(f"{who} listed {got.listed} processes, expected {n}")
             r.add(metrics[0], who, *(t * 1000 for t in got.status))
             r.add(metrics[1], who, *(t * 1000 for t in got.listing))
             if got.stats is None:
@@ -318,7 +332,7 @@ class Bench:
         if not self.caps[who]["control"]:
             r.note(metric, who, NEEDS_CONTROL)
             return
-        for _ in range(self.plan.command_reps):
+        for _ in range(self.plan.command_reps if n < 1000 else 2):
             with self.attempt(f"{who} start command N={n}", (metric, who)), \
                     self.run(self.idle_children(n, autostart=False), sup) as run:
                 client = run.wait_control(30)
@@ -433,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", required=True, help="the compiled bench/child.c")
     parser.add_argument("--project-venv", default=".venv")
     parser.add_argument("--results", default="bench/results")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="run nothing: print (and plot) a saved run again")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return reprint(args.from_json)
     plan = Plan.from_env()
     child = os.path.abspath(args.child)
     project_venv = os.path.abspath(args.project_venv)
@@ -464,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     supervisors = [s for s in all_supervisors(project_venv, bench_venv)
                    if s.name in plan.supervisors]
     base = tempfile.mkdtemp(prefix="csb-", dir="/tmp")  # short: ipc:// paths have 107 bytes
-    bench = Bench(plan, supervisors, child, base, results, seed)
+    bench = Bench(plan, supervisors, child, base, results, seed, args.results)
     status = 0
     try:
         bench.all()
@@ -482,6 +500,32 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def reprint(path: str) -> int:
+    results = load(path)
+    base = path.removesuffix(".json")
+    ns = sorted({int(k.rsplit(".", 1)[1]) for k in results.metrics
+                 if k.startswith("spawn.daemon.")})
+    if plot(results, base + ".png", ns):
+        print(f"plot: {base}.png")
+    print(_header(results) + "\n\n" + results.table())
+    with open(base + ".md", "w") as f:
+        f.write(_header(results) + "\n\n" + results.table(markdown=True) + "\n")
+    return 0
+
+
+def _header(results: Results) -> str:
+    info = results.meta["machine"]
+    kind = "quick" if results.meta.get("quick") else "full"
+    if results.meta.get("interrupted"):
+        kind += ", INTERRUPTED"
+    return (f"circus-sd benchmarks ({kind}, {results.meta['started']}, "
+            f"{results.meta.get('duration_s')} s): {info['nproc']} x {info['cpu']}, "
+            f"kernel {info['kernel']}, load {' '.join(info['loadavg_start'])} → "
+            f"{' '.join(info.get('loadavg_end', []))}\n"
+            "median [min-max] over repetitions; ↑ = higher is better; "
+            "ratios: circus-sd / the other, on medians")
+
+
 def write_outputs(results: Results, directory: str, plan: Plan) -> None:
     os.makedirs(directory, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -491,13 +535,7 @@ def write_outputs(results: Results, directory: str, plan: Plan) -> None:
     base = os.path.join(directory, f"bench-{kind}-{stamp}")
     dump(results, base + ".json")
     table = results.table()
-    info = results.meta["machine"]
-    header = (f"circus-sd benchmarks ({kind}, {results.meta['started']}, "
-              f"{results.meta.get('duration_s')} s): {info['nproc']} x {info['cpu']}, "
-              f"kernel {info['kernel']}, load {' '.join(info['loadavg_start'])} → "
-              f"{' '.join(info.get('loadavg_end', []))}\n"
-              "median [min-max] over repetitions; ↑ = higher is better; "
-              "ratios: circus-sd / the other, on medians")
+    header = _header(results)
     with open(base + ".txt", "w") as f:
         f.write(header + "\n\n" + table + "\n")
     with open(base + ".md", "w") as f:

@@ -266,7 +266,7 @@ def control(run: DaemonRun, client: ControlClient, calls: int, stats_calls: int,
             clients: int, window: float, python: str) -> ControlFigures:
     listed = client.list()
     status = _timed(client.status, calls)
-    listing = _timed(client.list, max(calls // 20, 5))
+    listing = _timed(client.list, max(calls // 40, 5))
     try:  # `stats` reads /proc files of every process: slow (seconds at N=500), few samples
         stats: list[float] | None = _timed(client.stats, stats_calls) if stats_calls else []
     except NotSupported:

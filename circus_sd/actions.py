@@ -53,4 +53,17 @@ class Log:
     message: str
 
 
-Action = Spawn | Signal | StartTimer | CancelTimer | Publish | Log
+@dataclasses.dataclass(frozen=True)
+class CallHook:
+    """Call the watcher's configured hook `hook` (Circus's `hooks.NAME`) with `kwargs`.
+
+    With a `token`, the watcher waits for the outcome: `hook_done(token, approved)`. Without
+    one, the call is only a notification (its result does not matter).
+    """
+
+    hook: str
+    token: Hashable = None
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Action = Spawn | Signal | StartTimer | CancelTimer | Publish | Log | CallHook

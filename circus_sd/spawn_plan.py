@@ -26,6 +26,11 @@ _PRIVATE_ENV = (
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
 )
+# sd_listen_fds(3): passed sockets start at fd 3.
+LISTEN_FDS_START = 3
+# The spawner takes at most 64 fds with a request; two are the output pipes.
+MAX_SOCKETS = 60
+_NO_SOCKETS: Mapping[str, int] = {}
 
 
 class SpawnPlanError(Exception):
@@ -50,14 +55,24 @@ class ChildDefaults:
         )
 
 
-def substitute(text: str, wid: int, env: Mapping[str, str]) -> str:
-    """Replace `$(circus.wid)` and `$(circus.env.NAME)`; unknown names are an error."""
+def substitute(
+    text: str, wid: int, env: Mapping[str, str], sockets: Mapping[str, int] = _NO_SOCKETS
+) -> str:
+    """Replace `$(circus.wid)`, `$(circus.env.NAME)` and `$(circus.sockets.NAME)` (the socket's
+    fd number in the process); unknown names are an error."""
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         lowered = name.lower()
         if lowered == "wid":
             return str(wid)
+        if lowered.startswith("sockets."):
+            socket_name = name[len("sockets.") :]
+            if socket_name not in sockets:
+                raise SpawnPlanError(
+                    f"$(circus.sockets.{socket_name}): the processes do not get this socket"
+                )
+            return str(sockets[socket_name])
         if lowered.startswith("env."):
             variable = name[4:]
             for candidate in (variable, variable.upper()):
@@ -69,7 +84,38 @@ def substitute(text: str, wid: int, env: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(replace, text)
 
 
-def child_environment(config: WatcherConfig, wid: int, defaults: ChildDefaults) -> dict[str, str]:
+def socket_layout(config: WatcherConfig, available: Sequence[str]) -> list[tuple[str, int]]:
+    """(socket name, fd in the process) of every socket a process gets, in passing order.
+
+    `stdin_socket` goes to fd 0; `listen_fds` to 3, 4... in their order (sd_listen_fds); with
+    `use_sockets`, every other socket of `available` (file order) follows.
+    """
+    layout: list[tuple[str, int]] = []
+    if config.stdin_socket is not None:
+        layout.append((config.stdin_socket, 0))
+    names = list(config.listen_fds)
+    if config.use_sockets:
+        names += [name for name in available if name not in names]
+    layout += [(name, LISTEN_FDS_START + i) for i, name in enumerate(names)]
+    if len(layout) > MAX_SOCKETS:
+        raise SpawnPlanError(f"too many sockets for one process ({len(layout)}; {MAX_SOCKETS} max)")
+    return layout
+
+
+def socket_numbers(layout: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """`$(circus.sockets.NAME)`: where NAME is in the process (its fd from 3, else 0)."""
+    numbers = {name: fd for name, fd in reversed(layout) if fd >= LISTEN_FDS_START}
+    for name, fd in layout:
+        numbers.setdefault(name, fd)
+    return numbers
+
+
+def child_environment(
+    config: WatcherConfig,
+    wid: int,
+    defaults: ChildDefaults,
+    sockets: Mapping[str, int] = _NO_SOCKETS,
+) -> dict[str, str]:
     env: dict[str, str] = {}
     if config.copy_env:
         env.update(defaults.environ)
@@ -80,7 +126,7 @@ def child_environment(config: WatcherConfig, wid: int, defaults: ChildDefaults) 
     for name in _PRIVATE_ENV:
         env.pop(name, None)
     for name, value in config.env.items():
-        env[name] = substitute(value, wid, env)
+        env[name] = substitute(value, wid, env, sockets)
     if config.virtualenv:
         _apply_virtualenv(env, config.virtualenv)
     env["CIRCUS_WID"] = str(wid)
@@ -99,12 +145,18 @@ def _apply_virtualenv(env: dict[str, str], venv: str) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*site, env.get("PYTHONPATH")]))
 
 
-def command_line(config: WatcherConfig, wid: int, env: Mapping[str, str]) -> list[str]:
-    cmd = substitute(config.cmd, wid, env)
-    args = substitute(config.args, wid, env)
+def command_line(
+    config: WatcherConfig,
+    wid: int,
+    env: Mapping[str, str],
+    sockets: Mapping[str, int] = _NO_SOCKETS,
+) -> list[str]:
+    cmd = substitute(config.cmd, wid, env, sockets)
+    args = substitute(config.args, wid, env, sockets)
     if config.shell:
         line = f"{cmd} {args}".strip()
-        return ["/bin/sh", "-c", line, *shlex.split(substitute(config.shell_args, wid, env))]
+        shell_args = substitute(config.shell_args, wid, env, sockets)
+        return ["/bin/sh", "-c", line, *shlex.split(shell_args)]
     try:
         return shlex.split(cmd) + shlex.split(args)
     except ValueError as exc:
@@ -132,19 +184,28 @@ def build_request(
     fd_targets: Sequence[int] = (),
     journal_streams: Sequence[JournalStreamSetup] = (),
     cgroup: str | None = None,
+    sockets: Sequence[tuple[str, int]] = (),
 ) -> SpawnRequest:
     """`extra_env`: variables the arbiter provides for this one process (NOTIFY_SOCKET).
 
-    `fd_targets`: where the fds sent with the request go (the output pipes: 1, 2);
+    `fd_targets`: where the fds sent with the request go (the output pipes: 1, 2; sockets);
     `journal_streams`: output fds the child connects to journald itself;
-    `cgroup`: the leaf cgroup the child joins before anything else.
+    `cgroup`: the leaf cgroup the child joins before anything else;
+    `sockets`: the `socket_layout` of the process (its fds are in `fd_targets` too).
     """
-    env = child_environment(config, wid, defaults)
+    numbers = socket_numbers(sockets)
+    env = child_environment(config, wid, defaults, numbers)
     env.update(extra_env or {})
-    argv = command_line(config, wid, env)
+    env_own_pid: tuple[str, ...] = ()
+    if config.listen_fds:
+        # sd_listen_fds(3): LISTEN_PID is the process's own pid, set in it before exec.
+        env["LISTEN_FDS"] = str(len(config.listen_fds))
+        env["LISTEN_FDNAMES"] = ":".join(config.listen_fds)
+        env_own_pid = ("LISTEN_PID",)
+    argv = command_line(config, wid, env, numbers)
     if not argv:
         raise SpawnPlanError("empty command")
-    program = substitute(config.executable, wid, env) if config.executable else argv[0]
+    program = substitute(config.executable, wid, env, numbers) if config.executable else argv[0]
     executable = resolve_program(program, env, config.working_dir)
     rlimits = {resource.RLIMIT_NOFILE: defaults.nofile}
     for resource_id, soft, hard in config.rlimits:
@@ -160,7 +221,7 @@ def build_request(
         for i, closed in ((1, config.close_child_stdout), (2, config.close_child_stderr))
         if closed
     }
-    if not config.close_child_stdin:
+    if not config.close_child_stdin and 0 not in fd_targets:
         inherit.add(0)
     return SpawnRequest(
         executable=executable,
@@ -177,6 +238,7 @@ def build_request(
         fd_targets=tuple(fd_targets),
         journal_streams=tuple(journal_streams),
         cgroup=cgroup,
+        env_own_pid=env_own_pid,
     )
 
 

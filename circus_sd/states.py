@@ -51,6 +51,8 @@ class WatcherResult(enum.Enum):
     SUCCESS = "success"
     FLAPPING = "flapping"
     EXEC_FAILED = "exec-failed"
+    # A before_start/before_spawn/after_spawn/after_start hook said no (returned False or failed).
+    HOOK_ABORTED = "hook-aborted"
 
 
 class ProcessState(enum.Enum):

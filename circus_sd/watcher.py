@@ -2,6 +2,12 @@
 
 Pure logic: no I/O, no clock of its own. Every method takes the current monotonic time and returns
 actions (spawn, signal, timers, events, log lines) for the arbiter to execute.
+
+Hooks (Circus's `hooks.NAME`) that can change what happens are gates here: the watcher asks for
+the call (a `CallHook` action with a token) and waits for `hook_done` before going on (spawning,
+becoming active, stopping processes). Running the hook is the arbiter's business (threads,
+deadlines); the hooks tied to one signal or one exit (before/after_signal, before/after_reap)
+are run by the arbiter around that I/O and never reach the state machine.
 """
 
 from __future__ import annotations
@@ -13,7 +19,16 @@ import random
 import signal
 from collections.abc import Hashable
 
-from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
+from circus_sd.actions import (
+    Action,
+    CallHook,
+    CancelTimer,
+    Log,
+    Publish,
+    Signal,
+    Spawn,
+    StartTimer,
+)
 from circus_sd.config.model import WatcherConfig
 from circus_sd.restart_policy import FlappingDetector, backoff_delay
 from circus_sd.states import (
@@ -38,6 +53,15 @@ RETRY = "retry"  # a flapping pause is over
 READY_TIMEOUT = "ready_timeout"  # a notify process did not send READY=1 in time
 WATCHDOG = "watchdog"  # a notify process stopped sending WATCHDOG=1
 
+# Hooks the watcher waits for (tokens carry the start/stop number or the spawn id), and the
+# after_stop notification.
+BEFORE_START = "before_start"
+AFTER_START = "after_start"
+BEFORE_SPAWN = "before_spawn"
+AFTER_SPAWN = "after_spawn"
+BEFORE_STOP = "before_stop"
+AFTER_STOP = "after_stop"
+
 
 @dataclasses.dataclass
 class ProcessRecord:
@@ -55,6 +79,8 @@ class ProcessRecord:
     status: str = ""
     # Stopped for not becoming ready in time: its exit counts as a failed start.
     failed_start: bool = False
+    # Waiting for its before_spawn (no pid yet) or after_spawn hook.
+    hook_pending: bool = False
 
     def move_to(self, state: ProcessState) -> None:
         if state not in PROCESS_TRANSITIONS[self.state]:
@@ -85,6 +111,14 @@ class Watcher:
         self._warming_up = False
         self._halt_to = WatcherState.STOPPED
         self._flapping = FlappingDetector(config.flapping_attempts, config.flapping_window)
+        # Hook gates: which start/stop they belong to, and whether they are being waited for.
+        self._start_number = 0
+        self._stop_number = 0
+        self._before_start_pending = False
+        self._after_start_pending = False
+        self._after_start_approved = False
+        self._before_stop_pending = False
+        self._stop_hooks = False  # this stop calls before_stop/after_stop
 
     @property
     def name(self) -> str:
@@ -110,11 +144,12 @@ class Watcher:
         if self.state is not WatcherState.STARTING:
             return True
         pending = any(self._start_pending(p) for p in self.processes.values())
-        return not pending and not self._warming_up
+        gated = self._before_start_pending or self._after_start_pending
+        return not pending and not self._warming_up and not gated
 
     def _start_pending(self, process: ProcessRecord) -> bool:
-        """Spawning, or (with `notify`) running but not ready yet."""
-        if process.state is ProcessState.SPAWNING:
+        """Spawning, waiting for a hook, or (with `notify`) running but not ready yet."""
+        if process.state is ProcessState.SPAWNING or process.hook_pending:
             return True
         return self.config.notify and process.state is ProcessState.RUNNING and not process.ready
 
@@ -214,6 +249,9 @@ class Watcher:
             actions.append(StartTimer((HEALTHY, spawn_id), self.config.min_uptime))
         if process.stop_requested:
             actions += self._stop_process(process)
+        elif AFTER_SPAWN in self.config.hooks and self.state in RUNNING_STATES:
+            process.hook_pending = True
+            actions.append(CallHook(AFTER_SPAWN, (AFTER_SPAWN, spawn_id), {"pid": pid}))
         return actions + self._reconcile(now)
 
     def spawn_failed(self, spawn_id: int, reason: str, now: float) -> list[Action]:
@@ -280,6 +318,52 @@ class Watcher:
                 Log(logging.WARNING, f"{self._label(process)} reports errno {message['ERRNO']}")
             )
         return actions + self._reconcile(now)
+
+    def hook_done(self, token: Hashable, approved: bool, now: float) -> list[Action]:
+        """The outcome of a `CallHook` with a token: `approved` is False when the hook returned
+        False, or failed (raised, timed out) and its errors are not ignored."""
+        assert isinstance(token, tuple)
+        kind, key = token
+        if kind == BEFORE_START:
+            if not self._before_start_pending or key != self._start_number:
+                return []
+            self._before_start_pending = False
+            return self._reconcile(now) if approved else self._abort(kind, now)
+        if kind == AFTER_START:
+            if not self._after_start_pending or key != self._start_number:
+                return []
+            self._after_start_pending = False
+            if not approved:
+                return self._abort(kind, now)
+            self._after_start_approved = True
+            return self._reconcile(now)
+        if kind == BEFORE_STOP:
+            if not self._before_stop_pending or key != self._stop_number:
+                return []
+            self._before_stop_pending = False
+            actions: list[Action] = []
+            for running in list(self.processes.values()):
+                actions += self._stop_process(running)
+            return actions + self._reconcile(now)
+        process = self.processes.get(key)
+        if process is None or not process.hook_pending:
+            return []
+        process.hook_pending = False
+        if kind == BEFORE_SPAWN:
+            if not approved and self.state in RUNNING_STATES:
+                del self.processes[key]
+                return self._abort(kind, now)
+            if (
+                process.stop_requested
+                or self.state not in RUNNING_STATES
+                or process.wid > self.config.target_processes
+            ):
+                del self.processes[key]
+                return self._reconcile(now)
+            return [Spawn(process.spawn_id, process.wid)]
+        if kind == AFTER_SPAWN and not approved and self.state in RUNNING_STATES:
+            return self._abort(kind, now)
+        return self._reconcile(now)
 
     def timer(self, key: Hashable, now: float) -> list[Action]:
         assert isinstance(key, tuple)
@@ -361,16 +445,34 @@ class Watcher:
 
     def _begin_start(self, now: float) -> list[Action]:
         self._set_state(WatcherState.STARTING)
+        self._start_number += 1
+        self._after_start_approved = False
         count = self.config.target_processes
-        return [
-            Log(logging.INFO, f"{self.name}: starting {count} process(es)"),
-            *self._reconcile(now),
-        ]
+        actions: list[Action] = [Log(logging.INFO, f"{self.name}: starting {count} process(es)")]
+        if BEFORE_START in self.config.hooks:
+            self._before_start_pending = True
+            return [*actions, CallHook(BEFORE_START, (BEFORE_START, self._start_number))]
+        return actions + self._reconcile(now)
 
-    def _halt(self, destination: WatcherState, now: float) -> list[Action]:
-        """Stop every process, then rest in `destination` (stopped, paused or failed)."""
+    def _abort(self, hook: str, now: float) -> list[Action]:
+        """A hook said no to the start (Circus: returning False stops the watcher)."""
+        self.result = WatcherResult.HOOK_ABORTED
+        self.reason = f"start aborted by the {hook} hook"
+        message = f"{self.name}: the {hook} hook returned False or failed: stopping the watcher"
+        # Circus calls no stop hook when before_start refuses: nothing was started.
+        stop_hooks = hook != BEFORE_START
+        return [Log(logging.ERROR, message), *self._halt(WatcherState.FAILED, now, stop_hooks)]
+
+    def _halt(
+        self, destination: WatcherState, now: float, stop_hooks: bool = True
+    ) -> list[Action]:
+        """Stop every process, then rest in `destination` (stopped, paused or failed).
+
+        With a before_stop hook, the processes are stopped once it has returned.
+        """
         actions: list[Action] = [CancelTimer((RESTART, wid)) for wid in sorted(self._backoff)]
         self._backoff.clear()
+        self._before_start_pending = self._after_start_pending = False
         if self._warming_up:
             self._warming_up = False
             actions.append(CancelTimer((WARMUP,)))
@@ -382,6 +484,13 @@ class Watcher:
         self._halt_to = destination
         if self.state is not WatcherState.STOPPING:
             self._set_state(WatcherState.STOPPING)
+            self._stop_number += 1
+            self._stop_hooks = stop_hooks
+            if stop_hooks and BEFORE_STOP in self.config.hooks:
+                self._before_stop_pending = True
+                return [*actions, CallHook(BEFORE_STOP, (BEFORE_STOP, self._stop_number))]
+        elif self._before_stop_pending:
+            return actions
         for process in list(self.processes.values()):
             actions += self._stop_process(process)
         return actions + self._reconcile(now)
@@ -501,13 +610,28 @@ class Watcher:
         actions: list[Action] = []
         if self.state in RUNNING_STATES:
             actions += self._fill_and_trim(now)
-            if self.state is WatcherState.STARTING and self._all_running():
+            started = (
+                self.state is WatcherState.STARTING
+                and not self._before_start_pending
+                and self._all_running()
+            )
+            if started and AFTER_START in self.config.hooks and not self._after_start_approved:
+                if not self._after_start_pending:
+                    self._after_start_pending = True
+                    actions.append(CallHook(AFTER_START, (AFTER_START, self._start_number)))
+            elif started:
                 self._set_state(WatcherState.ACTIVE)
                 actions += [Publish("start"), Log(logging.INFO, f"{self.name}: active")]
-        elif self.state is WatcherState.STOPPING and not self.processes:
+        elif (
+            self.state is WatcherState.STOPPING
+            and not self.processes
+            and not self._before_stop_pending
+        ):
             destination = self._halt_to
             self._set_state(destination)
             actions.append(Publish("stop"))
+            if self._stop_hooks and AFTER_STOP in self.config.hooks:
+                actions.append(CallHook(AFTER_STOP))
             if destination is WatcherState.PAUSED:
                 actions.append(StartTimer((RETRY,), self.config.flapping_retry_in))
             elif destination is WatcherState.STOPPED:
@@ -528,13 +652,18 @@ class Watcher:
             else:
                 live_wids.add(process.wid)
         for wid in range(1, target + 1):
-            if self._warming_up:
+            if self._warming_up or self._before_start_pending:
                 break
             if wid in live_wids or wid in self._backoff or wid in self._retired:
                 continue
             spawn_id = next(self._spawn_ids)
-            self.processes[spawn_id] = ProcessRecord(spawn_id, wid, ProcessState.SPAWNING)
-            actions.append(Spawn(spawn_id, wid))
+            record = ProcessRecord(spawn_id, wid, ProcessState.SPAWNING)
+            self.processes[spawn_id] = record
+            if BEFORE_SPAWN in self.config.hooks:
+                record.hook_pending = True
+                actions.append(CallHook(BEFORE_SPAWN, (BEFORE_SPAWN, spawn_id)))
+            else:
+                actions.append(Spawn(spawn_id, wid))
             if self.config.warmup_delay > 0:
                 self._warming_up = True
                 actions.append(StartTimer((WARMUP,), self.config.warmup_delay))
@@ -545,7 +674,9 @@ class Watcher:
         running = {
             p.wid
             for p in self.processes.values()
-            if p.state is ProcessState.RUNNING and (p.ready or not self.config.notify)
+            if p.state is ProcessState.RUNNING
+            and (p.ready or not self.config.notify)
+            and not p.hook_pending
         }
         wanted = set(range(1, self.config.target_processes + 1)) - self._retired
         return wanted <= running

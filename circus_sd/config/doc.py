@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import pathlib
 import signal
 import sys
 from typing import Any
 
-from circus_sd.config.model import ArbiterConfig, WatcherConfig
+from circus_sd.config.model import ArbiterConfig, SocketConfig, WatcherConfig
 from circus_sd.config.options import option_of
 from circus_sd.config.streams import StreamConfig
 
@@ -20,6 +21,10 @@ def _default_text(name: str, value: Any) -> str:
         return "true" if value else "false"
     if name == "stop_signal":
         return signal.Signals(value).name
+    if isinstance(value, enum.Enum):
+        return value.name
+    if value == ():
+        return "—"
     return str(value)
 
 
@@ -40,7 +45,8 @@ def tables() -> str:
         "#### `[circus]`\n\n" + option_table(ArbiterConfig) + "\n\n"
         "#### `[watcher:NAME]`\n\n" + option_table(WatcherConfig) + "\n\n"
         "#### `stdout_stream.*` / `stderr_stream.*` (in `[watcher:NAME]`)\n\n"
-        + option_table(StreamConfig) + "\n"
+        + option_table(StreamConfig) + "\n\n"
+        "#### `[socket:NAME]`\n\n" + option_table(SocketConfig) + "\n"
     )
 
 

@@ -29,6 +29,7 @@ from circus_sd.config.options import (
     RLIMITS,
     OptionValueError,
     boolean,
+    integer,
     options_of,
     rlimit_pair,
 )
@@ -149,7 +150,6 @@ _CIRCUS_NO_EFFECT: Mapping[str, str] = {
     "fqdn_prefix": "only used by Circus's stats",
 }
 
-_FLAPPING_PLUGIN = "circus.plugins.flapping.Flapping"
 # Flapping plugin key -> the watcher option it gives a default to.
 _FLAPPING_KEYS: Mapping[str, str] = {
     "attempts": "flapping.attempts",
@@ -285,10 +285,11 @@ class _Loader:
         arbiter_lookup = {**self.environ, **global_env}
         arbiter = self.arbiter(sections.get("circus"), arbiter_lookup)
         plugins = [s for s in sections.values() if s.name.startswith("plugin:")]
-        flapping = self.flapping_defaults(plugins, arbiter_lookup)
+        flapping, plugin_watchers = self.plugins(plugins, arbiter_lookup, arbiter)
         sockets = self.sockets(list(sections.values()), arbiter_lookup)
         self.socket_names = [s.name for s in sockets]
         watchers = self.watchers(list(sections.values()), global_env, flapping)
+        watchers += plugin_watchers
         self.warn_ignored(list(sections.values()))
         try:
             start_order(watchers)
@@ -306,6 +307,7 @@ class _Loader:
         env_sections = [s for s in sections if s.name.startswith("env:")]
         matched: set[str] = set()
         watchers: list[WatcherConfig] = []
+        by_folded_name: dict[str, WatcherConfig] = {}
         for section in sections:
             if not section.name.startswith("watcher:"):
                 continue
@@ -315,7 +317,8 @@ class _Loader:
                     env.update(self.raw_env(env_section))
                     matched.add(env_section.name)
             watcher = self.watcher(section, env, flapping)
-            self.check_name_clash(watcher, watchers)
+            self.check_name_clash(watcher, by_folded_name)
+            by_folded_name[watcher.name.lower()] = watcher
             watchers.append(self.cross_checked(watcher))
         for env_section in env_sections:
             if env_section.name not in matched:
@@ -499,44 +502,115 @@ class _Loader:
 
     # -- [plugin:…] ------------------------------------------------------------------------------
 
-    def flapping_defaults(
-        self, plugins: list[_Section], lookup: Mapping[str, str]
-    ) -> dict[str, Any]:
-        """Watcher field -> default, from an active `circus.plugins.flapping.Flapping` section."""
+    def plugins(
+        self, sections: list[_Section], lookup: Mapping[str, str], arbiter: ArbiterConfig
+    ) -> tuple[dict[str, Any], list[WatcherConfig]]:
+        """(flapping defaults, a watcher per active plugin): Circus's flapping plugin gives the
+        watchers' `flapping.*` defaults; any other plugin runs as the watcher `plugin:NAME`."""
+        if not sections:
+            return {}, []
+        # Imported only when needed: the plugins' option declarations import more.
+        from circus_sd.plugins import catalog
+        from circus_sd.plugins.launch import DEFAULT_PRIORITY, plugin_watcher
+
         defaults: dict[str, Any] = {}
         chosen: _Section | None = None
-        for section in plugins:
+        watchers: list[WatcherConfig] = []
+        for section in sections:
+            if not self.option_value(section, "active", boolean, True, lookup):
+                continue
             use = section.values.get("use")
-            if use is None or use.text.strip() != _FLAPPING_PLUGIN:
-                self.warn(
+            if use is None:
+                raise ConfigError.at(
+                    section.location, "missing: the plugin to run", section.name, "use"
+                )
+            use_text = self.substitute(use, lookup, section.name, "use").strip()
+            if use_text == catalog.FLAPPING:
+                if chosen is not None:
+                    self.warn(
+                        section.location,
+                        f"another flapping plugin section ([{chosen.name}] at {chosen.location}) "
+                        "already gives the defaults; this one has no effect",
+                        section.name,
+                    )
+                    continue
+                chosen = section
+                defaults = self.flapping_defaults(section, lookup)
+                continue
+            try:
+                path = catalog.resolve(use_text)
+            except catalog.NoCounterpart as error:
+                self.warn(use.location, f"{error}; this section has no effect", section.name, "use")
+                continue
+            except ValueError as error:
+                raise ConfigError.at(use.location, str(error), section.name, "use") from None
+            name = section.name[len("plugin:") :].strip()
+            if not _WATCHER_NAME.match(name):
+                raise ConfigError.at(
                     section.location,
-                    "plugins are not supported yet; this section has no effect",
+                    f"invalid plugin name {name!r}: use letters, digits, '_', '.' and '-'",
                     section.name,
                 )
-                continue
-            active = section.values.get("active")
-            if active is not None and not self.parse(
-                boolean, self.substitute(active, lookup, section.name, "active"), active,
-                section.name, "active",
-            ):
-                continue
-            if chosen is not None:
-                self.warn(
-                    section.location,
-                    f"another flapping plugin section ([{chosen.name}] at {chosen.location}) "
-                    "already gives the defaults; this one has no effect",
-                    section.name,
-                )
-                continue
-            chosen = section
-            for key, value in section.values.items():
-                if key in _FLAPPING_KEYS:
-                    field, declared = _WATCHER_OPTIONS[_FLAPPING_KEYS[key]]
-                    text = self.substitute(value, lookup, section.name, key)
-                    defaults[field] = self.parse(declared.parse, text, value, section.name, key)
-                elif key not in _PLUGIN_KEYS:
-                    self.warn(value.location, "unknown option (ignored)", section.name, key)
+            options = {
+                key: self.substitute(value, lookup, section.name, key)
+                for key, value in section.values.items()
+                if key not in _PLUGIN_KEYS
+            }
+            if catalog.is_shipped(path):
+                self.check_plugin_options(section, catalog.load_class(path), options)
+            priority = self.option_value(section, "priority", integer(), DEFAULT_PRIORITY, lookup)
+            watchers.append(
+                plugin_watcher(name, path, options, arbiter, priority, section.location)
+            )
+        return defaults, watchers
+
+    def option_value(
+        self,
+        section: _Section,
+        key: str,
+        parse: Callable[[str], Any],
+        default: Any,
+        lookup: Mapping[str, str],
+    ) -> Any:
+        value = section.values.get(key)
+        if value is None:
+            return default
+        text = self.substitute(value, lookup, section.name, key)
+        return self.parse(parse, text, value, section.name, key)
+
+    def flapping_defaults(self, section: _Section, lookup: Mapping[str, str]) -> dict[str, Any]:
+        """Watcher field -> default, from Circus's `circus.plugins.flapping.Flapping` section."""
+        defaults: dict[str, Any] = {}
+        for key, value in section.values.items():
+            if key in _FLAPPING_KEYS:
+                field, declared = _WATCHER_OPTIONS[_FLAPPING_KEYS[key]]
+                text = self.substitute(value, lookup, section.name, key)
+                defaults[field] = self.parse(declared.parse, text, value, section.name, key)
+            elif key not in _PLUGIN_KEYS:
+                self.warn(value.location, "unknown option (ignored)", section.name, key)
         return defaults
+
+    def check_plugin_options(
+        self, section: _Section, plugin_class: type, options: Mapping[str, str]
+    ) -> None:
+        """A shipped plugin's options, checked here so that a mistake stops the start-up."""
+        from circus_sd.plugins.options import PluginOptionError, parse_options
+
+        declared = getattr(plugin_class, "options_class", None)
+        if declared is None:
+            return
+        try:
+            _parsed, unknown = parse_options(declared, options)
+        except PluginOptionError as error:
+            value = section.values.get(error.key) if error.key else None
+            raise ConfigError.at(
+                value.location if value else section.location,
+                error.message,
+                section.name,
+                error.key,
+            ) from None
+        for key in unknown:
+            self.warn(section.values[key].location, "unknown option (ignored)", section.name, key)
 
     # -- [watcher:…] -----------------------------------------------------------------------------
 
@@ -753,16 +827,19 @@ class _Loader:
         soft, hard = self.parse(rlimit_pair, text, value, section, key)
         return resource_number, soft, hard
 
-    def check_name_clash(self, watcher: WatcherConfig, previous: list[WatcherConfig]) -> None:
+    def check_name_clash(
+        self, watcher: WatcherConfig, previous: Mapping[str, WatcherConfig]
+    ) -> None:
         # Circus looks watchers up by lower-cased name, so `Web` and `web` would collide.
-        for other in previous:
-            if other.name.lower() == watcher.name.lower():
-                raise ConfigError.at(
-                    watcher.location,
-                    f"watcher name clashes with [watcher:{other.name}] at {other.location} "
-                    "(names are compared case-insensitively)",
-                    f"watcher:{watcher.name}",
-                )
+        # (A mapping by lower-cased name: a file of thousands of watchers stays linear.)
+        other = previous.get(watcher.name.lower())
+        if other is not None:
+            raise ConfigError.at(
+                watcher.location,
+                f"watcher name clashes with [watcher:{other.name}] at {other.location} "
+                "(names are compared case-insensitively)",
+                f"watcher:{watcher.name}",
+            )
 
     # -- cross-checks ----------------------------------------------------------------------------
 

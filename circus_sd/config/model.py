@@ -311,7 +311,7 @@ class WatcherConfig:
     hook_timeout: float = option(
         number(),
         30.0,
-        "Seconds a hook may take; past it, it counts as failed (README: Hooks).",
+        "Seconds a hook may take; past it, it counts as failed (see Hooks).",
         live=True,
     )
     # Not options of their own: filled from `[env...]` sections and `rlimit_*` keys.

@@ -33,9 +33,14 @@ from circus_sd.control.watcher_options import apply_options, option_values
 
 @dataclasses.dataclass
 class Deferred:
-    """Work a command does after validation; its result is sent only to a waiting client."""
+    """Work a command does after validation; its result is sent only to a waiting client.
+
+    `always`: the reply is the work's result (e.g. `stats` with extended_stats hooks), awaited
+    whether or not the request says `waiting`.
+    """
 
     work: Awaitable[dict[str, Any] | None]
+    always: bool = False
 
 
 Result = dict[str, Any] | None | Deferred
@@ -350,7 +355,8 @@ def list_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 @handles("listsockets")
 def listsockets(arbiter: Arbiter, props: dict[str, Any]) -> Result:
-    return {"sockets": []}
+    # Circus's entries (fd, name, backlog, host and port or path), plus family, type, systemd.
+    return {"sockets": arbiter.sockets.describe()}
 
 
 @handles("status")
@@ -435,17 +441,52 @@ def stats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
         if pid is not None:
             if pid not in arbiter.watchers[name].pids:
                 raise CommandError(f"process {pid} not found in {name}")
-            return {"process": pid, "info": arbiter.process_info(pid, extended)}
-        reply = {"name": name, "info": _watcher_stats(arbiter, name, extended)}
+            one = {name: {str(pid): arbiter.process_info(pid, extended)}}
+            return _extended(
+                arbiter, extended, one, lambda i: {"process": pid, "info": i[name][str(pid)]}
+            )
+        processes = _watcher_stats(arbiter, name, extended)
+        reply: dict[str, Any] = {"name": name}
         # circus-sd: the watcher's cgroup figures from the kernel, when cgroups are on.
         if arbiter.cgroups is not None:
             reply["cgroup"] = arbiter.cgroups.cgroups.stats(name)
-        return reply
-    return {"infos": {n: _watcher_stats(arbiter, n, extended) for n in sorted(arbiter.watchers)}}
+        return _extended(
+            arbiter, extended, {name: processes}, lambda i: {**reply, "info": i[name]}
+        )
+    infos = {n: _watcher_stats(arbiter, n, extended) for n in sorted(arbiter.watchers)}
+    # circus-sd: the sockets too, with the accept queue of TCP listeners.
+    sockets = arbiter.sockets.stats()
+    return _extended(arbiter, extended, infos, lambda i: {"infos": i, "sockets": sockets})
 
 
 def _watcher_stats(arbiter: Arbiter, name: str, extended: bool) -> dict[str, Any]:
     return {str(pid): arbiter.process_info(pid, extended) for pid in arbiter.watchers[name].pids}
+
+
+def _extended(
+    arbiter: Arbiter,
+    extended: bool,
+    infos: dict[str, dict[str, Any]],
+    reply: Callable[[dict[str, dict[str, Any]]], dict[str, Any]],
+) -> Result:
+    """With `extended`, each process's stats go through its watcher's extended_stats hook, as in
+    Circus; hooks run off the loop, so the reply waits for them."""
+    hooked = [
+        name
+        for name in infos
+        if extended and name in arbiter.watchers
+        and "extended_stats" in arbiter.watchers[name].config.hooks
+    ]
+    if not hooked:
+        return reply(infos)
+
+    async def work() -> dict[str, Any]:
+        for name in hooked:
+            for pid, info in infos[name].items():
+                infos[name][pid] = await arbiter.extended_stats(name, int(pid), info)
+        return reply(infos)
+
+    return Deferred(work(), always=True)
 
 
 @handles("dstats")
@@ -462,6 +503,25 @@ def freeze(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 @handles("thaw")
 def thaw(arbiter: Arbiter, props: dict[str, Any]) -> Result:
     arbiter.freeze(_watcher_name(arbiter, props), False)
+    return None
+
+
+_EVENT_PART = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@handles("publish")
+def publish(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    # Only under plugin.*: a client cannot pass off its events as the arbiter's watcher.* ones.
+    name = prop_required_str(props, "name")
+    event = prop_required_str(props, "event")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
+        raise CommandError(f"name: {name!r} is not a plugin name (letters, digits, _ . : -)")
+    if not _EVENT_PART.fullmatch(event):
+        raise CommandError(f"event: {event!r} is not an event name (letters, digits, _ -)")
+    data = props.get("data", {})
+    if not isinstance(data, dict):
+        raise CommandError("data: expected an object")
+    arbiter.emit(f"plugin.{name}.{event}", data)
     return None
 
 

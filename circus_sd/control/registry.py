@@ -46,6 +46,8 @@ ADMIN_OPTIONS = frozenset(
         "virtualenv",
         "umask",
         "use_sockets",
+        "stdin_socket",
+        "listen_fds",
     }
 )
 ADMIN_OPTION_PREFIXES = ("hooks.", "rlimit_", "stdout_stream.", "stderr_stream.")
@@ -179,6 +181,13 @@ _ALL = [
         "stats [--extended] [<name>] [<pid>]",
     ),
     Command("dstats", Tier.READ, "Statistics of the arbiter itself.", "dstats"),
+    Command(
+        "publish",
+        Tier.OPERATE,
+        "Publish an event `plugin.<name>.<event>` (how plugins announce what they do).",
+        "publish <name> <event> [<json object>]",
+        ("name", "event"),
+    ),
     Command("freeze", Tier.OPERATE, "Freeze every process of a watcher (cgroup.freeze).",
             "freeze <name>", ("name",)),
     Command("thaw", Tier.OPERATE, "Thaw a frozen watcher.", "thaw <name>", ("name",)),

@@ -279,7 +279,7 @@ class ControlServer:
         if not isinstance(result, Deferred):
             return result
         waiting = request.properties.get("waiting") is True
-        if waiting:
+        if waiting or result.always:
             return await result.work
         task = asyncio.ensure_future(result.work)
         task.add_done_callback(_log_failure(request.command))

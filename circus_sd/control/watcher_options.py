@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-from circus_sd.config.model import WatcherConfig
+from circus_sd.config.model import HOOK_NAMES, HookImportError, HookSpec, WatcherConfig
 from circus_sd.config.options import RLIMITS, OptionValueError, options_of, rlimit_pair
 from circus_sd.config.streams import StreamOptionError, parse_stream, stream_options
 from circus_sd.control.protocol import CommandError
@@ -49,6 +51,13 @@ def apply_options(config: WatcherConfig, options: Mapping[str, Any]) -> WatcherC
                 rlimits[RLIMITS[key]] = rlimit_pair("" if value is None else _as_text(value))
             except OptionValueError as exc:
                 raise CommandError(f"{key}: {exc}") from None
+        elif prefix == "hooks" and sub:
+            hooks = dict(changes.get("hooks", config.hooks))
+            if value in (None, ""):
+                hooks.pop(sub, None)  # Circus has no way to remove one; an empty value does here
+            else:
+                hooks[sub] = _hook(sub, _as_text(value), config)
+            changes["hooks"] = MappingProxyType(hooks)
         elif key == "env":
             if not isinstance(value, dict):
                 raise CommandError("env: expected an object of NAME: value")
@@ -76,6 +85,7 @@ def option_values(config: WatcherConfig) -> dict[str, Any]:
         stream = getattr(config, prefix)
         if stream is not None:
             values.update({f"{prefix}.{k}": v for k, v in stream_options(stream).items()})
+    values.update({f"hooks.{name}": str(spec) for name, spec in config.hooks.items()})
     values.update(config.extra)
     return values
 
@@ -85,3 +95,15 @@ def _limit_text(soft: int, hard: int) -> str:
         return "infinity" if value == resource.RLIM_INFINITY else str(value)
 
     return one(soft) if soft == hard else f"{one(soft)}:{one(hard)}"
+
+
+def _hook(name: str, raw: str, config: WatcherConfig) -> HookSpec:
+    """`set NAME hooks.X dotted.callable[, ignore_errors]`: checked as the config file's are."""
+    if name not in HOOK_NAMES:
+        raise CommandError(f"hooks.{name}: not a hook; hooks are {', '.join(HOOK_NAMES)}")
+    try:
+        spec = HookSpec.parse(raw)
+        spec.resolve([p for p in config.env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    except (OptionValueError, HookImportError) as exc:
+        raise CommandError(f"hooks.{name}: {exc}") from None
+    return spec

@@ -95,7 +95,6 @@ class SinkUse:
         self.config = config
         self.users = 0
         self.close_timer: asyncio.TimerHandle | None = None
-        self.failing: str | None = None
         self.dropping_since: float | None = None
 
 
@@ -118,6 +117,10 @@ class ProcessOutput:
         self.fd_targets: list[int] = []
         self.journal_streams: list[JournalStreamSetup] = []
         self._pending: list[_PendingStream] = []
+
+    def add_stream(self, pending: _PendingStream) -> None:
+        """A pipe whose read end is read once the child exists."""
+        self._pending.append(pending)
 
     def sent(self) -> None:
         """The spawner has its copies of the write ends: ours must go, or EOF never comes."""
@@ -249,7 +252,7 @@ class OutputRouter:
         except BaseException:
             os.close(read_fd)
             raise
-        output._pending.append(_PendingStream(stream, read_fd, use, style))
+        output.add_stream(_PendingStream(stream, read_fd, use, style))
 
     # -- sinks -----------------------------------------------------------------------------------
 
@@ -370,18 +373,13 @@ class OutputRouter:
         self.drops.add(origin, sink, lines, size, reason)
 
     def _on_sink_report(self, sink: Sink, report: SinkReport) -> None:
-        use = next((u for u in self._uses.values() if u.sink is sink), None)
         if isinstance(report, SinkFailing):
             log.warning(
                 "%s: %s; output waits and is retried (dropped after backpressure_timeout)",
                 sink.description, report.reason,
             )
-            if use is not None:
-                use.failing = report.reason
         elif isinstance(report, SinkRecovered):
             log.info("%s works again after %.1f s", sink.description, report.seconds)
-            if use is not None:
-                use.failing = None
         elif isinstance(report, SinkDropped):
             for origin, (lines, size) in report.counts.items():
                 self.dropped(origin, sink.description, lines, size, report.reason)

@@ -102,7 +102,7 @@ def test_list_numprocesses_numwatchers(circus: Circus, zmq_clients: Clients) -> 
     assert (reply["numprocesses"], reply["watcher_name"]) == (3, "web")
     assert ctl.ok("numprocesses")["numprocesses"] == 4
     assert ctl.ok("numwatchers")["numwatchers"] == 2
-    assert ctl.ok("listsockets")["sockets"] == []  # no [socket:] support (yet)
+    assert ctl.ok("listsockets")["sockets"] == []  # no [socket:] section here
     ctl.error("list", 3, name="nope")
     ctl.error("numprocesses", 3, name="nope")
 
