@@ -7,6 +7,7 @@ import enum
 import pathlib
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from circus_sd.config.model import ArbiterConfig, SocketConfig, WatcherConfig
@@ -28,14 +29,18 @@ def _default_text(name: str, value: Any) -> str:
     return str(value)
 
 
-def option_table(cls: type) -> str:
+DefaultText = Callable[[str, Any], str]
+
+
+def option_table(cls: type, default_text: DefaultText = _default_text) -> str:
+    """A Markdown table of a config dataclass's options: key, default, doc (and *live*)."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for field in dataclasses.fields(cls):
         declared = option_of(field)
         if declared is None:
             continue
         live = " *(live)*" if declared.live else ""
-        default = _default_text(field.name, field.default)
+        default = default_text(field.name, field.default)
         rows.append(f"| `{declared.key}` | {default} | {declared.doc}{live} |")
     return "\n".join(rows)
 
@@ -45,7 +50,8 @@ def tables() -> str:
         "#### `[circus]`\n\n" + option_table(ArbiterConfig) + "\n\n"
         "#### `[watcher:NAME]`\n\n" + option_table(WatcherConfig) + "\n\n"
         "#### `stdout_stream.*` / `stderr_stream.*` (in `[watcher:NAME]`)\n\n"
-        + option_table(StreamConfig) + "\n\n"
+        + option_table(StreamConfig)
+        + "\n\n"
         "#### `[socket:NAME]`\n\n" + option_table(SocketConfig) + "\n"
     )
 
@@ -54,15 +60,25 @@ BEGIN = "<!-- options:begin"
 END = "<!-- options:end -->"
 
 
+def replace_section(text: str, begin: str, end: str, content: str) -> str:
+    """`text` with `content` between the line holding `begin` and the `end` marker."""
+    start = text.index("\n", text.index(begin)) + 1
+    return text[:start] + content + text[text.index(end) :]
+
+
 def replace_tables(text: str) -> str:
     """`text` (the README) with the generated tables between its option markers."""
-    start = text.index("\n", text.index(BEGIN)) + 1
-    return text[:start] + tables() + text[text.index(END):]
+    return replace_section(text, BEGIN, END, tables())
+
+
+def run(argv: list[str], generate: Callable[[], str], replace: Callable[[str], str]) -> None:
+    """`--write FILE` updates the file in place; no argument prints the tables."""
+    if argv[:1] == ["--write"]:
+        path = pathlib.Path(argv[1])
+        path.write_text(replace(path.read_text()))
+    else:
+        print(generate(), end="")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write"]:
-        path = pathlib.Path(sys.argv[2])
-        path.write_text(replace_tables(path.read_text()))
-    else:
-        print(tables(), end="")
+    run(sys.argv[1:], tables, replace_tables)
