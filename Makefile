@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-venv python3-dev procps
 EXAMPLE ?= example/circus.ini
 
-.PHONY: all deps venv run check test test-unit test-integration test-system testbed wheel deb lint clean docs bench bench-quick
+.PHONY: all deps venv run check test test-unit test-integration test-system testbed wheel deb lint clean docs bench bench-quick soak
 
 all: venv
 
@@ -42,8 +42,16 @@ test-unit: venv
 test-integration: venv
 	$(PY) -m pytest -q tests/integration
 
+# The load test (tests/integration/test_load.py) runs LOAD_SECONDS of load, the soak test
+# SOAK_SECONDS: bounded here; `make soak` runs the soak alone, for longer.
 test: lint venv testbed deb
-	$(PY) -m pytest -q tests/unit tests/integration tests/system
+	LOAD_SECONDS=30 SOAK_SECONDS=60 $(PY) -m pytest -q tests/unit tests/integration tests/system
+
+# Soak: a realistic configuration for SOAK_SECONDS (10 minutes by default); the arbiter's
+# memory, descriptors and threads must stay flat, no zombie may linger. Figures: .build/soak.json.
+SOAK_SECONDS ?= 600
+soak: venv
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q tests/integration/test_soak.py
 
 # The systemd test bed (tests/system): a Debian tree booted with systemd-nspawn, circus-sd
 # installed in it from a wheel of this checkout. The tree is rebuilt when its recipe changes.

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import socket
+import stat
 import tempfile
 
 
@@ -68,6 +69,13 @@ class NotifySockets:
             self._directory = tempfile.mkdtemp(prefix="notify-", dir=self._parent)
             # Children running as other users must reach their own socket inside.
             os.chmod(self._directory, 0o711)
+        if uid is not None and uid != os.geteuid():
+            # The parent is also the control sockets' directory, private (0700) unless systemd
+            # made it: another user's process could not reach its socket. Traversal (x) alone
+            # opens nothing: every file inside keeps its own mode (sockets 0600).
+            mode = stat.S_IMODE(os.stat(self._parent).st_mode)
+            if mode & 0o011 != 0o011:
+                os.chmod(self._parent, mode | 0o011)
         self._count += 1
         name = f"{watcher}-{wid}-{self._count}.sock"
         return NotifySocket(os.path.join(self._directory, name), uid, gid)

@@ -347,9 +347,17 @@ class _Loader:
         except FileNotFoundError:
             raise ConfigError("configuration file not found", path=path) from None
         except UnicodeDecodeError as error:
-            raise ConfigError(f"not valid UTF-8 text ({error.reason})", path=path) from None
+            line = error.object[: error.start].count(b"\n") + 1
+            raise ConfigError(
+                f"not valid UTF-8 text ({error.reason})", path=path, line=line
+            ) from None
         except OSError as error:
             raise ConfigError(f"cannot read: {error.strerror}", path=path) from None
+        nul = text.find("\0")
+        if nul >= 0:
+            # No value may hold one (paths, names, the environment): refused here, once.
+            line = text.count("\n", 0, nul) + 1
+            raise ConfigError("a NUL byte in the text (a binary file?)", path=path, line=line)
         try:
             parsed = parse_ini(text)
         except IniSyntaxError as error:

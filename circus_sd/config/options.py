@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import math
 import pwd
 import resource
 import signal
@@ -67,6 +68,17 @@ def options_of(cls: type) -> dict[str, tuple[str, Option]]:
 # Each takes the raw INI string (already stripped and substituted) and returns the typed value or
 # raises OptionValueError with what was expected.
 
+def decimal_integer(value: str) -> int | None:
+    """The integer `value` spells in decimal digits, or None if it is not only digits or is
+    longer than Python converts (4300 digits). (`str.isdigit` accepts `²`, which int refuses.)"""
+    if not value.isdecimal():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
@@ -107,7 +119,8 @@ def number(minimum: float = 0.0) -> Callable[[str], float]:
             value = float(raw.strip())
         except ValueError:
             raise OptionValueError(f"expected a number of seconds, got {raw!r}") from None
-        if value != value or value < minimum:  # NaN or too small
+        # Not NaN, not infinity (timers and systemd's EXTEND_TIMEOUT_USEC need a number).
+        if not math.isfinite(value) or value < minimum:
             raise OptionValueError(f"expected a number >= {minimum:g}, got {raw!r}")
         return value
 
@@ -132,7 +145,7 @@ def memory_size(raw: str) -> str | None:
     number_, unit = value.rstrip("KMGT"), value[len(value.rstrip("KMGT")) :]
     try:
         return str(int(float(number_) * _SIZE_UNITS[unit]))
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):  # OverflowError: inf
         raise OptionValueError(f"expected a size like 512M, 2G or max, got {raw!r}") from None
 
 
@@ -153,7 +166,7 @@ def cpu_quota(raw: str) -> str | None:
             return f"max {int(parts[1]) if len(parts) == 2 else period}"
         if len(parts) == 2:
             return f"{int(parts[0])} {int(parts[1])}"
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf%
         pass
     raise OptionValueError(f"expected a CPU quota like 50%, max, or 'QUOTA PERIOD', got {raw!r}")
 
@@ -163,8 +176,9 @@ def weight(raw: str) -> str | None:
     value = raw.strip()
     if not value:
         return None
-    if value.isdigit() and 1 <= int(value) <= 10000:
-        return value
+    number_ = decimal_integer(value)
+    if number_ is not None and 1 <= number_ <= 10000:
+        return str(number_)  # written to a cgroup file: ASCII digits only
     raise OptionValueError(f"expected a weight from 1 to 10000, got {raw!r}")
 
 
@@ -172,8 +186,11 @@ def count_or_max(raw: str) -> str | None:
     value = raw.strip().lower()
     if not value:
         return None
-    if value == "max" or (value.isdigit() and int(value) > 0):
+    if value == "max":
         return value
+    number_ = decimal_integer(value)
+    if number_ is not None and number_ > 0:
+        return str(number_)  # written to a cgroup file: ASCII digits only
     raise OptionValueError(f"expected a positive number or max, got {raw!r}")
 
 
@@ -199,8 +216,8 @@ def octal_mode(raw: str) -> int | None:
 
 def signal_number(raw: str) -> int:
     value = raw.strip().upper()
-    if value.isdigit():
-        number_ = int(value)
+    if value.isdecimal():
+        number_ = decimal_integer(value)
         if number_ in set(signal.Signals):
             return number_
     else:
@@ -216,10 +233,11 @@ def user_id(raw: str) -> int | None:
         return None
     try:
         return pwd.getpwnam(value).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL or a lone surrogate (from JSON)
         pass
-    if value.isdigit():
-        return int(value)
+    uid = decimal_integer(value)
+    if uid is not None:
+        return uid
     raise OptionValueError(f"expected a user name or uid, but no user {raw!r} exists")
 
 
@@ -229,10 +247,11 @@ def group_id(raw: str) -> int | None:
         return None
     try:
         return grp.getgrnam(value).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL or a lone surrogate (from JSON)
         pass
-    if value.isdigit():
-        return int(value)
+    gid = decimal_integer(value)
+    if gid is not None:
+        return gid
     raise OptionValueError(f"expected a group name or gid, but no group {raw!r} exists")
 
 
@@ -268,11 +287,12 @@ def socket_protocol(raw: str) -> int:
     value = raw.strip().lower()
     if not value:
         return 0
-    if value.isdigit():
-        return int(value)
+    number_ = decimal_integer(value)
+    if number_ is not None:
+        return number_
     try:
         return socket.getprotobyname(value)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate (from JSON)
         if value in _PROTOCOLS:
             return _PROTOCOLS[value]
     raise OptionValueError(f"expected a protocol name (tcp, udp...) or number, got {raw!r}")
@@ -280,8 +300,9 @@ def socket_protocol(raw: str) -> int:
 
 def port_number(raw: str) -> int:
     value = raw.strip()
-    if value.isdigit() and int(value) <= 65535:
-        return int(value)
+    port = decimal_integer(value)
+    if port is not None and port <= 65535:
+        return port
     raise OptionValueError(f"expected a port number from 0 to 65535, got {raw!r}")
 
 
@@ -301,7 +322,7 @@ def _rlimit_value(raw: str) -> int:
     value = raw.strip().lower()
     if value in ("", "infinity", "unlimited", "max", "-1"):
         return resource.RLIM_INFINITY
-    if value.isdigit():
+    if value.isdecimal():
         return int(value)
     raise ValueError(value)
 

@@ -12,6 +12,7 @@ from typing import Any
 from circus_sd.config.options import (
     OptionValueError,
     boolean,
+    decimal_integer,
     integer,
     option,
     optional_text,
@@ -81,8 +82,9 @@ def syslog_priority(raw: str) -> int | None:
     value = raw.strip().lower()
     if not value:
         return None
-    if value.isdigit() and int(value) <= 7:
-        return int(value)
+    number_ = decimal_integer(value)
+    if number_ is not None and number_ <= 7:
+        return number_
     if value in _PRIORITIES:
         return _PRIORITIES[value]
     raise OptionValueError(f"expected a syslog priority 0-7 or a name (info, err...), got {raw!r}")

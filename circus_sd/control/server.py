@@ -21,6 +21,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from circus_sd.arbiter import Arbiter
 from circus_sd.config.model import ArbiterConfig
+from circus_sd.config.options import decimal_integer
 from circus_sd.control.handlers import HANDLERS, Deferred
 from circus_sd.control.protocol import (
     CommandError,
@@ -401,8 +402,9 @@ def _owner_uid(owner: str | None) -> int | None:
     try:
         return pwd.getpwnam(owner).pw_uid
     except KeyError:
-        if owner.isdigit():
-            return int(owner)
+        uid = decimal_integer(owner)
+        if uid is not None:
+            return uid
         raise EndpointError(f"endpoint_owner: no user {owner!r}") from None
 
 

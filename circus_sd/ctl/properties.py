@@ -38,7 +38,7 @@ def _number(command: str, what: str, raw: str) -> float:
 
 def signal_value(raw: str) -> int | str:
     """A signal as typed: a number is sent as an int, a name (HUP, SIGTERM) as is."""
-    return int(raw) if raw.isdigit() else raw
+    return int(raw) if raw.isdecimal() else raw
 
 
 def _switches(flags: FlagValues, *names: str) -> Properties:
@@ -239,7 +239,7 @@ def set_value(key: str, raw: str) -> Any:
     if key in _SENT_AS_TEXT:
         return raw
     if key.startswith("rlimit_"):
-        return int(raw) if raw.isdigit() else raw
+        return int(raw) if raw.isdecimal() else raw
     # The option table is only needed here: keep it out of every other command's start-up.
     from circus_sd.config.model import WatcherConfig
     from circus_sd.config.options import options_of

@@ -266,7 +266,7 @@ class SocketAddress:
         host, sep, port = text.strip().rpartition(":")
         if not sep:
             host, port = "", text.strip()
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not port.isdecimal() or not 0 < int(port) < 65536:
             raise ValueError(f"expected PORT or HOST:PORT, got {text!r}")
         host = host.strip("[]")
         if host:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from circus_sd.config.options import OptionValueError, options_of
+from circus_sd.config.options import OptionValueError, decimal_integer, options_of
 from circus_sd.process_stats import human_bytes
 
 T = TypeVar("T")
@@ -84,8 +84,9 @@ def positive_number(raw: str) -> float:
 
 def port_number(raw: str) -> int:
     value = raw.strip()
-    if value.isdigit() and 0 < int(value) < 65536:
-        return int(value)
+    port = decimal_integer(value)
+    if port is not None and 0 < port < 65536:
+        return port
     raise OptionValueError(f"expected a port number (1-65535), got {raw!r}")
 
 

@@ -14,7 +14,7 @@ import re
 import signal
 from collections.abc import Mapping
 
-from circus_sd.config.options import integer, option, text
+from circus_sd.config.options import decimal_integer, integer, option, text
 from circus_sd.plugins.base import CommandFailed, Plugin, WatcherEvent
 from circus_sd.plugins.launch import WATCHER_PREFIX
 from circus_sd.plugins.options import parse_options, port_number, positive_number, regex
@@ -138,10 +138,11 @@ class WatchDog(Plugin):
     def heartbeat(self, data: bytes) -> None:
         found = self._message.match(data.decode(errors="replace").strip())
         pid_text = found.groupdict().get("pid") if found else None
-        if pid_text is None or not pid_text.strip().isdigit():
+        pid = decimal_integer(pid_text.strip()) if pid_text is not None else None
+        if pid is None:
             self.log.debug("not a heartbeat: %r", data[:100])
             return
-        if not self.table.beat(int(pid_text), self.now()):
+        if not self.table.beat(pid, self.now()):
             self.log.debug("heartbeat from %s, which is not watched", pid_text)
 
     async def look_after(self) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import signal
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import pytest
 from arbiter_harness import (
     CHILD_PYTHON,
     CHILDREN,
+    ROOT,
     Arbiter,
     Circus,
     alive,
@@ -288,7 +290,7 @@ def _spawns_within(window: float, gap: Callable[[int], float]) -> int:
 
 
 def test_fast_and_slow_crash_loops_back_off_as_computed_and_never_spin(
-    circus: Circus, zmq_clients: Clients
+    circus: Circus, zmq_clients: Clients, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Fast: exits at once, every restart is a failed start; the restarts follow the backoff
     arithmetic, so the number of spawns in the window is bounded both ways. Slow: runs longer
@@ -342,6 +344,7 @@ def test_fast_and_slow_crash_loops_back_off_as_computed_and_never_spin(
     assert fewest <= len(in_window) <= most, (
         f"fast: {len(in_window)} spawns in {WINDOW:g} s; the backoff allows {fewest}..{most}"
     )
+    fast_figures = f"fast: {len(in_window)} spawns in {WINDOW:g} s (allowed {fewest}..{most})"
     codes = [p["exit_code"] for p in _of(events, "watcher.fast.reap")]
     assert set(codes[:-1]) == {1} and codes[-1] in (1, -signal.SIGTERM), codes  # the stop
 
@@ -354,12 +357,16 @@ def test_fast_and_slow_crash_loops_back_off_as_computed_and_never_spin(
     most = _spawns_within(WINDOW, lambda k: SLOW_RUN)
     fewest = _spawns_within(WINDOW, lambda k: SLOW_RUN + 0.5)
     assert fewest <= len(in_window) <= most, f"slow: {len(in_window)} spawns in {WINDOW:g} s"
+    slow_figures = f"slow: {len(in_window)} spawns (allowed {fewest}..{most}), no backoff"
     codes = [p["exit_code"] for p in _of(events, "watcher.slow.reap")]
     assert set(codes[:-1]) == {3} and codes[-1] in (3, -signal.SIGTERM), codes  # the stop
     restarts = r"slow\[1\] pid \d+ exited with status 3 after 1\.\d s; restarting\n"
     assert arbiter.count(restarts) == codes.count(3)
 
     # No spin: a crash loop costs the arbiter little (about 10 ms per spawn here).
+    with capsys.disabled():
+        print(f"\ncrash loops: {fast_figures}; {slow_figures}; arbiter CPU "
+              f"{100 * cpu / WINDOW:.1f} % of a core")
     assert cpu < 0.1 * WINDOW, f"the arbiter used {cpu:.2f} s of CPU in {WINDOW:g} s"
     assert "Traceback" not in arbiter.log()
 
@@ -463,7 +470,7 @@ def _spawner_of(arbiter: Arbiter) -> psutil.Process:
 
 
 def test_fork_failing_with_eagain_backs_off_without_spinning(
-    circus: Circus, zmq_clients: Clients, pids_cgroup: Path
+    circus: Circus, zmq_clients: Clients, pids_cgroup: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The spawner is moved into a cgroup whose pids.max leaves no room: its clone() fails with
     EAGAIN. The failed spawns back off (attempts bounded by the arithmetic), the arbiter's CPU
@@ -496,6 +503,9 @@ def test_fork_failing_with_eagain_backs_off_without_spinning(
     cpu = _cpu_seconds(arbiter.process) - cpu_before
     # 3 workers, each retrying after at least 0.9 * backoff_max once past the first doublings.
     most = 3 * (window / (0.9 * 0.5) + 4)
+    with capsys.disabled():
+        print(f"\nEAGAIN: {attempts} failed spawns in {window:g} s (at most {most:g}), "
+              f"arbiter CPU {100 * cpu / window:.1f} % of a core")
     assert 3 <= attempts <= most, f"{attempts} failed spawns in {window:g} s (at most {most:g})"
     assert cpu < 0.1 * window, f"the arbiter used {cpu:.2f} s of CPU in {window:g} s"
     assert ctl.ok("status", name="forks")["status"] == "active"
@@ -560,7 +570,7 @@ def _bad_config(circus: Circus, section: str, key: str, value: str) -> tuple[Pat
 
 
 def test_every_option_given_a_wrong_value_exits_78_naming_file_line_and_option(
-    circus: Circus,
+    circus: Circus, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The list comes from the option declarations: each option gets a value its own parser
     rejects; options that take any text (cmd, paths, names) have no wrong value and are only
@@ -590,7 +600,9 @@ def test_every_option_given_a_wrong_value_exits_78_naming_file_line_and_option(
     assert not problems, "\n".join(problems)
     assert len(checked) >= 70, f"only {len(checked)} options checked"
     assert circus.reports.wids("w") == [], "a bad config started a process"
-    print(f"\n{len(checked)} options refused with file:line; {len(free)} take any text")
+    with capsys.disabled():
+        print(f"\nconfig options: {len(checked)} wrong values refused with file:line, "
+              f"{len(free)} options take any text")
 
 
 def test_an_include_loop_exits_78_showing_the_chain(circus: Circus) -> None:
@@ -622,7 +634,7 @@ def test_an_unreadable_config_file_exits_78_naming_it(circus: Circus, kind: str)
         expected = f"{path}: cannot read: Is a directory"
     elif kind == "not utf-8":
         path.write_bytes(b"[watcher:w]\ncmd = /bin/true \xff\xfe\n")
-        expected = f"{path}: not valid UTF-8 text"
+        expected = f"{path}:2: not valid UTF-8 text"
     else:
         path.write_bytes(bytes(range(1, 9)) * 10 + b"\n")
         expected = f"{path}:1: "
@@ -707,3 +719,41 @@ def test_reloadconfig_with_a_broken_file_keeps_the_running_config(
     assert real_pids(arbiter, "db") == running["db"]
     assert arbiter.running()
 
+
+
+def test_set_of_any_value_for_every_option_gets_a_reply_never_an_internal_error(
+    circus: Circus, zmq_clients: Clients, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`set` parses with the same declarations as the file: every watcher option, rlimits,
+    stream options, hooks and env, each given the config fuzzer's tricky values (NUL, lone
+    surrogates, `inf`, `²`, 4,300+ digits...) and JSON values of other types. Each gets a
+    success or a well-formed error reply, never errno 5 (an exception in the arbiter)."""
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_config_fuzz import TRICKY
+
+    config = circus.write_config(f"""
+        [watcher:target]
+        cmd = {report_command(circus.tmp, "target")}
+        autostart = false
+
+        [watcher:steady]
+        cmd = {report_command(circus.tmp, "steady")}
+        """)
+    arbiter = circus.start(config)
+    ctl = zmq_clients.control(control_endpoint(circus.tmp))
+    steady = wait_count(arbiter, "steady", 1)
+    keys = [*options_of(WatcherConfig), *RLIMITS, *(f"stdout_stream.{k}" for k in STREAM_OPTIONS),
+            "hooks.before_start", "env", "no_such_option"]
+    values: list[Any] = [*TRICKY, None, 5, -1, 1.5, 1e400, [1, "a"], {"a": "b"}, True]
+    internal = []
+    for key in keys:
+        for value in values:
+            reply = ctl.request("set", name="target", options={key: value}, timeout=10)
+            if reply["status"] == "error":
+                assert isinstance(reply["reason"], str) and type(reply["errno"]) is int, reply
+                if reply["errno"] == 5:
+                    internal.append(f"{key} = {value!r:.40}: {reply['reason']}")
+    assert not internal, "\n".join(internal[:20])
+    assert arbiter.running() and real_pids(arbiter, "steady") == steady
+    with capsys.disabled():
+        print(f"\nset: {len(keys) * len(values)} option values sent, none an internal error")
