@@ -108,6 +108,8 @@ class Arbiter:
         )
         # Processes whose main pid was reaped while their leaf still held descendants.
         self._exit_pending: dict[int, tuple[str, int, str | None]] = {}
+        # Spawned children that have not exec'd yet (pid -> spawn id).
+        self._not_execed: dict[int, int] = {}
         self.listeners: list[EventListener] = []
         self.hooks = HookRunner(self.publish)
         self._loader = loader
@@ -499,10 +501,14 @@ class Arbiter:
         name = self._owner.get(pid)
         if notify is None or name is None or name not in self.watchers:
             return
+        if pid in self._not_execed:
+            # Only the exec'd program can talk: its exec succeeded, whatever the pipe says yet.
+            self._execed(pid)
         for message in notify.receive():
             self._feed(name, self.watchers[name].notified(pid, message, self._clock()))
 
     def _forget(self, pid: int) -> None:
+        self._not_execed.pop(pid, None)
         notify = self._notify.pop(pid, None)
         if notify is not None:
             if self._loop is not None:
@@ -827,11 +833,12 @@ class Arbiter:
             output.attach(pid)
         if self.cgroups is not None:
             self.cgroups.claimed(name, spawn_id, pid)
-        watcher = self.watchers.get(name)
-        if watcher is None:
+        if name not in self.watchers:
             handle.send_signal(signal.SIGKILL, tree=True)
         else:
-            self._feed(name, watcher.spawned(spawn_id, pid, self._clock()))
+            # The watcher hears of it once exec succeeded (_on_status): a process "exists" for
+            # status, READY=1 and the spawn event only as the program it was started for.
+            self._not_execed[pid] = spawn_id
         if self._strays_pending and not self._spawns_unsettled():
             self._reap_strays()
 
@@ -843,8 +850,17 @@ class Arbiter:
             # Exec failed: keep what the child said until its exit is reaped.
             if not handle.exec_error():
                 handle.close_status()
+                self._execed(pid)
                 for signum, tree in self._before_exec.pop(pid, []):
                     handle.send_signal(signum, tree=tree)
+
+    def _execed(self, pid: int) -> None:
+        spawn_id = self._not_execed.pop(pid, None)
+        name = self._owner.get(pid)
+        watcher = self.watchers.get(name) if name is not None else None
+        if spawn_id is not None and watcher is not None:
+            assert name is not None
+            self._feed(name, watcher.spawned(spawn_id, pid, self._clock()))
 
     def _on_exit(self, pid: int) -> None:
         assert self._loop is not None
@@ -854,6 +870,16 @@ class Arbiter:
             return
         exec_error = handle.exec_error()
         name = self._owner[pid]
+        if pid in self._not_execed:
+            if exec_error is not None:
+                # Never became its program: a failed spawn, not a process that exited.
+                spawn_id = self._not_execed.pop(pid)
+                if self.cgroups is not None:
+                    self.cgroups.main_exited(pid, stopping=False)
+                self._forget(pid)
+                self._spawn_failed(name, spawn_id, exec_error)
+                return
+            self._execed(pid)  # exec'd, then exited before we read its status pipe
         if self.cgroups is not None and self.cgroups.main_exited(pid, self._is_stopping(name, pid)):
             # Descendants remain in its leaf: the process ends when the leaf is empty.
             self._loop.remove_reader(handle.pidfd)
