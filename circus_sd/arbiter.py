@@ -142,8 +142,6 @@ class Arbiter:
         self.endpoints: dict[str, str] = {}
         self._stats = ProcessStats()
         self._started_wall: dict[int, float] = {}
-        # Signals for children that have not exec'd yet, sent once they have (see _signal).
-        self._before_exec: dict[int, list[tuple[int, bool]]] = {}
         self._notify_sockets = NotifySockets(runtime_dir())
         # Per-process sd_notify sockets: by spawn (before the pid is known), then by pid.
         self._pending_notify: dict[tuple[str, int], NotifySocket] = {}
@@ -484,11 +482,6 @@ class Arbiter:
         handle = self._handles.get(pid)
         if handle is None:
             return
-        if handle.status_fd is not None and signum != signal.SIGKILL:
-            # Until its exec, the child is a copy of the spawner, whose handlers swallow TERM,
-            # INT, HUP and QUIT: a stop sent right after a spawn would be lost.
-            self._before_exec.setdefault(pid, []).append((signum, tree))
-            return
         # With cgroups the leaf is exact (cgroup.kill for SIGKILL), and it may be all that is left
         # of a process whose main pid was already reaped.
         exact = pid in self._exit_pending or tree
@@ -517,7 +510,6 @@ class Arbiter:
         handle = self._handles.pop(pid, None)
         self._owner.pop(pid, None)
         self._started_wall.pop(pid, None)
-        self._before_exec.pop(pid, None)
         self._stats.forget(pid)
         if handle is not None and self._loop is not None:
             self._loop.remove_reader(handle.pidfd)
@@ -837,7 +829,9 @@ class Arbiter:
             handle.send_signal(signal.SIGKILL, tree=True)
         else:
             # The watcher hears of it once exec succeeded (_on_status): a process "exists" for
-            # status, READY=1 and the spawn event only as the program it was started for.
+            # status, READY=1 and the spawn event only as the program it was started for. This
+            # also means nothing signals it before exec, while it still is a copy of the spawner
+            # (whose handlers swallow TERM, INT, HUP and QUIT).
             self._not_execed[pid] = spawn_id
         if self._strays_pending and not self._spawns_unsettled():
             self._reap_strays()
@@ -851,8 +845,6 @@ class Arbiter:
             if not handle.exec_error():
                 handle.close_status()
                 self._execed(pid)
-                for signum, tree in self._before_exec.pop(pid, []):
-                    handle.send_signal(signum, tree=tree)
 
     def _execed(self, pid: int) -> None:
         spawn_id = self._not_execed.pop(pid, None)

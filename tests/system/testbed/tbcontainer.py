@@ -54,6 +54,34 @@ def _mountpoint(fstype: str, opt: str | None = None) -> str | None:
     return None
 
 
+def _transient_unit(props: dict | None) -> list[str]:
+    """systemd-run as a transient exec unit: output streams back, the exit status is CMD's."""
+    return [
+        "systemd-run",
+        "--quiet",
+        "--wait",
+        "--pipe",
+        "--collect",
+        "--service-type=exec",
+        f"-EPATH={PATH}",
+        "-ELANG=C.UTF-8",
+        *[f"-p{k}={v}" for k, v in (props or {}).items()],
+    ]
+
+
+def _complete(
+    argv: list[str], input: str | None, timeout: float, check: bool
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv,
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
 def nspawn_binary() -> str:
     env = dict(os.environ, TESTBED_BUILD=str(BUILD))
     return subprocess.run(
@@ -240,26 +268,8 @@ class SystemdContainer:
             "TERM=dumb",
         ]
         if unit:
-            extra = [f"-p{k}={v}" for k, v in (props or {}).items()]
-            ns += [
-                "systemd-run",
-                "--quiet",
-                "--wait",
-                "--pipe",
-                "--collect",
-                "--service-type=exec",
-                f"-EPATH={PATH}",
-                "-ELANG=C.UTF-8",
-                *extra,
-            ]
-        return subprocess.run(
-            ns + list(cmd),
-            input=input if input is not None else "",
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-        )
+            ns += _transient_unit(props)
+        return _complete(ns + list(cmd), input, timeout, check)
 
     def sh(self, script: str, **kw) -> subprocess.CompletedProcess:
         return self.run("bash", "-c", script, **kw)
@@ -324,24 +334,5 @@ class LocalSystem(SystemdContainer):
         input: str | None = None,
         props: dict | None = None,
     ) -> subprocess.CompletedProcess:
-        pre = []
-        if unit:
-            pre = [
-                "systemd-run",
-                "--quiet",
-                "--wait",
-                "--pipe",
-                "--collect",
-                "--service-type=exec",
-                f"-EPATH={PATH}",
-                "-ELANG=C.UTF-8",
-                *[f"-p{k}={v}" for k, v in (props or {}).items()],
-            ]
-        return subprocess.run(
-            pre + list(cmd),
-            input=input if input is not None else "",
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-        )
+        pre = _transient_unit(props) if unit else []
+        return _complete(pre + list(cmd), input, timeout, check)
