@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -46,7 +47,9 @@ from circus_sd.hooks import (
     WatcherView,
     watcher_view,
 )
+from circus_sd.output.lines import Buffer
 from circus_sd.output.router import OutputRouter, ProcessOutput
+from circus_sd.output.sink import Origin
 from circus_sd.process import ProcessHandle, own_children, reap_strays
 from circus_sd.process_stats import ProcessStats
 from circus_sd.sockets import ListeningSockets, SocketError
@@ -147,6 +150,7 @@ class Arbiter:
         self._pending_notify: dict[tuple[str, int], NotifySocket] = {}
         # Child output (circus_sd/output): pipes and sinks; by spawn until the pid is known.
         self.output = OutputRouter(self.publish)
+        self.output.taps.append(self._match_ready_line)
         self._pending_output: dict[tuple[str, int], ProcessOutput] = {}
         self._notify: dict[int, NotifySocket] = {}
         self._fd_reserve = FdReserve()
@@ -212,14 +216,17 @@ class Arbiter:
         self._requests.put_nowait(what)
 
     async def start_all(self) -> None:
+        """Autostart watchers one after another, each once the previous one is started (ready,
+        for those that say so). The last one is waited for until its processes exist, or, with
+        `ready_wait`, until they are ready: then READY=1 goes to systemd."""
         delay = self.config.arbiter.warmup_delay
         order = start_order([w.config for w in self.watchers.values()])
-        for index, watcher in enumerate(self.watchers[c.name] for c in order):
-            if not watcher.config.autostart:
-                continue
+        autostart = [self.watchers[c.name] for c in order if c.autostart]
+        for index, watcher in enumerate(autostart):
             if index and delay:
                 await asyncio.sleep(delay)
-            await self.start_watcher(watcher.name)
+            last = index == len(autostart) - 1
+            await self.start_watcher(watcher.name, ready=self.config.arbiter.ready_wait or not last)
 
     async def stop_all(self) -> None:
         """Stop watchers in reverse priority order; those of equal priority together."""
@@ -317,13 +324,15 @@ class Arbiter:
         """Serializes multi-step work on one watcher; different watchers run concurrently."""
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def start_watcher(self, name: str) -> None:
+    async def start_watcher(self, name: str, ready: bool = True) -> None:
+        """Start a watcher; return once its processes run (and are `ready`, if they say so)."""
         watcher = self.watchers[name]
         await self._wait_for_dependencies(watcher)
         self._feed(name, watcher.start(self._clock()))
         # Settled, and not on its way down (a stop in progress, or a start a hook refused).
         await self.wait_for(
-            lambda: watcher.start_settled and watcher.state is not WatcherState.STOPPING
+            lambda: watcher.start_settled_for(readiness=ready)
+            and watcher.state is not WatcherState.STOPPING
         )
 
     async def _wait_for_dependencies(self, watcher: Watcher) -> None:
@@ -499,6 +508,23 @@ class Arbiter:
             self._execed(pid)
         for message in notify.receive():
             self._feed(name, self.watchers[name].notified(pid, message, self._clock()))
+
+    def _match_ready_line(self, origin: Origin, lines: list[Buffer]) -> None:
+        """`ready_log_line`: a process not ready yet whose output matches is ready now."""
+        watcher = self.watchers.get(origin.watcher)
+        if watcher is None or watcher.config.ready_log_line is None:
+            return
+        pid = origin.pid
+        record = watcher.process_by_pid(pid)
+        if record is not None and record.ready:
+            return
+        pattern = _line_pattern(watcher.config.ready_log_line)
+        if not any(pattern.search(block) for block in lines):
+            return
+        if pid in self._not_execed:
+            # Only the exec'd program writes its output: its exec succeeded.
+            self._execed(pid)
+        self._feed(watcher.name, watcher.output_matched(pid, self._clock()))
 
     def _forget(self, pid: int) -> None:
         self._not_execed.pop(pid, None)
@@ -1061,3 +1087,9 @@ def _describe_pid(pid: int) -> str:
         return f"pid {pid} ({psutil.Process(pid).name()})"
     except psutil.Error:
         return f"pid {pid}"
+
+
+@functools.lru_cache(maxsize=64)
+def _line_pattern(expression: str) -> re.Pattern[bytes]:
+    """`ready_log_line` as searched in blocks of whole lines (`^` and `$` at each line)."""
+    return re.compile(expression.encode(), re.MULTILINE)

@@ -140,18 +140,28 @@ class Watcher:
 
     @property
     def start_settled(self) -> bool:
-        """A start has done what it can now: every worker was spawned, is backing off or failed."""
+        """A start has done what it can now: every worker was spawned (and is ready, if it says
+        so), is backing off or failed."""
+        return self.start_settled_for(readiness=True)
+
+    def start_settled_for(self, readiness: bool) -> bool:
+        """`start_settled`; without `readiness`, a running process not ready yet counts too."""
         if self.state is not WatcherState.STARTING:
             return True
-        pending = any(self._start_pending(p) for p in self.processes.values())
+        pending = any(self._start_pending(p, readiness) for p in self.processes.values())
         gated = self._before_start_pending or self._after_start_pending
         return not pending and not self._warming_up and not gated
 
-    def _start_pending(self, process: ProcessRecord) -> bool:
-        """Spawning, waiting for a hook, or (with `notify`) running but not ready yet."""
+    def _start_pending(self, process: ProcessRecord, readiness: bool = True) -> bool:
+        """Spawning, waiting for a hook, or running but not ready yet (`awaits_readiness`)."""
         if process.state is ProcessState.SPAWNING or process.hook_pending:
             return True
-        return self.config.notify and process.state is ProcessState.RUNNING and not process.ready
+        return (
+            readiness
+            and self.config.awaits_readiness
+            and process.state is ProcessState.RUNNING
+            and not process.ready
+        )
 
     def process_by_pid(self, pid: int) -> ProcessRecord | None:
         spawn_id = self._pids.get(pid)
@@ -240,7 +250,7 @@ class Watcher:
             Publish("spawn", {"process_pid": pid}),
             Log(logging.DEBUG, f"{self._label(process)} spawned"),
         ]
-        if self.config.notify and self.config.ready_timeout > 0:
+        if self.config.awaits_readiness and self.config.ready_timeout > 0:
             actions.append(StartTimer((READY_TIMEOUT, spawn_id), self.config.ready_timeout))
         if self.config.max_age > 0:
             lifetime = self.config.max_age + self._rng.uniform(0, self.config.max_age_variance)
@@ -303,14 +313,7 @@ class Watcher:
         if "STATUS" in message:
             process.status = message["STATUS"]
         if message.get("READY") == "1" and not process.ready:
-            process.ready = True
-            actions += [
-                CancelTimer((READY_TIMEOUT, process.spawn_id)),
-                Publish("ready", {"process_pid": pid, "wid": process.wid}),
-                Log(logging.INFO, f"{self._label(process)} ready"),
-            ]
-            if self.config.watchdog_sec > 0:
-                actions.append(StartTimer((WATCHDOG, process.spawn_id), self.config.watchdog_sec))
+            actions += self._become_ready(process, "READY=1")
         if message.get("WATCHDOG") == "1" and process.ready and self.config.watchdog_sec > 0:
             actions.append(StartTimer((WATCHDOG, process.spawn_id), self.config.watchdog_sec))
         if "ERRNO" in message:
@@ -318,6 +321,24 @@ class Watcher:
                 Log(logging.WARNING, f"{self._label(process)} reports errno {message['ERRNO']}")
             )
         return actions + self._reconcile(now)
+
+    def output_matched(self, pid: int, now: float) -> list[Action]:
+        """A line of the process's output matched `ready_log_line`."""
+        process = self.process_by_pid(pid)
+        if process is None or process.state is not ProcessState.RUNNING or process.ready:
+            return []
+        return self._become_ready(process, "ready_log_line") + self._reconcile(now)
+
+    def _become_ready(self, process: ProcessRecord, how: str) -> list[Action]:
+        process.ready = True
+        actions: list[Action] = [
+            CancelTimer((READY_TIMEOUT, process.spawn_id)),
+            Publish("ready", {"process_pid": process.pid, "wid": process.wid}),
+            Log(logging.INFO, f"{self._label(process)} ready ({how})"),
+        ]
+        if self.config.notify and self.config.watchdog_sec > 0:
+            actions.append(StartTimer((WATCHDOG, process.spawn_id), self.config.watchdog_sec))
+        return actions
 
     def hook_done(self, token: Hashable, approved: bool, now: float) -> list[Action]:
         """The outcome of a `CallHook` with a token: `approved` is False when the hook returned
@@ -415,7 +436,7 @@ class Watcher:
     # -- inner workings --------------------------------------------------------------------------
 
     def _cancel_notify_timers(self, spawn_id: int) -> list[Action]:
-        if not self.config.notify:
+        if not self.config.awaits_readiness:
             return []
         return [CancelTimer((READY_TIMEOUT, spawn_id)), CancelTimer((WATCHDOG, spawn_id))]
 
@@ -670,12 +691,12 @@ class Watcher:
         return actions
 
     def _all_running(self) -> bool:
-        """Every wanted worker has a running (and, with `notify`, ready) process."""
+        """Every wanted worker has a running (and, if it must say so, ready) process."""
         running = {
             p.wid
             for p in self.processes.values()
             if p.state is ProcessState.RUNNING
-            and (p.ready or not self.config.notify)
+            and (p.ready or not self.config.awaits_readiness)
             and not p.hook_pending
         }
         wanted = set(range(1, self.config.target_processes + 1)) - self._retired

@@ -33,7 +33,7 @@ from circus_sd.config.options import (
     options_of,
     rlimit_pair,
 )
-from circus_sd.config.streams import StreamConfig, StreamOptionError, parse_stream
+from circus_sd.config.streams import JOURNAL, StreamConfig, StreamOptionError, parse_stream
 from circus_sd.start_order import DependencyError, start_order
 
 
@@ -125,7 +125,6 @@ _WATCHER_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 # Circus watcher keys that later versions will implement: accepted, stored in `extra`, warned.
 _NOT_YET = (
     "on_demand", "virtualenv_py_ver",
-    "ready_log_line",
 )
 
 _STREAM_PREFIXES = ("stdout_stream.", "stderr_stream.")
@@ -201,6 +200,16 @@ def _substitute(text: str, env: Mapping[str, str]) -> str:
         return found
 
     return _PLACEHOLDER.sub(replace, text)
+
+
+def _arbiter_reads_output(fields: Mapping[str, Any]) -> bool:
+    """Does any of a watcher's streams pass through the arbiter (for `ready_log_line`)?"""
+    for stream in ("stdout", "stderr"):
+        chosen = fields.get(f"{stream}_stream")
+        direct = chosen is not None and chosen.class_name == JOURNAL and chosen.direct
+        if not fields.get(f"close_child_{stream}", False) and not direct:
+            return True
+    return False
 
 
 def _is_env_section(name: str) -> bool:
@@ -669,6 +678,14 @@ class _Loader:
         for field, default in flapping.items():
             fields.setdefault(field, default)
         self.check_socket_references(section, fields, env)
+        if fields.get("ready_log_line") is not None and not _arbiter_reads_output(fields):
+            raise ConfigError.at(
+                section.values["ready_log_line"].location,
+                "circus-sd never sees this watcher's output (both streams are closed or go "
+                "straight to journald with `direct`): use `notify` instead",
+                section.name,
+                "ready_log_line",
+            )
         return WatcherConfig(
             name=name,
             env=MappingProxyType(env),

@@ -28,6 +28,7 @@ from circus_sd.config.options import (
     option,
     optional_text,
     port_number,
+    regex,
     signal_number,
     socket_family,
     socket_kind,
@@ -277,10 +278,17 @@ class WatcherConfig:
         False,
         "Give each process its own NOTIFY_SOCKET: it is ready once it sends READY=1 (sd_notify).",
     )
+    ready_log_line: str | None = option(
+        regex,
+        None,
+        "A process is ready once a line of its output matches this regular expression "
+        "(Python `re`, searched in each line).",
+    )
     ready_timeout: float = option(
         number(),
         30.0,
-        "With `notify`: a process not ready this many seconds after its spawn is a failed start.",
+        "With `notify` or `ready_log_line`: a process not ready this many seconds after its "
+        "spawn is a failed start.",
         live=True,
     )
     watchdog_sec: float = option(
@@ -332,6 +340,11 @@ class WatcherConfig:
     @property
     def target_processes(self) -> int:
         return min(self.numprocesses, 1) if self.singleton else self.numprocesses
+
+    @property
+    def awaits_readiness(self) -> bool:
+        """A process counts as started only once it says it is ready (sd_notify or a log line)."""
+        return self.notify or self.ready_log_line is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,6 +466,12 @@ class ArbiterConfig:
         optional_text, None, "A logging configuration file (INI or JSON) instead of the above."
     )
     warmup_delay: float = option(number(), 0.0, "Seconds between starting two watchers.")
+    ready_wait: bool = option(
+        boolean,
+        False,
+        "Tell systemd READY=1 only once the last watcher to start is ready too (`notify`, "
+        "`ready_log_line`), not as soon as its processes run.",
+    )
     debug: bool = option(boolean, False, "Same as `loglevel = debug`.")
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import grp
 import math
 import pwd
+import re
 import resource
 import signal
 import socket
@@ -125,6 +126,17 @@ def number(minimum: float = 0.0) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def regex(raw: str) -> str | None:
+    """A Python regular expression, checked here so that a typo is a config error."""
+    if not raw:
+        return None
+    try:
+        re.compile(raw)
+    except re.error as exc:
+        raise OptionValueError(f"not a valid regular expression ({exc}): {raw!r}") from None
+    return raw
 
 
 def name_list(raw: str) -> tuple[str, ...]:

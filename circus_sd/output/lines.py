@@ -77,7 +77,11 @@ class LineAssembler:
         return len(self._pending)
 
     def feed(self, data: bytes, now: float = 0.0) -> list[Buffer]:
-        """Take what was read; return the lines it completes (maybe none)."""
+        """Take what was read; return the lines it completes (maybe none), decorated."""
+        return self.decorate(self.feed_plain(data), now)
+
+    def feed_plain(self, data: bytes) -> list[Buffer]:
+        """Take what was read; return the lines it completes as the process wrote them."""
         end = data.rfind(b"\n") + 1
         if not end:
             self._pending += data
@@ -85,7 +89,7 @@ class LineAssembler:
                 return []
             # A line longer than max_line with no end in sight: give out its full pieces now.
             pieces, self._pending = self._cut(self._pending)
-            return self._decorate([pieces], now)
+            return [pieces]
         pending = self._pending
         first_end = data.find(b"\n")
         if len(pending) + first_end > self.max_line or self._may_hold_long_line(
@@ -100,14 +104,18 @@ class LineAssembler:
             pieces, rest = self._cut(rest)
             lines.append(pieces)
         self._pending = rest
-        return self._decorate(lines, now)
+        return [part for part in lines if len(part)]
 
     def flush(self, now: float = 0.0) -> list[Buffer]:
         """At EOF: the incomplete last line, ended with a plain b"\\n"; then nothing is held."""
+        return self.decorate(self.flush_plain(), now)
+
+    def flush_plain(self) -> list[Buffer]:
+        """`flush`, undecorated."""
         if not self._pending:
             return []
         line, self._pending = self._pending + b"\n", b""
-        return self._decorate([line], now)
+        return [line]
 
     # -- long lines ------------------------------------------------------------------------------
 
@@ -157,8 +165,8 @@ class LineAssembler:
 
     # -- decoration ------------------------------------------------------------------------------
 
-    def _decorate(self, lines: list[Buffer], now: float) -> list[Buffer]:
-        lines = [part for part in lines if len(part)]
+    def decorate(self, lines: list[Buffer], now: float) -> list[Buffer]:
+        """Whole lines from `feed_plain` with this stream's prefix and suffix on each line."""
         if self._prefix is None or not lines:
             return lines
         head = self._prefix(now)

@@ -91,9 +91,9 @@ class StreamReader:
             self.finish()
             return
         self.read_bytes += len(data)
-        parts = self.assembler.feed(data, time.time())
-        if parts:
-            self._deliver(parts)
+        lines = self.assembler.feed_plain(data)
+        if lines:
+            self._deliver(lines)
         now = time.monotonic()
         if (
             self.state is _State.READING
@@ -115,12 +115,14 @@ class StreamReader:
             self.state = _State.READING
             self.host.loop.add_reader(self.fd, self.on_readable)
 
-    def _deliver(self, parts: list[Buffer]) -> None:
+    def _deliver(self, lines: list[Buffer]) -> None:
+        """Whole lines as the process wrote them: to the taps, then decorated to the sink."""
+        for tap in self.host.taps:
+            tap(self.origin, lines)
+        parts = self.assembler.decorate(lines, time.time())
         size = 0
         for part in parts:
             size += len(part)
-        for tap in self.host.taps:
-            tap(self.origin, parts)
         sink = self.sink
         if self.state is _State.DROPPING and sink.full:
             self.host.dropped(
@@ -183,7 +185,10 @@ class StreamReader:
         if self.state in (_State.READING, _State.DROPPING):
             self.host.loop.remove_reader(self.fd)
         self.sink.forget(self)
-        parts = self.assembler.flush(time.time())
+        lines = self.assembler.flush_plain()
+        for tap in self.host.taps if lines else ():
+            tap(self.origin, lines)
+        parts = self.assembler.decorate(lines, time.time())
         if parts and not self.sink.closed:
             self.sink.put(parts, sum(len(p) for p in parts), self.origin)
         os.close(self.fd)

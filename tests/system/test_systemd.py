@@ -167,6 +167,9 @@ NOTIFIER = "/usr/bin/python3 /opt/children/notifier.py"
 
 def test_notify_children_gate_readiness_and_after_orders_watchers(system: System) -> None:
     system.configure(f"""
+[circus]
+ready_wait = true
+
 [watcher:db]
 cmd = {NOTIFIER} 1.0 -1 0.5
 notify = true
@@ -180,7 +183,7 @@ after = db
 """)
     rc, out = system.systemctl("start", "circus-sd.service")
     assert rc == 0, out
-    # systemctl start returned after READY=1: every process is up and has said READY=1.
+    # systemctl start returned after READY=1, with ready_wait: every process has said READY=1.
     assert len(system.pids_of("notifier.py 1.0")) == 2
     assert len(system.pids_of("notifier.py 0 ")) == 1
     assert system.show("StatusText") == "2/2 watchers active, 3 processes"
@@ -204,3 +207,54 @@ watchdog_sec = 1
     )
     messages = [e.get("MESSAGE", "") for e in system.journal("_SYSTEMD_UNIT=circus-sd.service")]
     assert any(f"pid {first} sent no WATCHDOG=1" in m for m in messages)
+
+
+SLOW_SERVER = "/bin/sh -c 'echo booting; sleep {delay}; echo serving on $$; exec sleep 600'"
+
+
+def test_start_with_ready_wait_returns_once_log_lines_say_ready(system: System) -> None:
+    system.configure(f"""
+[circus]
+ready_wait = true
+
+[watcher:api]
+cmd = {SLOW_SERVER.format(delay=1)}
+numprocesses = 2
+ready_log_line = ^serving on \\d+$
+""")
+    started_at = time.monotonic()
+    rc, out = system.systemctl("start", "circus-sd.service")
+    assert rc == 0, out
+    assert time.monotonic() - started_at >= 1.0  # it did wait for the lines
+    assert system.show("StatusText") == "1/1 watchers active, 2 processes"
+    messages = [e.get("MESSAGE", "") for e in system.journal("_SYSTEMD_UNIT=circus-sd.service")]
+    ready = [m for m in messages if re.search(r"api\[\d\] pid \d+ ready \(ready_log_line\)", m)]
+    assert len(ready) == 2, messages[-20:]
+
+
+def test_a_sighup_reload_is_seen_by_systemd_as_reloading_then_ready(system: System) -> None:
+    system.configure(f"[watcher:db]\ncmd = {RECORDER} db\n")
+    assert system.systemctl("start", "circus-sd.service")[0] == 0
+    # The reload starts a watcher that takes 2 s to be ready: it lasts that long.
+    system.configure(f"""
+[watcher:db]
+cmd = {RECORDER} db
+
+[watcher:slow]
+cmd = {SLOW_SERVER.format(delay=2)}
+ready_log_line = ^serving on
+""")
+    # A plain SIGHUP, not `systemctl reload`: no reload job of systemd's own, so the unit shows
+    # "reloading" only because the arbiter sent RELOADING=1, and "active" again after READY=1.
+    system.sh(f"kill -HUP {system.show('MainPID')}")
+    seen: list[str] = []
+
+    def reloaded() -> bool:
+        state = system.show("ActiveState")
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        return "reloading" in seen and state == "active"
+
+    system.wait_until(reloaded, 15, "ActiveState reloading, then active")
+    messages = [e.get("MESSAGE", "") for e in system.journal("_SYSTEMD_UNIT=circus-sd.service")]
+    assert any(re.search(r"slow\[1\] pid \d+ ready \(ready_log_line\)", m) for m in messages)

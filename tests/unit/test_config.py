@@ -471,6 +471,32 @@ def test_watcher_names_clashing_by_case_are_an_error(tmp_path: Path) -> None:
     assert f"at {path}:1" in error.message
 
 
+def test_a_ready_log_line_that_is_not_a_regex_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", "[watcher:web]\ncmd = sleep 1\nready_log_line = ready (\n")
+    error = error_of(path)
+    assert (error.line, error.section, error.option) == (3, "watcher:web", "ready_log_line")
+    assert "not a valid regular expression" in error.message
+
+
+def test_a_ready_log_line_on_direct_journal_streams_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        ready_log_line = ready
+        stdout_stream.class = JournalStream
+        stdout_stream.direct = true
+        stderr_stream.class = JournalStream
+        stderr_stream.direct = true
+    """)
+    error = error_of(path)
+    assert (error.line, error.option) == (3, "ready_log_line")
+    one_direct = path.read_text().replace("stderr_stream.direct = true\n", "")
+    path.write_text(one_direct)
+    (config, _warnings) = load(path)
+    assert config.watchers[0].ready_log_line == "ready"
+    assert config.watchers[0].awaits_readiness
+
+
 # -- rule 5: [circus] ----------------------------------------------------------------------------
 
 
