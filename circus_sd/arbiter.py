@@ -563,6 +563,7 @@ class Arbiter:
         return {
             "endpoint": self.endpoints.get("endpoint"),
             "pubsub_endpoint": self.endpoints.get("pubsub_endpoint"),
+            "output_endpoint": self.endpoints.get("output_endpoint"),
             "stats_endpoint": None,
             "multicast_endpoint": None,
             "check_delay": None,

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from circus_sd import endpoints
 from circus_sd.curve import apply_client_keys_from_env
@@ -238,6 +238,54 @@ def subscribe(
             socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         while True:
             yield decode_event(socket.recv_multipart())
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+class OutputBlock(NamedTuple):
+    """Whole lines a process wrote, as published on the arbiter's `output_endpoint`."""
+
+    watcher: str
+    wid: int
+    pid: int
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+def follow_output(
+    output_endpoint: str, watcher: str, stream: str | None = None
+) -> Iterator[OutputBlock]:
+    """A watcher's output (one stream, or both), live, forever; what came before is not kept.
+
+    Blocks are whole lines, in order per process and stream. A follower slower than the output
+    loses blocks (the arbiter never waits for it). Closing the generator closes the socket.
+    """
+    check_ipc_endpoint(output_endpoint, what="output")
+    import zmq
+
+    topic = f"output.{watcher}.{stream or ''}".encode()
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    try:
+        socket.setsockopt(zmq.LINGER, 0)
+        apply_client_keys_from_env(socket, output_endpoint)
+        socket.connect(output_endpoint)
+        socket.setsockopt(zmq.SUBSCRIBE, topic)
+        while True:
+            frames = socket.recv_multipart()
+            if len(frames) != 3:
+                continue
+            try:
+                header = json.loads(frames[1])
+                block = OutputBlock(
+                    header["watcher"], header["wid"], header["pid"], header["stream"], frames[2]
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+            # The topic is a prefix: `output.web.` also matches a watcher named `web.x`.
+            if block.watcher == watcher:
+                yield block
     finally:
         socket.close(linger=0)
         context.term()

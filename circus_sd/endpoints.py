@@ -38,6 +38,16 @@ def default_pubsub_endpoint() -> str:
     return "ipc://" + os.path.join(runtime_dir(), EVENTS_SOCKET)
 
 
+def default_output_endpoint(control_endpoint: str) -> str | None:
+    """Beside an ipc control socket, named after it (`control.sock` -> `control-output.sock`),
+    so that it is as private as the control socket and never shared by two arbiters; none for
+    a tcp:// control endpoint."""
+    path = ipc_path(control_endpoint)
+    if path is None:
+        return None
+    return "ipc://" + path.removesuffix(".sock") + "-output.sock"
+
+
 def ipc_path(endpoint: str) -> str | None:
     """The filesystem path of an ipc:// endpoint (None for other transports)."""
     if endpoint.startswith("ipc://"):

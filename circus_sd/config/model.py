@@ -427,6 +427,12 @@ class ArbiterConfig:
         None,
         "Events endpoint (ZMQ PUB); default `ipc:///run/circus-sd/events.sock`.",
     )
+    output_endpoint: str | None = option(
+        optional_text,
+        None,
+        "Child output (ZMQ XPUB, for `circusctl tail`); default: beside an ipc:// control "
+        "socket, `ipc:///run/circus-sd/control-output.sock`; `off`: none.",
+    )
     endpoint_owner: str | None = option(
         optional_text, None, "User who owns the ipc:// sockets and may operate (not admin) them."
     )

@@ -23,6 +23,7 @@ from circus_sd.arbiter import Arbiter
 from circus_sd.config.model import ArbiterConfig
 from circus_sd.config.options import decimal_integer
 from circus_sd.control.handlers import HANDLERS, Deferred
+from circus_sd.control.output_pub import OutputPublisher
 from circus_sd.control.protocol import (
     CommandError,
     Errno,
@@ -35,7 +36,12 @@ from circus_sd.control.protocol import (
 )
 from circus_sd.control.registry import COMMANDS, Tier, option_needs_admin
 from circus_sd.curve import make_server
-from circus_sd.endpoints import default_endpoint, default_pubsub_endpoint, ipc_path
+from circus_sd.endpoints import (
+    default_endpoint,
+    default_output_endpoint,
+    default_pubsub_endpoint,
+    ipc_path,
+)
 
 log = logging.getLogger("circus_sd.control")
 
@@ -80,6 +86,8 @@ class ControlServer:
         self.arbiter = arbiter
         self.endpoint = options.endpoint or default_endpoint()
         self.pubsub_endpoint = options.pubsub_endpoint or default_pubsub_endpoint()
+        output = options.output_endpoint or default_output_endpoint(self.endpoint)
+        self.output_endpoint = None if output is None or output.lower() == "off" else output
         self.group = options.endpoint_group
         self.owner_uid = _owner_uid(options.endpoint_owner)
         self.insecure_tcp = options.insecure_tcp
@@ -91,6 +99,7 @@ class ControlServer:
         self._context: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._pub: zmq.Socket[bytes] | None = None
+        self._output: OutputPublisher | None = None
         self._locks: list[int] = []
         # ipc socket files this server bound: the only ones it may remove when it closes.
         self._bound_paths: list[str] = []
@@ -102,8 +111,9 @@ class ControlServer:
 
     def bind(self) -> None:
         """Bind both endpoints; call from the loop's thread, after the spawner was forked."""
-        for endpoint in (self.endpoint, self.pubsub_endpoint):
-            self._check_endpoint(endpoint)
+        for endpoint in (self.endpoint, self.pubsub_endpoint, self.output_endpoint):
+            if endpoint is not None:
+                self._check_endpoint(endpoint)
         self._context = zmq.asyncio.Context()
         self._start_authenticator()
         self._router = self._context.socket(zmq.ROUTER)
@@ -122,6 +132,15 @@ class ControlServer:
         }
         self.arbiter.listeners.append(self.publish)
         log.info("control on %s, events on %s", self.endpoint, self.pubsub_endpoint)
+        if self.output_endpoint is not None:
+            xpub = self._context.socket(zmq.XPUB)
+            xpub.linger = 0
+            self._output = OutputPublisher(xpub)
+            self._secure(xpub, self.output_endpoint)
+            self._bind(xpub, self.output_endpoint)
+            self.arbiter.endpoints["output_endpoint"] = self.output_endpoint
+            self.arbiter.output.taps.append(self._output.tap)
+            log.info("child output on %s", self.output_endpoint)
 
     def _start_authenticator(self) -> None:
         """ZAP handler in our loop: only clients whose public key is in curve_clients get in."""
@@ -212,9 +231,16 @@ class ControlServer:
 
     async def serve(self) -> None:
         assert self._router is not None
-        while True:
-            frames = await self._router.recv_multipart(copy=False)
-            self._handle_frames(frames)
+        following = None
+        if self._output is not None:
+            following = asyncio.create_task(self._output.follow_subscriptions())
+        try:
+            while True:
+                frames = await self._router.recv_multipart(copy=False)
+                self._handle_frames(frames)
+        finally:
+            if following is not None:
+                following.cancel()
 
     def _handle_frames(self, frames: list[Any]) -> None:
         identity = frames[0].bytes
@@ -353,6 +379,11 @@ class ControlServer:
             await asyncio.wait(set(self._tasks), timeout=1.0)
         with contextlib.suppress(ValueError):
             self.arbiter.listeners.remove(self.publish)
+        if self._output is not None:
+            with contextlib.suppress(ValueError):
+                self.arbiter.output.taps.remove(self._output.tap)
+            self._output.close()
+            self._output = None
         for socket in (self._router, self._pub):
             if socket is not None:
                 socket.close(linger=100)

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from circus_sd import __version__, endpoints
-from circus_sd.client import CallError, CircusClient, resolve_endpoint, subscribe
+from circus_sd.client import CallError, CircusClient, follow_output, resolve_endpoint, subscribe
 from circus_sd.ctl.commandline import (
     PROG,
     GlobalOptions,
@@ -89,6 +89,8 @@ class Session:
                 return EXIT_OK
             if command == "listen":
                 return self.listen(invocation)
+            if command == "tail":
+                return self.tail(invocation)
             if command == "top":
                 from circus_sd.ctl.top import run_top
 
@@ -143,6 +145,46 @@ class Session:
         except KeyboardInterrupt:
             pass
         return EXIT_OK
+
+
+    def tail(self, invocation: Invocation) -> int:
+        """Write a watcher's output lines as they come, until interrupted."""
+        if len(invocation.args) != 1:
+            raise UsageError("tail: give one watcher name")
+        (name,) = invocation.args
+        stream = invocation.flags.get("stream")
+        raw = bool(invocation.flags.get("raw"))
+        try:
+            # Fails early on an unknown name, and tells where the output is published.
+            known = self.client.call("status", name=name)
+            if is_error(known):
+                return self.show("status", known, invocation.options)
+            options = self.client.call("globaloptions").get("options") or {}
+            endpoint = options.get("output_endpoint")
+            if not isinstance(endpoint, str) or not endpoint:
+                self.error("tail: the arbiter publishes no output (output_endpoint = off)")
+                return EXIT_CALL_ERROR
+            out = self.stdout.buffer if hasattr(self.stdout, "buffer") else None
+            for block in follow_output(endpoint, name, stream if isinstance(stream, str) else None):
+                data = block.data if raw else _prefixed(block.data, f"{name}[{block.wid}] ")
+                if out is not None:
+                    out.write(data)
+                    out.flush()
+                else:
+                    self.stdout.write(data.decode(errors="replace"))
+                    self.stdout.flush()
+        except CallError as exc:
+            self.error(f"tail: {exc}")
+            return EXIT_CALL_ERROR
+        except KeyboardInterrupt:
+            pass
+        return EXIT_OK
+
+
+def _prefixed(data: bytes, prefix: str) -> bytes:
+    """Each line of `data` (whole lines) after `prefix`."""
+    head = prefix.encode()
+    return head + data[:-1].replace(b"\n", b"\n" + head) + data[-1:]
 
 
 def _usage_error(stderr: TextIO, message: str) -> int:

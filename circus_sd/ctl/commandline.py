@@ -37,6 +37,9 @@ CLIENT_COMMANDS: dict[str, ClientCommand] = {
     for command in (
         ClientCommand("listen", "Print the arbiter's events as they happen (`topic json`).",
                       "listen [<topic> ...]"),
+        ClientCommand("tail", "Follow a watcher's output live, each line after `name[wid] ` "
+                      "(--raw: the lines alone). Needs the arbiter's output_endpoint.",
+                      "tail <name> [--stream stdout|stderr] [--raw]"),
         ClientCommand("top", "A live view of watchers and processes (Ctrl-C to quit).", "top"),
         ClientCommand("help", "Help on circusctl or on one command.", "help [<command>]"),
     )
@@ -71,12 +74,17 @@ def option_name(text: str) -> str:
     return text.replace("-", "_")
 
 
+def usage_flags(usage: str) -> dict[str, Flag]:
+    """The switches a usage line shows: `[--name]` or `[--name METAVAR]`."""
+    return {
+        option_name(name): Flag(option_name(name), metavar.strip("<>") if metavar else None)
+        for name, metavar in _FLAG_IN_USAGE.findall(usage)
+    }
+
+
 def command_flags(command: Command) -> dict[str, Flag]:
     """The switches of a registry command, from its usage line; `--waiting` if it is waitable."""
-    flags = {
-        option_name(name): Flag(option_name(name), metavar.strip("<>") if metavar else None)
-        for name, metavar in _FLAG_IN_USAGE.findall(command.usage)
-    }
+    flags = usage_flags(command.usage)
     if command.waitable:
         flags.setdefault("waiting", Flag("waiting"))
     return flags
@@ -141,9 +149,12 @@ def _set_global(options: GlobalOptions, name: str, value: str) -> None:
         setattr(options, name, value)
 
 
-def _flags_of(command: str | None) -> dict[str, Flag]:
+def flags_of(command: str | None) -> dict[str, Flag]:
+    """The switches a command (the arbiter's or circusctl's own) accepts."""
     if command is None:
         return {}
+    if command in CLIENT_COMMANDS:
+        return usage_flags(CLIENT_COMMANDS[command].usage)
     commands = server_commands()
     return command_flags(commands[command]) if command in commands else {}
 
@@ -177,7 +188,7 @@ def parse_argv(argv: Sequence[str], defaults: GlobalOptions | None = None) -> In
         name = "help" if token == "-h" else option_name(raw_name)
         value: str | None = inline_value if has_value else None
         is_global = name in _GLOBAL_VALUES or name in _GLOBAL_SWITCHES
-        flags = {} if is_global else _flags_of(invocation.command)
+        flags = {} if is_global else flags_of(invocation.command)
         takes_value = name in _GLOBAL_VALUES or (
             name in flags and flags[name].metavar is not None
         )

@@ -15,7 +15,7 @@ from circus_sd.client import ENDPOINT_ENV
 from circus_sd.ctl.commandline import (
     CLIENT_COMMANDS,
     GLOBAL_HELP,
-    command_flags,
+    flags_of,
     known_commands,
     server_commands,
 )
@@ -49,11 +49,10 @@ def first_argument(name: str) -> str | None:
 
 
 def completion() -> str:
-    commands = server_commands()
     flags_case, values_case, choices_case = [], [], []
     watcher_commands, help_commands = [], []
     for name in known_commands():
-        flags = command_flags(commands[name]) if name in commands else {}
+        flags = flags_of(name)
         if flags:
             spelled = " ".join("--" + flag.name.replace("_", "-") for flag in flags.values())
             flags_case.append(f'        {name}) echo "{spelled}" ;;')

@@ -50,6 +50,14 @@ def test_pubsub_endpoint_option_in_both_spellings() -> None:
     assert parse_argv(["--pubsub_endpoint=ipc:///e"]).options.pubsub_endpoint == "ipc:///e"
 
 
+def test_circusctls_own_commands_take_the_switches_their_usage_shows() -> None:
+    invocation = parse_argv(["tail", "web", "--stream", "stderr", "--raw"])
+    assert (invocation.command, invocation.args) == ("tail", ["web"])
+    assert invocation.flags == {"stream": "stderr", "raw": True}
+    with pytest.raises(UsageError, match="--stream must be one of stdout, stderr"):
+        parse_argv(["tail", "web", "--stream", "both"])
+
+
 def test_command_names_are_case_insensitive_like_circus() -> None:
     assert parse_argv(["STATUS"]).command == "status"
 
