@@ -291,6 +291,44 @@ def test_a_user_class_gets_data_pid_and_name(circus: Circus) -> None:
     assert_complete(found, [("w", 1, "out"), ("w", 1, "err")], 500)
 
 
+def test_a_user_class_that_always_raises_only_loses_its_own_lines(
+    circus: Circus, zmq_clients: Clients
+) -> None:
+    package = circus.tmp / "usercls"
+    package.mkdir()
+    (package / "broken.py").write_text(
+        "class Broken:\n"
+        "    def __init__(self, **options):\n"
+        "        pass\n"
+        "    def __call__(self, data):\n"
+        "        raise RuntimeError('nowhere to write')\n"
+    )
+    config = circus.write_config(f"""
+        [watcher:w]
+        cmd = {writer_command(circus, "w", "--lines", "1000000", "--rate", "500")}
+        backpressure_timeout = 0.3
+        stdout_stream.class = broken.Broken
+
+        [watcher:other]
+        cmd = {report_command(circus.tmp, "other")}
+        """)
+    arbiter = circus.start(config, env={**os.environ, "PYTHONPATH": str(package)})
+    events = zmq_clients.events(events_endpoint(circus.tmp))
+    # The policy of any failing sink: retried, the writer is slowed, then lines are dropped,
+    # counted and reported; the class's error is in the log.
+    arbiter.wait_log(r"broken\.Broken failed: RuntimeError\('nowhere to write'\)", timeout=5)
+    dropped = events.wait("watcher.w.dropped", timeout=10)
+    assert dropped["lines"] > 0 and dropped["sink"] == "stream class broken.Broken"
+    first = circus.reports.wait("other", 1)
+    os.kill(first["pid"], signal.SIGKILL)
+    circus.reports.wait("other", 1, not_pid=first["pid"])
+    # The writer is not blocked for good: its lines keep coming, and keep being dropped (one
+    # report a second), not queued.
+    later = events.wait("watcher.w.dropped", lambda payload: payload is not dropped, timeout=5)
+    assert later["lines"] > 0
+    assert arbiter.process.memory_info().rss < 200 << 20
+
+
 # -- faults --------------------------------------------------------------------------------------
 
 
