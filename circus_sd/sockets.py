@@ -332,6 +332,11 @@ class ListeningSockets:
     def __contains__(self, name: object) -> bool:
         return name in self._open
 
+    def take_inherited(self, name: str) -> socket.socket | None:
+        """A socket systemd passed under `name`, for someone else than a [socket:NAME] section
+        (a `systemd:NAME` control endpoint); None if there is none."""
+        return self._inherited.pop(name, None)
+
     def names(self) -> list[str]:
         return list(self._open)
 

@@ -420,7 +420,8 @@ class ArbiterConfig:
     endpoint: str | None = option(
         optional_text,
         None,
-        "Control endpoint (ZMQ ROUTER); default `ipc:///run/circus-sd/control.sock` (root).",
+        "Control endpoint (ZMQ ROUTER); default `ipc:///run/circus-sd/control.sock` (root); "
+        "`systemd:NAME`: the socket systemd passes under that name.",
     )
     pubsub_endpoint: str | None = option(
         optional_text,

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pwd
+import socket
 import traceback
 import urllib.parse
 from typing import Any
@@ -44,6 +45,8 @@ from circus_sd.endpoints import (
 )
 
 log = logging.getLogger("circus_sd.control")
+
+SYSTEMD_PREFIX = "systemd:"
 
 
 class EndpointVerdict(enum.Enum):
@@ -86,7 +89,8 @@ class ControlServer:
         self.arbiter = arbiter
         self.endpoint = options.endpoint or default_endpoint()
         self.pubsub_endpoint = options.pubsub_endpoint or default_pubsub_endpoint()
-        output = options.output_endpoint or default_output_endpoint(self.endpoint)
+        # Off, given, or (None here) beside the control socket once that one's address is known.
+        output = options.output_endpoint
         self.output_endpoint = None if output is None or output.lower() == "off" else output
         self.group = options.endpoint_group
         self.owner_uid = _owner_uid(options.endpoint_owner)
@@ -106,11 +110,19 @@ class ControlServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tiers: dict[tuple[int, int], Tier | None] = {}
         self._own_uid = os.geteuid()
+        # `systemd:NAME` endpoints: the listening fd systemd passed, by the address it has.
+        self._adopted: dict[str, int] = {}
 
     # -- binding -----------------------------------------------------------------------------------
 
     def bind(self) -> None:
-        """Bind both endpoints; call from the loop's thread, after the spawner was forked."""
+        """Bind the endpoints; call from the loop's thread, after the spawner was forked."""
+        self.endpoint = self._adopt(self.endpoint)
+        self.pubsub_endpoint = self._adopt(self.pubsub_endpoint)
+        if self.output_endpoint is not None:
+            self.output_endpoint = self._adopt(self.output_endpoint)
+        elif self.arbiter.config.arbiter.output_endpoint is None:
+            self.output_endpoint = default_output_endpoint(self.endpoint)
         for endpoint in (self.endpoint, self.pubsub_endpoint, self.output_endpoint):
             if endpoint is not None:
                 self._check_endpoint(endpoint)
@@ -141,6 +153,26 @@ class ControlServer:
             self.arbiter.endpoints["output_endpoint"] = self.output_endpoint
             self.arbiter.output.taps.append(self._output.tap)
             log.info("child output on %s", self.output_endpoint)
+
+    def _adopt(self, endpoint: str) -> str:
+        """`systemd:NAME`: the listening socket systemd passed under that name (socket
+        activation), as the ipc:// or tcp:// endpoint it is bound to. Others are as given."""
+        if not endpoint.startswith(SYSTEMD_PREFIX):
+            return endpoint
+        name = endpoint[len(SYSTEMD_PREFIX):]
+        sock = self.arbiter.sockets.take_inherited(name)
+        if sock is None:
+            raise EndpointError(
+                f"{endpoint}: systemd passed no socket named {name!r} (FileDescriptorName= "
+                "of a .socket unit whose Service= is this one)"
+            )
+        address = _endpoint_of(sock)
+        if address is None:
+            sock.close()
+            raise EndpointError(f"{endpoint}: not a listening unix or TCP stream socket")
+        self._adopted[address] = sock.detach()
+        log.info("%s: adopted from systemd as %s", endpoint, address)
+        return address
 
     def _start_authenticator(self) -> None:
         """ZAP handler in our loop: only clients whose public key is in curve_clients get in."""
@@ -181,6 +213,16 @@ class ControlServer:
             log.warning("%s is open to the network WITHOUT authentication (insecure_tcp)", endpoint)
 
     def _bind(self, socket: Any, endpoint: str) -> None:
+        adopted = self._adopted.pop(endpoint, None)
+        if adopted is not None:
+            # systemd owns the socket (and its file and mode, SocketMode=): ZMQ only listens.
+            socket.setsockopt(zmq.USE_FD, adopted)
+            try:
+                socket.bind(endpoint)
+            except zmq.ZMQError as exc:
+                os.close(adopted)
+                raise EndpointError(f"cannot listen on {endpoint}: {exc}") from None
+            return
         path = ipc_path(endpoint)
         if path is None:
             try:
@@ -384,9 +426,9 @@ class ControlServer:
                 self.arbiter.output.taps.remove(self._output.tap)
             self._output.close()
             self._output = None
-        for socket in (self._router, self._pub):
-            if socket is not None:
-                socket.close(linger=100)
+        for zmq_socket in (self._router, self._pub):
+            if zmq_socket is not None:
+                zmq_socket.close(linger=100)
         self._router = self._pub = None
         if self._authenticator is not None:
             self._authenticator.stop()
@@ -401,6 +443,22 @@ class ControlServer:
         for lock in self._locks:
             os.close(lock)
         self._locks.clear()
+
+
+def _endpoint_of(sock: socket.socket) -> str | None:
+    """The ZMQ endpoint a listening stream socket is bound to (None: another kind)."""
+    if sock.type != socket.SOCK_STREAM:
+        return None
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        if isinstance(address, bytes):  # abstract namespace: b"\0name"
+            return "ipc://@" + address[1:].decode(errors="replace")
+        return "ipc://" + address if address else None
+    if sock.family == socket.AF_INET:
+        return f"tcp://{address[0]}:{address[1]}"
+    if sock.family == socket.AF_INET6:
+        return f"tcp://[{address[0]}]:{address[1]}"
+    return None
 
 
 def _peer_credentials(frame: Any) -> tuple[int, int] | None:

@@ -82,3 +82,47 @@ def test_a_socket_unit_activates_circus_sd_and_its_watcher_serves_on_the_socket(
         system.sh("rm -f /etc/systemd/system/circus-sd.socket /run/web.*.json")
         system.systemctl("daemon-reload")
     assert not system.pids_of("acceptor.py")
+
+
+CONTROL_SOCKET_UNIT = """\
+[Socket]
+ListenStream=/run/circus-sd-control.sock
+SocketMode=0600
+FileDescriptorName=control
+Service=circus-sd.service
+"""
+
+
+def test_the_control_endpoint_can_be_a_socket_systemd_passes(system: System) -> None:
+    system.configure("""
+[circus]
+endpoint = systemd:control
+
+[watcher:sleeper]
+cmd = sleep 600
+""")
+    system.write("/etc/systemd/system/circus-sd-control.socket", CONTROL_SOCKET_UNIT)
+    system.systemctl("daemon-reload")
+    ctl = "circusctl --endpoint ipc:///run/circus-sd-control.sock"
+    try:
+        rc, out = system.systemctl("start", "circus-sd-control.socket")
+        assert rc == 0, out
+        assert system.show("ActiveState") == "inactive"
+        # The first command starts circus-sd; systemd holds the connection meanwhile. (It is
+        # answered as soon as the arbiter listens, maybe while its watchers still start.)
+        assert system.sh(f"{ctl} --timeout 30 numwatchers").strip() == "1"
+        system.wait_until(lambda: system.show("ActiveState") == "active", 10, "circus-sd active")
+        assert system.sh(f"{ctl} status sleeper").strip() == "active"
+        assert any("systemd:control: adopted from systemd as ipc:///run/circus-sd-control.sock"
+                   in m for m in messages(system))
+        # systemd's socket, systemd's mode: root only.
+        assert system.sh("stat -c %a /run/circus-sd-control.sock").strip() == "600"
+        # The output socket lies beside it, private too.
+        assert system.sh("stat -c %a /run/circus-sd-control-output.sock").strip() == "600"
+        # A restart keeps the socket: commands work again without anyone binding it.
+        assert system.systemctl("restart", "circus-sd.service")[0] == 0
+        assert system.sh(f"{ctl} numwatchers").strip() == "1"
+    finally:
+        system.systemctl("stop", "circus-sd-control.socket", "circus-sd.service")
+        system.sh("rm -f /etc/systemd/system/circus-sd-control.socket")
+        system.systemctl("daemon-reload")
