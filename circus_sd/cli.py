@@ -97,6 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         spawner.close()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(spawner.pid, 0)
+        _settle_standard_streams()
+
+
+def _settle_standard_streams() -> None:
+    """Flush stdout and stderr now; one that cannot be flushed is pointed at /dev/null.
+
+    Under systemd they are journald's stream sockets: a journald restarted meanwhile has closed
+    them, and Python, failing to flush them at exit, would turn our exit status into 120, which
+    systemd reports as a failed service.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
 
 
 def _run(

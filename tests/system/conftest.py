@@ -43,9 +43,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if why is None:
             continue
         if required:
-            item.add_marker(pytest.mark.xfail(reason=why, run=False, strict=True))
+            item.stash[_CANNOT_RUN] = why
         else:
             item.add_marker(pytest.mark.skip(reason=f"no systemd test bed: {why}"))
+
+
+_CANNOT_RUN = pytest.StashKey[str]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under CIRCUS_SD_REQUIRE_SYSTEM=1, a system test that cannot run fails (an xfail or a skip
+    would let the run pass)."""
+    why = item.stash.get(_CANNOT_RUN, None)
+    if why is not None:
+        pytest.fail(f"system test required (CIRCUS_SD_REQUIRE_SYSTEM=1) but cannot run: {why}",
+                    pytrace=False)
 
 
 class System:
