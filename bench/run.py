@@ -19,11 +19,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 
-from bench import machine
+from bench import journal_sink, machine
 from bench.control import ControlError
 from bench.procs import become_subreaper, reap_orphans
 from bench.results import MACHINE, Metric, Results, dump, load, plot
-from bench.supervisors import Supervisor, Workload, all_supervisors
+from bench.supervisors import CircusLike, Supervisor, Workload, all_supervisors
 from bench.workloads import (
     BenchError,
     DaemonRun,
@@ -57,6 +57,7 @@ class Plan:
     client_window: float
     log_lines: int  # per writer
     log_reps: int
+    journal_lines: int  # per writer, into the journald sinks (journald: ~50k native entries/s here)
     machine_reps: int
     true_window: float
     supervisors: tuple[str, ...]
@@ -86,6 +87,7 @@ class Plan:
             client_window=1.0 if quick else 2.0,
             log_lines=20_000 if quick else 100_000,
             log_reps=2 if quick else 3,
+            journal_lines=3_000 if quick else 10_000,
             machine_reps=3 if quick else 5,
             true_window=0.5 if quick else 1.0,
             supervisors=tuple(
@@ -373,10 +375,53 @@ class Bench:
                     r.add(torn, who, 100 * got.check.torn / max(got.check.lines, 1))
                     r.add(lost, who, 100 * got.check.missing / got.check.expected_lines)
                     r.add(cpu, who, got.cpu_s_per_mb)
-        if who == "circus-sd":
-            journal = Metric("log.journald", "log: journald sink, arbiter CPU per MB", "CPU s/MB")
-            here = os.path.exists("/run/systemd/journal/socket")
-            r.note(journal, who, "not measured yet" if here else "n/a (no journald here)")
+
+    def journal_logs(self, sup: Supervisor) -> None:
+        """circus-sd's JournalStream, native and direct, into a private journald of each run's
+        own (bench/journal_sink.py): the log workload, counted in the journal."""
+        p, r, who = self.plan, self.results, sup.name
+        reason = journal_sink.unavailable() if isinstance(sup, CircusLike) else "not circus-sd"
+        self.say(f"{who}: log throughput into a private journald"
+                 + (f": skipped, {reason}" if reason else ""))
+        for sink in journal_sink.SINKS:
+            for mode in ("batch", "line"):
+                what = "batched writes" if mode == "batch" else "one write per line"
+                tag = f"log ({mode}, journald {sink})"
+                key = f"log.journald.{sink}.{mode}"
+                mbps = Metric(f"{key}.mbps", f"log: {LOG_WRITERS} writers, {what}, journald "
+                              f"{sink} sink", "MB/s", higher_is_better=True)
+                rate = Metric(f"{key}.lines", f"{tag}: lines landed per second", "1/s",
+                              higher_is_better=True)
+                dropped = Metric(f"{key}.dropped", f"{tag}: lines dropped (circus-sd's count)",
+                                 "%")
+                lost = Metric(f"{key}.missing", f"{tag}: lines missing", "%")
+                cpu = Metric(f"{key}.cpu", f"{tag}: arbiter CPU per MB", "CPU s/MB")
+                jcpu = Metric(f"{key}.journald_cpu", f"{tag}: journald's CPU per MB", "CPU s/MB")
+                busy = Metric(f"{key}.journald_busy", f"{tag}: journald's CPU during the run",
+                              "% core")
+                if reason is not None:
+                    for metric in (mbps, cpu):
+                        r.note(metric, who, f"n/a ({reason})")
+                    continue
+                for _ in range(p.log_reps):
+                    with self.attempt(f"{who} journald {sink} {mode}", (mbps, who)):
+                        assert isinstance(sup, CircusLike)
+                        got = journal_sink.measure(sup, self.child, self.base, sink, mode,
+                                                   LOG_WRITERS, p.journal_lines, timeout=120)
+                        expected = got.check.expected_lines
+                        r.add(mbps, who, got.mb_per_s)
+                        r.add(rate, who, got.lines_per_s)
+                        if got.dropped_lines is None:
+                            r.note(dropped, who, "not counted (direct)")
+                        else:
+                            r.add(dropped, who, 100 * got.dropped_lines / expected)
+                        r.add(lost, who, 100 * got.check.missing / expected)
+                        r.add(cpu, who, got.arbiter_cpu_s_per_mb)
+                        r.add(jcpu, who, got.journald_cpu_s_per_mb)
+                        r.add(busy, who, 100 * got.journald_busy)
+                        if got.check.torn:
+                            self.finding(f"journald {sink} {mode}: {got.check.torn} entries "
+                                         "were not one whole line")
 
     # -- the whole run ---------------------------------------------------------------------------
 
@@ -414,6 +459,9 @@ class Bench:
                 self.say(f"{sup.name}: log throughput")
                 with deadline_alarm(600):
                     self.logs(sup)
+                if sup.name == "circus-sd":
+                    with deadline_alarm(300):
+                        self.journal_logs(sup)
 
 
 def _version(dist: str) -> str:
