@@ -113,6 +113,8 @@ class Arbiter:
         self._exit_pending: dict[int, tuple[str, int, str | None]] = {}
         # Spawned children that have not exec'd yet (pid -> spawn id).
         self._not_execed: dict[int, int] = {}
+        # Children whose exec succeeded this loop turn, told to their watchers at its end.
+        self._execed_batch: list[int] = []
         self.listeners: list[EventListener] = []
         self.hooks = HookRunner(self.publish)
         self._loader = loader
@@ -842,7 +844,6 @@ class Arbiter:
         self._owner[pid] = name
         self._started_wall[pid] = time.time()
         self._loop.add_reader(handle.pidfd, self._on_exit, pid)
-        self._loop.add_reader(status_fd, self._on_status, pid)
         notify = self._pending_notify.pop((name, spawn_id), None)
         if notify is not None:
             self._notify[pid] = notify
@@ -860,6 +861,12 @@ class Arbiter:
             # also means nothing signals it before exec, while it still is a copy of the spawner
             # (whose handlers swallow TERM, INT, HUP and QUIT).
             self._not_execed[pid] = spawn_id
+        # A batch is answered after its last clone: its first children have often exec'd by
+        # now, and their status pipes need no round through the loop.
+        if handle.drain_status():
+            self._status_done(pid, handle)
+        else:
+            self._loop.add_reader(status_fd, self._on_status, pid)
         if self._strays_pending and not self._spawns_unsettled():
             self._reap_strays()
 
@@ -868,18 +875,38 @@ class Arbiter:
         if handle.drain_status():
             assert self._loop is not None and handle.status_fd is not None
             self._loop.remove_reader(handle.status_fd)
-            # Exec failed: keep what the child said until its exit is reaped.
-            if not handle.exec_error():
-                handle.close_status()
-                self._execed(pid)
+            self._status_done(pid, handle)
 
-    def _execed(self, pid: int) -> None:
-        spawn_id = self._not_execed.pop(pid, None)
-        name = self._owner.get(pid)
-        watcher = self.watchers.get(name) if name is not None else None
-        if spawn_id is not None and watcher is not None:
-            assert name is not None
-            self._feed(name, watcher.spawned(spawn_id, pid, self._clock()))
+    def _status_done(self, pid: int, handle: ProcessHandle) -> None:
+        """The exec-status pipe is at EOF: exec succeeded, or the child said why it did not."""
+        assert self._loop is not None
+        # Exec failed: keep what the child said until its exit is reaped.
+        if not handle.exec_error():
+            handle.close_status()
+            # The children of a batch exec together: their watchers hear of them in one go
+            # (one round of waiter checks, not one per process).
+            if not self._execed_batch:
+                self._loop.call_soon(self._execed_all)
+            self._execed_batch.append(pid)
+
+    def _execed_all(self) -> None:
+        pids, self._execed_batch = self._execed_batch, []
+        self._execed(*pids)
+
+    def _execed(self, *pids: int) -> None:
+        """The processes exec'd their programs (those not told already, not forgotten)."""
+        actions: dict[str, list[Action]] = {}
+        for pid in pids:
+            spawn_id = self._not_execed.pop(pid, None)
+            name = self._owner.get(pid)
+            watcher = self.watchers.get(name) if name is not None else None
+            if spawn_id is not None and watcher is not None:
+                assert name is not None
+                actions.setdefault(name, []).extend(
+                    watcher.spawned(spawn_id, pid, self._clock())
+                )
+        for name, batch in actions.items():
+            self._feed(name, batch)
 
     def _on_exit(self, pid: int) -> None:
         assert self._loop is not None

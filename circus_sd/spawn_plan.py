@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pwd
 import re
@@ -158,9 +159,15 @@ def command_line(
         shell_args = substitute(config.shell_args, wid, env, sockets)
         return ["/bin/sh", "-c", line, *shlex.split(shell_args)]
     try:
-        return shlex.split(cmd) + shlex.split(args)
+        return [*_split(cmd), *_split(args)]
     except ValueError as exc:
         raise SpawnPlanError(f"cannot split the command line: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(line: str) -> tuple[str, ...]:
+    """shlex.split, remembered: the same line comes with every spawn of a watcher."""
+    return tuple(shlex.split(line))
 
 
 def resolve_program(name: str, env: Mapping[str, str], cwd: str | None) -> str:

@@ -520,7 +520,7 @@ def test_fork_failing_with_eagain_backs_off_without_spinning(
 # -- broken configuration files ------------------------------------------------------------------
 
 # Tried in order as a wrong value for each option: the first its own parser rejects is used.
-WRONG_VALUES = ("not-a-value", "-5", "1.5", "99999999", "")
+WRONG_VALUES = ("not-a-value", "-5", "1.5", "99999999", "", "(unclosed")
 FREE_TEXT = {text, optional_text, name_list, file_path}
 
 
