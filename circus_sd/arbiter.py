@@ -895,18 +895,15 @@ class Arbiter:
 
     def _execed(self, *pids: int) -> None:
         """The processes exec'd their programs (those not told already, not forgotten)."""
-        actions: dict[str, list[Action]] = {}
+        spawns: dict[str, list[tuple[int, int]]] = {}
         for pid in pids:
             spawn_id = self._not_execed.pop(pid, None)
             name = self._owner.get(pid)
-            watcher = self.watchers.get(name) if name is not None else None
-            if spawn_id is not None and watcher is not None:
+            if spawn_id is not None and name in self.watchers:
                 assert name is not None
-                actions.setdefault(name, []).extend(
-                    watcher.spawned(spawn_id, pid, self._clock())
-                )
-        for name, batch in actions.items():
-            self._feed(name, batch)
+                spawns.setdefault(name, []).append((spawn_id, pid))
+        for name, batch in spawns.items():
+            self._feed(name, self.watchers[name].spawned_all(batch, self._clock()))
 
     def _on_exit(self, pid: int) -> None:
         assert self._loop is not None

@@ -17,7 +17,7 @@ import itertools
 import logging
 import random
 import signal
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from circus_sd.actions import (
     Action,
@@ -239,6 +239,17 @@ class Watcher:
     # -- events ----------------------------------------------------------------------------------
 
     def spawned(self, spawn_id: int, pid: int, now: float) -> list[Action]:
+        return self.spawned_all([(spawn_id, pid)], now)
+
+    def spawned_all(self, spawns: Iterable[tuple[int, int]], now: float) -> list[Action]:
+        """Processes (spawn id, pid) exec'd their program: one reconciliation for all of them
+        (a start of N processes would otherwise scan N records N times)."""
+        actions: list[Action] = []
+        for spawn_id, pid in spawns:
+            actions += self._record_spawn(spawn_id, pid, now)
+        return actions + self._reconcile(now)
+
+    def _record_spawn(self, spawn_id: int, pid: int, now: float) -> list[Action]:
         process = self.processes.get(spawn_id)
         if process is None:
             return [Signal(pid, signal.SIGKILL, tree=True)]
@@ -262,7 +273,7 @@ class Watcher:
         elif AFTER_SPAWN in self.config.hooks and self.state in RUNNING_STATES:
             process.hook_pending = True
             actions.append(CallHook(AFTER_SPAWN, (AFTER_SPAWN, spawn_id), {"pid": pid}))
-        return actions + self._reconcile(now)
+        return actions
 
     def spawn_failed(self, spawn_id: int, reason: str, now: float) -> list[Action]:
         process = self.processes.pop(spawn_id, None)
