@@ -30,6 +30,7 @@ from circus_sd.control.protocol import (
     prop_str,
 )
 from circus_sd.control.watcher_options import apply_options, option_values
+from circus_sd.states import ProcessState
 
 
 @dataclasses.dataclass
@@ -389,12 +390,13 @@ def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:
         watcher.config.target_processes,
         watcher.restarts,
         watcher.reason,
+        watcher.status_texts_changed,
     )
     cached = cache.details.get(name)
     if cached is not None and cached[0] == key:
         return cached[1]
     started = arbiter.process_start_times(name)
-    details = {
+    details: dict[str, Any] = {
         "state": watcher.state.value,
         "pids": watcher.pids,
         "numprocesses": watcher.config.target_processes,
@@ -402,6 +404,13 @@ def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:
         "reason": watcher.reason or None,
         "started": min(started) if started else None,
     }
+    if watcher.config.awaits_readiness:
+        # Readiness (READY=1 or ready_log_line) and the last STATUS= of each process.
+        details["processes"] = [
+            {"pid": p.pid, "wid": p.wid, "ready": p.ready, "status": p.status or None}
+            for p in sorted(watcher.processes.values(), key=lambda p: p.wid)
+            if p.pid is not None and p.state is ProcessState.RUNNING
+        ]
     cache.details[name] = (key, details)
     return details
 
@@ -480,7 +489,7 @@ def stats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
                 arbiter, extended, one, lambda i: {"process": pid, "info": i[name][str(pid)]}
             )
         processes = _watcher_stats(arbiter, name, extended)
-        reply: dict[str, Any] = {"name": name}
+        reply: dict[str, Any] = {"name": name, "dropped": _dropped(arbiter, name)}
         # circus-sd: the watcher's cgroup figures from the kernel, when cgroups are on.
         if arbiter.cgroups is not None:
             reply["cgroup"] = arbiter.cgroups.cgroups.stats(name)
@@ -488,9 +497,18 @@ def stats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
             arbiter, extended, {name: processes}, lambda i: {**reply, "info": i[name]}
         )
     infos = {n: _watcher_stats(arbiter, n, extended) for n in sorted(arbiter.watchers)}
-    # circus-sd: the sockets too, with the accept queue of TCP listeners.
+    # circus-sd: the sockets too, with the accept queue of TCP listeners; output lines dropped.
     sockets = arbiter.sockets.stats()
-    return _extended(arbiter, extended, infos, lambda i: {"infos": i, "sockets": sockets})
+    dropped = {n: _dropped(arbiter, n) for n in sorted(arbiter.watchers)}
+    return _extended(
+        arbiter, extended, infos, lambda i: {"infos": i, "sockets": sockets, "dropped": dropped}
+    )
+
+
+def _dropped(arbiter: Arbiter, name: str) -> dict[str, int]:
+    """Lines (and bytes) of a watcher's output dropped since the arbiter started."""
+    lines, size = arbiter.output.drops.totals.get(name, (0, 0))
+    return {"lines": lines, "bytes": size}
 
 
 def _watcher_stats(arbiter: Arbiter, name: str, extended: bool) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -65,6 +65,9 @@ def status_view(reply: Reply, now: float) -> RenderableType:
         table.add_column("uptime", justify="right")
         table.add_column("restarts", justify="right")
         table.add_column("reason")
+    readiness = any(isinstance(i, Mapping) and "processes" in i for i in details.values())
+    if readiness:
+        table.add_column("ready", justify="right")
     for name in names:
         info = details.get(name)
         if not isinstance(info, Mapping):
@@ -78,8 +81,33 @@ def status_view(reply: Reply, now: float) -> RenderableType:
         count = f"{len(pids)}/{wanted}" if wanted is not None else str(len(pids))
         started = info.get("started")
         uptime = format_duration(now - started) if isinstance(started, int | float) else "-"
-        table.add_row(name, state_text(state), count, ", ".join(str(pid) for pid in pids) or "-",
-                      uptime, _dash(info.get("restarts")), _dash(info.get("reason")))
+        row = [name, state_text(state), count, ", ".join(str(pid) for pid in pids) or "-",
+               uptime, _dash(info.get("restarts")), _dash(info.get("reason"))]
+        if readiness:
+            processes = _processes(info)
+            ready = sum(1 for p in processes if p.get("ready"))
+            row.append(f"{ready}/{len(processes)}" if "processes" in info else "-")
+        table.add_row(*row)
+    if len(names) == 1 and readiness:
+        return Group(table, Text(""), _readiness_view(_processes(details[names[0]])))
+    return table
+
+
+def _processes(info: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = info.get("processes")
+    return [p for p in found if isinstance(p, Mapping)] if isinstance(found, list) else []
+
+
+def _readiness_view(processes: list[Mapping[str, Any]]) -> Table:
+    """`status NAME` of a watcher whose processes report readiness: each one's, and its STATUS=."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("wid", "pid", "ready", "status (sd_notify)"):
+        table.add_column(column)
+    for process in processes:
+        ready = Text("ready", style="green") if process.get("ready") else Text("not yet",
+                                                                                style="yellow")
+        table.add_row(_dash(process.get("wid")), _dash(process.get("pid")), ready,
+                      _dash(process.get("status")))
     return table
 
 

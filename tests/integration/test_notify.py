@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from arbiter_harness import CHILD_PYTHON, CHILDREN, Circus, wait_until
 
+from circus_sd.client import CircusClient
+
 pytestmark = pytest.mark.timeout(30)
 
 NOTIFIER = f"{CHILD_PYTHON} -S -E {CHILDREN / 'notifier.py'}"
@@ -153,3 +155,26 @@ def test_a_child_that_never_gets_ready_is_a_failed_start(circus: Circus) -> None
     arbiter = circus.start(config)
     arbiter.wait_log(r"mute\[1\] pid \d+ not ready 0.5 s after its start: restarting it", 5)
     arbiter.wait_log(r"failed start 1\); restarting in", 5)
+
+
+def test_status_shows_each_processs_readiness_and_status_text(circus: Circus) -> None:
+    config = circus.write_config(f"""
+        [watcher:db]
+        cmd = {NOTIFIER} 0 -1 0.2
+        notify = true
+        numprocesses = 2
+
+        [watcher:plain]
+        cmd = sleep 3600
+        """)
+    circus.start(config)
+    with CircusClient(f"ipc://{circus.tmp}/control.sock") as client:
+        details = client.call("status")["details"]
+    # notifier.py says READY=1 with STATUS=serving.
+    processes = details["db"]["processes"]
+    assert [(p["wid"], p["ready"], p["status"]) for p in processes] == [
+        (1, True, "serving"), (2, True, "serving")
+    ]
+    assert sorted(p["pid"] for p in processes) == details["db"]["pids"]
+    # Watchers that report no readiness carry no per-process list.
+    assert "processes" not in details["plain"]

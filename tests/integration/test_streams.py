@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from arbiter_harness import Circus, child_command, report_command, wait_until
-from control_helpers import Clients, EventStream, clients, events_endpoint
+from control_helpers import Clients, EventStream, clients, control_endpoint, events_endpoint
 
 from circus_sd.output.lines import SPLIT_MARKER
 from circus_sd.spawn_client import Spawner
@@ -327,6 +327,12 @@ def test_a_user_class_that_always_raises_only_loses_its_own_lines(
     later = events.wait("watcher.w.dropped", lambda payload: payload is not dropped, timeout=5)
     assert later["lines"] > 0
     assert arbiter.process.memory_info().rss < 200 << 20
+    # `stats` keeps the totals since the start: at least what the events said so far.
+    control = zmq_clients.control(control_endpoint(circus.tmp))
+    reported = sum(p["lines"] for t, p in events.seen if t == "watcher.w.dropped")
+    totals = control.ok("stats", name="w")["dropped"]
+    assert totals["lines"] >= reported and totals["bytes"] > 0
+    assert control.ok("stats")["dropped"]["other"] == {"lines": 0, "bytes": 0}
 
 
 # -- faults --------------------------------------------------------------------------------------

@@ -432,6 +432,24 @@ def test_status_table_shows_state_processes_uptime_restarts() -> None:
     assert out.index("db") < out.index("web")
 
 
+def test_status_of_a_watcher_with_readiness_shows_each_process() -> None:
+    api = {"state": "starting", "pids": [12, 13], "numprocesses": 2, "restarts": 0,
+           "reason": None, "started": 1000.0,
+           "processes": [{"pid": 12, "wid": 1, "ready": True, "status": "serving 3 clients"},
+                         {"pid": 13, "wid": 2, "ready": False, "status": None}]}
+    out, _ = rendered("status", ok(status="starting", details={"api": api}))
+    lines = out.splitlines()
+    assert next(line for line in lines if line.startswith("api")).split()[-1] == "1/2"
+    assert next(line for line in lines if line.startswith("1 ")).split() == [
+        "1", "12", "ready", "serving", "3", "clients"]
+    assert next(line for line in lines if line.startswith("2 ")).split() == [
+        "2", "13", "not", "yet", "-"]
+    # Several watchers: the ready column only, "-" for those without readiness.
+    out, _ = rendered("status", ok(statuses={}, details={**DETAILS, "api": api}))
+    assert next(line for line in out.splitlines() if line.startswith("web")).split()[-1] == "-"
+    assert "status (sd_notify)" not in out
+
+
 def test_status_table_without_details_falls_back_to_statuses() -> None:
     out, _ = rendered("status", ok(statuses={"web": "active"}))
     assert out.split() == ["watcher", "state", "web", "active"]
