@@ -102,6 +102,8 @@ class ControlServer:
         self._authenticator: AsyncioAuthenticator | None = None
         self._context: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
+        self._router_sync: zmq.Socket[bytes]
+        self._reading = False
         self._pub: zmq.Socket[bytes] | None = None
         self._output: OutputPublisher | None = None
         self._locks: list[int] = []
@@ -130,6 +132,8 @@ class ControlServer:
         self._start_authenticator()
         self._router = self._context.socket(zmq.ROUTER)
         self._router.linger = 0
+        # The same socket through the plain API: non-blocking reads and replies (see serve).
+        self._router_sync = zmq.Socket.shadow(self._router.underlying)
         self._secure(self._router, self.endpoint)
         self._bind(self._router, self.endpoint)
         # A plain (blocking-API) socket on the same context: publishing is a non-blocking send.
@@ -272,17 +276,40 @@ class ControlServer:
     # -- serving -----------------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        """Answer requests until cancelled.
+
+        The ROUTER socket is read from a reader callback on its ZMQ_FD rather than by awaiting
+        zmq.asyncio's recv (a future and several loop turns per request: half of a `status`
+        round trip). ZMQ_FD is edge-triggered: every pass reads until EAGAIN, and every reply
+        sent outside a pass is followed by one (a send may consume the edge of a request).
+        """
         assert self._router is not None
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._router.FD, self._read_requests)
+        self._read_requests()
         following = None
         if self._output is not None:
             following = asyncio.create_task(self._output.follow_subscriptions())
         try:
-            while True:
-                frames = await self._router.recv_multipart(copy=False)
-                self._handle_frames(frames)
+            await loop.create_future()  # until cancelled
         finally:
+            loop.remove_reader(self._router.FD)
             if following is not None:
                 following.cancel()
+
+    def _read_requests(self) -> None:
+        self._reading = True
+        try:
+            while self._router is not None:
+                try:
+                    frames = self._router_sync.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                except zmq.ZMQError:
+                    return
+                self._handle_frames(frames)
+        finally:
+            self._reading = False
 
     def _handle_frames(self, frames: list[Any]) -> None:
         identity = frames[0].bytes
@@ -304,35 +331,60 @@ class ControlServer:
         except CommandError as exc:
             self._reply(envelope, error_reply(None, exc.reason, exc.errno))
             return
-        task = asyncio.create_task(self._run(envelope, request, peer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(
-        self, envelope: list[bytes], request: Request, peer: tuple[int, int] | None
-    ) -> None:
         try:
-            result = await self._execute(request, peer)
-        except CommandError as exc:
-            reply = error_reply(request.id, exc.reason, exc.errno)
-        except OSError as exc:
-            reply = error_reply(request.id, str(exc), Errno.OS_ERROR)
-        except Exception as exc:  # a bug in one command must not stop the server
-            log.exception("command %s failed", request.command)
+            result = self._dispatch(request, peer)
+        except Exception as exc:
+            self._answer(envelope, request, exc)
+            return
+        if isinstance(result, Deferred) and not (
+            request.properties.get("waiting") is True or result.always
+        ):
+            # Not waited for: the work goes on in the loop, the reply goes now.
+            work = asyncio.ensure_future(result.work)
+            work.add_done_callback(_log_failure(request.command))
+            result = None
+        if isinstance(result, Deferred):
+            task = asyncio.create_task(self._complete(envelope, request, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            # Most commands: answered in this very loop turn, without a task.
+            self._answer(envelope, request, result)
+
+    async def _complete(self, envelope: list[bytes], request: Request, result: Deferred) -> None:
+        """The reply to a waited-for command, once its work is done."""
+        outcome: dict[str, Any] | Exception | None
+        try:
+            outcome = await result.work
+        except Exception as exc:
+            outcome = exc
+        self._answer(envelope, request, outcome)
+
+    def _answer(
+        self, envelope: list[bytes], request: Request, outcome: dict[str, Any] | Exception | None
+    ) -> None:
+        """The reply to a request, from its result or from what it raised (a cast gets none)."""
+        if isinstance(outcome, CommandError):
+            reply = error_reply(request.id, outcome.reason, outcome.errno)
+        elif isinstance(outcome, OSError):
+            reply = error_reply(request.id, str(outcome), Errno.OS_ERROR)
+        elif isinstance(outcome, Exception):  # a bug in one command must not stop the server
+            log.error("command %s failed", request.command, exc_info=outcome)
             reply = error_reply(
                 request.id,
-                f"{type(exc).__name__}: {exc}",
+                f"{type(outcome).__name__}: {outcome}",
                 Errno.COMMAND_ERROR,
-                traceback.format_exc(),
+                "".join(traceback.format_exception(outcome)),
             )
         else:
-            reply = ok_reply(request.id, result)
+            reply = ok_reply(request.id, outcome)
         if not request.cast:
             self._reply(envelope, reply)
 
-    async def _execute(
+    def _dispatch(
         self, request: Request, peer: tuple[int, int] | None
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any] | Deferred | None:
+        """Check and run a request's handler: its result, or the work it left for the loop."""
         if request.command == "listen":
             raise CommandError("invalid message. use a pub/sub socket")
         command = COMMANDS.get(request.command)
@@ -343,16 +395,9 @@ class ControlServer:
         for key in command.required:
             if key not in request.properties:
                 raise CommandError(f"message invalid: missing property {key!r}")
-        log.debug("command %s %s", request.command, json.dumps(request.properties, default=str))
-        result = handler(self.arbiter, request.properties)
-        if not isinstance(result, Deferred):
-            return result
-        waiting = request.properties.get("waiting") is True
-        if waiting or result.always:
-            return await result.work
-        task = asyncio.ensure_future(result.work)
-        task.add_done_callback(_log_failure(request.command))
-        return None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("command %s %s", request.command, json.dumps(request.properties, default=str))
+        return handler(self.arbiter, request.properties)
 
     def _authorize(self, request: Request, needed: Tier, peer: tuple[int, int] | None) -> None:
         if request.command == "set":
@@ -402,7 +447,9 @@ class ControlServer:
         if self._router is None:
             return
         with contextlib.suppress(zmq.ZMQError):
-            self._router.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
+            self._router_sync.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
+        if not self._reading:
+            asyncio.get_running_loop().call_soon(self._read_requests)
 
     # -- events ------------------------------------------------------------------------------------
 
