@@ -86,6 +86,20 @@ def topic_name(watcher: str) -> str:
     return watcher.lower().replace(" ", "_")
 
 
+@dataclasses.dataclass
+class PendingSpawn:
+    """What a process being spawned holds until its pid is known; closed if the spawn fails."""
+
+    notify: NotifySocket | None = None
+    output: ProcessOutput | None = None
+
+    def discard(self) -> None:
+        if self.notify is not None:
+            self.notify.close()
+        if self.output is not None:
+            self.output.discard()
+
+
 class Arbiter:
     """Runs watchers: spawns through the spawner, reaps through pidfds, keeps their timers."""
 
@@ -148,12 +162,13 @@ class Arbiter:
         self._stats = ProcessStats()
         self._started_wall: dict[int, float] = {}
         self._notify_sockets = NotifySockets(runtime_dir())
-        # Per-process sd_notify sockets: by spawn (before the pid is known), then by pid.
-        self._pending_notify: dict[tuple[str, int], NotifySocket] = {}
+        # What each process being spawned holds until its pid is known (its sd_notify socket,
+        # its output pipes), by (watcher, spawn id).
+        self._pending_spawns: dict[tuple[str, int], PendingSpawn] = {}
         # Child output (circus_sd/output): pipes and sinks; by spawn until the pid is known.
         self.output = OutputRouter(self.publish)
         self.output.taps.append(self._match_ready_line)
-        self._pending_output: dict[tuple[str, int], ProcessOutput] = {}
+        # Per-process sd_notify sockets, by pid.
         self._notify: dict[int, NotifySocket] = {}
         self._fd_reserve = FdReserve()
 
@@ -774,13 +789,13 @@ class Arbiter:
         if refusal is not None:
             self._loop.call_soon(self._spawn_failed, name, action.spawn_id, refusal)
             return
+        pending = self._pending_spawns[(name, action.spawn_id)] = PendingSpawn()
         try:
             if config.notify:
                 notify = self._notify_sockets.open(name, action.wid, config.uid, config.gid)
-                self._pending_notify[(name, action.spawn_id)] = notify
+                pending.notify = notify
                 extra_env["NOTIFY_SOCKET"] = notify.path
-            output = self.output.prepare(config, action.wid)
-            self._pending_output[(name, action.spawn_id)] = output
+            output = pending.output = self.output.prepare(config, action.wid)
             cgroup = (
                 self.cgroups.prepare(name, action.wid, action.spawn_id) if self.cgroups else None
             )
@@ -808,12 +823,9 @@ class Arbiter:
         future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
 
     def _spawn_failed(self, name: str, spawn_id: int, reason: str) -> None:
-        notify = self._pending_notify.pop((name, spawn_id), None)
-        if notify is not None:
-            notify.close()
-        output = self._pending_output.pop((name, spawn_id), None)
-        if output is not None:
-            output.discard()
+        pending = self._pending_spawns.pop((name, spawn_id), None)
+        if pending is not None:
+            pending.discard()
         if self.cgroups is not None:
             self.cgroups.discard(name, spawn_id)
         watcher = self.watchers.get(name)
@@ -844,13 +856,12 @@ class Arbiter:
         self._owner[pid] = name
         self._started_wall[pid] = time.time()
         self._loop.add_reader(handle.pidfd, self._on_exit, pid)
-        notify = self._pending_notify.pop((name, spawn_id), None)
-        if notify is not None:
-            self._notify[pid] = notify
-            self._loop.add_reader(notify.fileno(), self._on_notify, pid)
-        output = self._pending_output.pop((name, spawn_id), None)
-        if output is not None:
-            output.attach(pid)
+        pending = self._pending_spawns.pop((name, spawn_id), PendingSpawn())
+        if pending.notify is not None:
+            self._notify[pid] = pending.notify
+            self._loop.add_reader(pending.notify.fileno(), self._on_notify, pid)
+        if pending.output is not None:
+            pending.output.attach(pid)
         if self.cgroups is not None:
             self.cgroups.claimed(name, spawn_id, pid)
         if name not in self.watchers:

@@ -363,17 +363,19 @@ def listsockets(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 @handles("status")
 def status(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+    # Circus's reply; circus-sd's `details` (pids included: they grow with N) when asked for.
+    with_details = prop_bool(props, "details")
     if prop_str(props, "name"):
         name = _watcher_name(arbiter, props)
         # Circus overwrites the envelope's "status" with the watcher's.
-        return {
-            "status": arbiter.watchers[name].state.circus_status,
-            "details": {name: _details(arbiter, name)},
-        }
-    return {
-        "statuses": {n: w.state.circus_status for n, w in sorted(arbiter.watchers.items())},
-        "details": {n: _details(arbiter, n) for n in sorted(arbiter.watchers)},
-    }
+        reply: dict[str, Any] = {"status": arbiter.watchers[name].state.circus_status}
+        if with_details:
+            reply["details"] = {name: _details(arbiter, name)}
+        return reply
+    reply = {"statuses": {n: w.state.circus_status for n, w in sorted(arbiter.watchers.items())}}
+    if with_details:
+        reply["details"] = {n: _details(arbiter, n) for n in sorted(arbiter.watchers)}
+    return reply
 
 
 def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:

@@ -118,7 +118,9 @@ _ALL = [
     ),
     Command("list", Tier.READ, "List the watchers, or a watcher's pids.", "list [<name>]"),
     Command("listsockets", Tier.READ, "List the sockets.", "listsockets"),
-    Command("status", Tier.READ, "Status of a watcher, or of all of them.", "status [<name>]"),
+    Command("status", Tier.READ, "Status of a watcher, or of all of them; with --details, "
+            "each one's state, pids, restarts, reason and start time (and readiness).",
+            "status [<name>] [--details]"),
     Command(
         "numprocesses",
         Tier.READ,

@@ -103,6 +103,7 @@ class ControlServer:
         self._context: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._router_sync: zmq.Socket[bytes]
+        self._router_fd: int | None = None  # watched by the loop while serving
         self._reading = False
         self._pub: zmq.Socket[bytes] | None = None
         self._output: OutputPublisher | None = None
@@ -285,7 +286,8 @@ class ControlServer:
         """
         assert self._router is not None
         loop = asyncio.get_running_loop()
-        loop.add_reader(self._router.FD, self._read_requests)
+        self._router_fd = self._router.FD
+        loop.add_reader(self._router_fd, self._read_requests)
         self._read_requests()
         following = None
         if self._output is not None:
@@ -293,9 +295,14 @@ class ControlServer:
         try:
             await loop.create_future()  # until cancelled
         finally:
-            loop.remove_reader(self._router.FD)
+            self._stop_reading()
             if following is not None:
                 following.cancel()
+
+    def _stop_reading(self) -> None:
+        if self._router_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._router_fd)
+            self._router_fd = None
 
     def _read_requests(self) -> None:
         self._reading = True
@@ -468,6 +475,7 @@ class ControlServer:
             await asyncio.wait(set(self._tasks), timeout=1.0)
         with contextlib.suppress(ValueError):
             self.arbiter.listeners.remove(self.publish)
+        self._stop_reading()  # before its socket is closed (serve may not have ended yet)
         if self._output is not None:
             with contextlib.suppress(ValueError):
                 self.arbiter.output.taps.remove(self._output.tap)

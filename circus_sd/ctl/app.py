@@ -96,6 +96,10 @@ class Session:
 
                 return run_top(self, invocation)
             properties = build_properties(command, invocation.args, invocation.flags)
+            if command == "status" and self.fancy and not (
+                invocation.options.json or invocation.options.prettify
+            ):
+                properties["details"] = True  # the table shows them
         except UsageError as exc:
             self.error(str(exc))
             return EXIT_USAGE

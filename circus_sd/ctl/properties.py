@@ -191,7 +191,7 @@ BUILDERS: dict[str, Builder] = {
     "quit": _no_args("quit", ("waiting",)),
     "list": _optional_name("list", ()),
     "listsockets": _no_args("listsockets"),
-    "status": _optional_name("status", ()),
+    "status": _optional_name("status", ("details",)),
     "numprocesses": _optional_name("numprocesses", ()),
     "numwatchers": _no_args("numwatchers"),
     "incr": _incr_decr("incr"),

@@ -67,7 +67,7 @@ def top_view(status: Reply, stats: Reply, endpoint: str, now: float) -> Renderab
 def snapshot(session: Session) -> tuple[RenderableType, int]:
     """The view now, and the exit status it would mean (0, 1 no reply, 3 an error reply)."""
     try:
-        status = session.client.call("status")
+        status = session.client.call("status", details=True)
         stats = session.client.call("stats")
     except CallError as exc:
         return Text(f"{exc}\n(retrying every {REFRESH_SECONDS:g}s; Ctrl-C to quit)",

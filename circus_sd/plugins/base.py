@@ -187,13 +187,13 @@ class Plugin:
         await self.cast("publish", name=self.name, event=event, data=data)
 
     async def status(self, watcher: str) -> WatcherStatus:
-        reply = await self.call("status", name=watcher)
+        reply = await self.call("status", name=watcher, details=True)
         details = reply.get("details") or {}
         name, found = next(iter(details.items()), (watcher, {}))
         return WatcherStatus.from_details(name, found)
 
     async def statuses(self) -> dict[str, WatcherStatus]:
-        reply = await self.call("status")
+        reply = await self.call("status", details=True)
         details = reply.get("details") or {}
         return {name: WatcherStatus.from_details(name, d) for name, d in details.items()}
 

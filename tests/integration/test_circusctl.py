@@ -232,10 +232,11 @@ def test_an_unknown_command_exits_3_with_the_arbiters_error(two_watchers: Circus
 
 def test_json_prints_the_raw_reply(two_watchers: Circus) -> None:
     circus = two_watchers
-    reply = json.loads(ok_out(circus, "--json", "status"))
+    reply = json.loads(ok_out(circus, "--json", "status", "--details"))
     assert reply["status"] == "ok"
     assert reply["statuses"] == {"db": "active", "web": "active"}
     assert set(reply["details"]["web"]["pids"]) == pids_of(circus, "web")
+    assert "details" not in json.loads(ok_out(circus, "--json", "status"))
 
     error = ctl(circus, "--json", "bogus")
     assert error.returncode == 3

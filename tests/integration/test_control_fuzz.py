@@ -182,7 +182,7 @@ def test_any_request_gets_a_well_formed_reply_and_supervision_goes_on(
 
     # Still supervising: the process count agrees with the target ...
     def agreed() -> bool:
-        details = ctl.ok("status", name=WATCHER)["details"][WATCHER]
+        details = ctl.ok("status", name=WATCHER, details=True)["details"][WATCHER]
         return bool(len(real_pids(arbiter, WATCHER)) == details["numprocesses"])
 
     wait_until(agreed, 10, f"{WATCHER}'s processes to match its numprocesses", arbiter.log_tail)

@@ -65,7 +65,11 @@ def test_status_of_all_watchers_and_of_one(circus: Circus, zmq_clients: Clients)
     watchers = {"web": {"numprocesses": 2}, "idle": {"autostart": "false"}}
     arbiter, ctl = _up(circus, zmq_clients, watchers)
 
-    reply = ctl.ok("status")
+    # Circus's reply; circus-sd's details only when asked for (they grow with the pids).
+    bare = ctl.ok("status")
+    assert set(bare) == BARE_REPLY | {"statuses"}
+    assert bare["statuses"] == {"idle": "stopped", "web": "active"}
+    reply = ctl.ok("status", details=True)
     assert reply["status"] == "ok"
     assert reply["statuses"] == {"idle": "stopped", "web": "active"}
     web = reply["details"]["web"]
@@ -79,9 +83,10 @@ def test_status_of_all_watchers_and_of_one(circus: Circus, zmq_clients: Clients)
     assert reply["details"]["idle"]["pids"] == []
 
     # Circus overwrites the envelope's status with the watcher's.
-    one = ctl.ok("status", name="web")
+    one = ctl.ok("status", name="web", details=True)
     assert one["status"] == "active"
     assert list(one["details"]) == ["web"]
+    assert "details" not in ctl.ok("status", name="web")
     assert ctl.ok("status", name="idle")["status"] == "stopped"
     assert ctl.ok("status", name="WEB")["status"] == "active", "names match case-insensitively"
     reason = ctl.error("status", 3, name="nope")
@@ -631,7 +636,7 @@ def test_backoff_and_flapping_events(circus: Circus, zmq_clients: Clients) -> No
     # The pause ends after retry_in: started again, flapping again, one try further.
     again = events.wait("watcher.crash.flapping", lambda p: p["tries"] == 1, start=mark)
     assert again["give_up"] is False
-    details = ctl.ok("status", name="crash")["details"]["crash"]
+    details = ctl.ok("status", name="crash", details=True)["details"]["crash"]
     assert details["state"] in ("paused", "starting", "active", "stopping")
     ctl.ok("stop", name="crash", waiting=True)
     assert ctl.ok("status", name="crash")["status"] == "stopped"

@@ -512,7 +512,7 @@ def test_fork_failing_with_eagain_backs_off_without_spinning(
 
     (pids_cgroup / "pids.max").write_text("max")
     wait_count(arbiter, "forks", 5, timeout=5)
-    details = ctl.ok("status", name="forks")["details"]["forks"]
+    details = ctl.ok("status", name="forks", details=True)["details"]["forks"]
     assert (details["state"], details["reason"], len(details["pids"])) == ("active", None, 5)
     assert "Traceback" not in arbiter.log()
 

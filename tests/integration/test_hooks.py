@@ -133,7 +133,7 @@ def watcher(circus: Circus, name: str, **options: str) -> str:
 
 
 def details(ctl: ControlClient, name: str) -> dict[str, Any]:
-    reply = ctl.ok("status", name=name)
+    reply = ctl.ok("status", name=name, details=True)
     return dict(reply["details"][name])
 
 

@@ -169,7 +169,7 @@ def test_status_shows_each_processs_readiness_and_status_text(circus: Circus) ->
         """)
     circus.start(config)
     with CircusClient(f"ipc://{circus.tmp}/control.sock") as client:
-        details = client.call("status")["details"]
+        details = client.call("status", details=True)["details"]
     # notifier.py says READY=1 with STATUS=serving.
     processes = details["db"]["processes"]
     assert [(p["wid"], p["ready"], p["status"]) for p in processes] == [

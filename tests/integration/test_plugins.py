@@ -95,7 +95,7 @@ def test_plugin_runs_as_a_supervised_watcher_and_counts_events_to_statsd(
             """
         arbiter, control = up(circus, zmq_clients, text)
         first = wait_plugin(control, "stats")
-        status = control.ok("status", name="plugin:stats")
+        status = control.ok("status", name="plugin:stats", details=True)
         assert status["status"] == "active"
         assert status["details"]["plugin:stats"]["numprocesses"] == 1
 
@@ -199,7 +199,7 @@ def test_autoscale_grows_under_cpu_load_to_max_and_shrinks_back_when_it_stops(
     ]
     assert [(s["from"], s["to"]) for s in shrinks] == [(3, 2), (2, 1)]
     assert all(s["load"] < 5 for s in shrinks), shrinks
-    assert control.ok("status", name="burn")["details"]["burn"]["numprocesses"] == 1
+    assert control.ok("status", name="burn", details=True)["details"]["burn"]["numprocesses"] == 1
     print(f"autoscale: 1 -> 3 in {grew_in:.1f} s, 3 -> 1 in {shrank_in:.1f} s")
 
 
@@ -272,7 +272,7 @@ def test_prometheus_exporter_matches_what_runs(circus: Circus, zmq_clients: Clie
         return now if value(now, "circus_watcher_processes", watcher="web") == 3 else None
 
     samples = wait_until(restarted, 10.0, "the exporter to count the restart", arbiter.log_tail)
-    details = control.ok("status", name="web")["details"]["web"]
+    details = control.ok("status", name="web", details=True)["details"]["web"]
     assert details["restarts"] == 1 and len(details["pids"]) == 3
 
     control.ok("start", name="idle", waiting=True)
