@@ -536,7 +536,7 @@ class Arbiter:
         if record is not None and record.ready:
             return
         pattern = _line_pattern(watcher.config.ready_log_line)
-        if not any(pattern.search(block) for block in lines):
+        if not any(pattern.search(line) for block in lines for line in bytes(block).splitlines()):
             return
         if pid in self._not_execed:
             # Only the exec'd program writes its output: its exec succeeded.
@@ -1127,5 +1127,5 @@ def _describe_pid(pid: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _line_pattern(expression: str) -> re.Pattern[bytes]:
-    """`ready_log_line` as searched in blocks of whole lines (`^` and `$` at each line)."""
-    return re.compile(expression.encode(), re.MULTILINE)
+    """`ready_log_line`, searched in each line (bytes, as the program wrote them)."""
+    return re.compile(expression.encode(errors="surrogateescape"))

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # returns only for --check and errors
     args = parse_args(argv)
     if args.make_curve_keys:
         from circus_sd.curve import make_keys
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             os.waitpid(spawner.pid, 0)
         _settle_standard_streams()
     # Everything is stopped, closed and logged: Python's own teardown of every module would
-    # only delay the exit that `systemctl stop` waits for (30 ms here).
+    # only delay the exit that `systemctl stop` waits for (30 ms here). atexit handlers (a
+    # hook's) do not run; stdio is flushed here, as os._exit would not.
     logging.shutdown()
     _settle_standard_streams()
     os._exit(status)
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 def _without_tls() -> Iterator[None]:
     """Imports in this block find no `ssl`: asyncio, imported here first, then leaves out TLS,
     which the arbiter never uses, and OpenSSL with it (4 MB of the arbiter's 32 MB resident).
-    `ssl` is importable again afterwards (a hook may want it)."""
+    `ssl` is importable again afterwards (a hook may use it, urllib too), but asyncio in this
+    process stays without TLS (a hook cannot open an asyncio TLS connection)."""
     if "ssl" in sys.modules:
         yield
         return

@@ -264,7 +264,7 @@ def follow_output(
     check_ipc_endpoint(output_endpoint, what="output")
     import zmq
 
-    topic = f"output.{watcher}.{stream or ''}".encode()
+    topic = endpoints.output_topic(watcher, stream).encode()
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     try:

@@ -41,11 +41,17 @@ def default_pubsub_endpoint() -> str:
 def default_output_endpoint(control_endpoint: str) -> str | None:
     """Beside an ipc control socket, named after it (`control.sock` -> `control-output.sock`),
     so that it is as private as the control socket and never shared by two arbiters; none for
-    a tcp:// control endpoint."""
+    a tcp:// or abstract control endpoint."""
     path = ipc_path(control_endpoint)
-    if path is None:
+    if path is None or path.startswith("@"):  # tcp://, or an abstract socket (no directory)
         return None
     return "ipc://" + path.removesuffix(".sock") + "-output.sock"
+
+
+def output_topic(watcher: str, stream: str | None = None) -> str:
+    """The topic of a watcher's output on the output socket: `output.web.stdout`; without a
+    stream, the prefix of both of its streams."""
+    return f"output.{watcher}.{stream or ''}"
 
 
 def ipc_path(endpoint: str) -> str | None:

@@ -235,7 +235,7 @@ def _fd_steps(request: Request, passed: Sequence[int]) -> list[Step]:
     if any(fd in targets for fd in sources):
         # A source sits where another fd goes (or where itself goes: dup2 onto itself would
         # keep its close-on-exec flag): the child moves them out of the way first.
-        return [("fds", _install_crossed_fds, (passed, targets, nulled))]
+        return [("fds", _install_crossed_fds, (passed, targets, nulled, request.inherit))]
     pairs = zip(passed, targets, strict=True)
     steps: list[Step] = [("fds", os.dup2, (fd, target)) for fd, target in pairs]
     steps += [("fds", os.dup2, (_devnull, target)) for target in nulled]
@@ -254,7 +254,9 @@ def _is_inheritable(fd: int) -> bool:
         return True  # closed: the child's fd stays closed either way
 
 
-def _install_crossed_fds(passed: Sequence[int], targets: Sequence[int], nulled: list[int]) -> None:
+def _install_crossed_fds(
+    passed: Sequence[int], targets: Sequence[int], nulled: list[int], inherit: frozenset[int]
+) -> None:
     highest = max([*targets, 2]) + 1
     moved = [_dupfd_cloexec(fd, highest) for fd in passed]
     devnull = _dupfd_cloexec(_devnull, highest) if nulled else _devnull
@@ -262,6 +264,9 @@ def _install_crossed_fds(passed: Sequence[int], targets: Sequence[int], nulled: 
         os.dup2(fd, target)
     for target in nulled:
         os.dup2(devnull, target)
+    for target in inherit:
+        if not _is_inheritable(target):
+            os.set_inheritable(target, True)
 
 
 def _close_all(fds: Sequence[int]) -> None:

@@ -116,8 +116,6 @@ class Watcher:
         self._stop_number = 0
         self._before_start_pending = False
         self._after_start_pending = False
-        # Bumped when a process's STATUS= text changes (which publishes no event).
-        self.status_texts_changed = 0
         self._after_start_approved = False
         self._before_stop_pending = False
         self._stop_hooks = False  # this stop calls before_stop/after_stop
@@ -323,9 +321,8 @@ class Watcher:
         if process is None or process.state is not ProcessState.RUNNING:
             return []
         actions: list[Action] = []
-        if "STATUS" in message and message["STATUS"] != process.status:
+        if "STATUS" in message:
             process.status = message["STATUS"]
-            self.status_texts_changed += 1
         if message.get("READY") == "1" and not process.ready:
             actions += self._become_ready(process, "READY=1")
         if message.get("WATCHDOG") == "1" and process.ready and self.config.watchdog_sec > 0:

@@ -129,11 +129,12 @@ def number(minimum: float = 0.0) -> Callable[[str], float]:
 
 
 def regex(raw: str) -> str | None:
-    """A Python regular expression, checked here so that a typo is a config error."""
+    """A Python regular expression, checked here so that a typo is a config error. It is matched
+    against output as bytes (UTF-8): it must compile as a bytes pattern too."""
     if not raw:
         return None
     try:
-        re.compile(raw)
+        re.compile(raw.encode(errors="surrogateescape"))
     except re.error as exc:
         raise OptionValueError(f"not a valid regular expression ({exc}): {raw!r}") from None
     return raw

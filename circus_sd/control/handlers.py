@@ -12,7 +12,6 @@ import fnmatch
 import os
 import re
 import shlex
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -351,7 +350,7 @@ def set_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 @handles("list")
 def list_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
     if prop_str(props, "name"):
-        return {"pids": _details(arbiter, _watcher_name(arbiter, props))["pids"]}
+        return {"pids": arbiter.watchers[_watcher_name(arbiter, props)].pids}
     return {"watchers": sorted(arbiter.watchers)}
 
 
@@ -379,24 +378,7 @@ def status(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:
-    """A watcher's status details; the same (read-only) dict until something changes."""
-    cache = _status_caches.get(arbiter)
-    if cache is None:
-        cache = _status_caches[arbiter] = _StatusCache(arbiter)
     watcher = arbiter.watchers[name]
-    # What may change without an event; everything else (pids, start times) comes with one.
-    key = (
-        watcher,
-        watcher.state,
-        len(watcher.processes),
-        watcher.config.target_processes,
-        watcher.restarts,
-        watcher.reason,
-        watcher.status_texts_changed,
-    )
-    cached = cache.details.get(name)
-    if cached is not None and cached[0] == key:
-        return cached[1]
     started = arbiter.process_start_times(name)
     details: dict[str, Any] = {
         "state": watcher.state.value,
@@ -413,23 +395,7 @@ def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:
             for p in sorted(watcher.processes.values(), key=lambda p: p.wid)
             if p.pid is not None and p.state is ProcessState.RUNNING
         ]
-    cache.details[name] = (key, details)
     return details
-
-
-class _StatusCache:
-    """Status details by watcher, dropped at every event the arbiter publishes (a spawn, a
-    reap, a state change...): `status` and `list` of an idle arbiter build nothing."""
-
-    def __init__(self, arbiter: Arbiter) -> None:
-        self.details: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-        arbiter.listeners.append(self._on_event)
-
-    def _on_event(self, topic: str, payload: dict[str, Any]) -> None:
-        self.details.clear()
-
-
-_status_caches: weakref.WeakKeyDictionary[Arbiter, _StatusCache] = weakref.WeakKeyDictionary()
 
 
 @handles("numprocesses")

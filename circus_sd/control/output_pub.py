@@ -18,20 +18,15 @@ import logging
 import zmq
 import zmq.asyncio
 
+from circus_sd.endpoints import output_topic
 from circus_sd.output.lines import Buffer
 from circus_sd.output.sink import Origin
 
 log = logging.getLogger("circus_sd")
 
-TOPIC_PREFIX = "output."
 # Messages queued per subscriber (each up to one read, 256 KiB): bounds a slow follower's cost.
 SEND_HWM = 64
 _SUBSCRIBE, _UNSUBSCRIBE = 1, 0
-
-
-def output_topic(watcher: str, stream: str | None = None) -> str:
-    """`output.web.stdout`; without a stream, the prefix that matches both of a watcher's."""
-    return f"{TOPIC_PREFIX}{watcher}.{stream or ''}"
 
 
 class OutputPublisher:

@@ -46,6 +46,9 @@ from circus_sd.endpoints import (
 
 log = logging.getLogger("circus_sd.control")
 
+# Requests read in one go before the loop gets a turn.
+MAX_PER_PASS = 64
+
 SYSTEMD_PREFIX = "systemd:"
 
 
@@ -89,9 +92,10 @@ class ControlServer:
         self.arbiter = arbiter
         self.endpoint = options.endpoint or default_endpoint()
         self.pubsub_endpoint = options.pubsub_endpoint or default_pubsub_endpoint()
-        # Off, given, or (None here) beside the control socket once that one's address is known.
-        output = options.output_endpoint
-        self.output_endpoint = None if output is None or output.lower() == "off" else output
+        # As configured: None (beside the control socket), `off`, or an endpoint. Resolved in
+        # bind, once the control socket's address is known.
+        self._output_option = options.output_endpoint
+        self.output_endpoint: str | None = None
         self.group = options.endpoint_group
         self.owner_uid = _owner_uid(options.endpoint_owner)
         self.insecure_tcp = options.insecure_tcp
@@ -101,10 +105,10 @@ class ControlServer:
             raise EndpointError("curve_secret_key and curve_clients go together: set both")
         self._authenticator: AsyncioAuthenticator | None = None
         self._context: zmq.asyncio.Context | None = None
-        self._router: zmq.asyncio.Socket | None = None
-        self._router_sync: zmq.Socket[bytes]
+        self._router: zmq.Socket[bytes] | None = None
         self._router_fd: int | None = None  # watched by the loop while serving
-        self._reading = False
+        self._reading = False  # in a pass of _read_requests
+        self._pass_scheduled = False
         self._pub: zmq.Socket[bytes] | None = None
         self._output: OutputPublisher | None = None
         self._locks: list[int] = []
@@ -122,23 +126,23 @@ class ControlServer:
         """Bind the endpoints; call from the loop's thread, after the spawner was forked."""
         self.endpoint = self._adopt(self.endpoint)
         self.pubsub_endpoint = self._adopt(self.pubsub_endpoint)
-        if self.output_endpoint is not None:
-            self.output_endpoint = self._adopt(self.output_endpoint)
-        elif self.arbiter.config.arbiter.output_endpoint is None:
+        if self._output_option is None:
             self.output_endpoint = default_output_endpoint(self.endpoint)
+        elif self._output_option.lower() != "off":
+            self.output_endpoint = self._adopt(self._output_option)
         for endpoint in (self.endpoint, self.pubsub_endpoint, self.output_endpoint):
             if endpoint is not None:
                 self._check_endpoint(endpoint)
         self._context = zmq.asyncio.Context()
         self._start_authenticator()
-        self._router = self._context.socket(zmq.ROUTER)
-        self._router.linger = 0
-        # The same socket through the plain API: non-blocking reads and replies (see serve).
-        self._router_sync = zmq.Socket.shadow(self._router.underlying)
+        # Plain (blocking-API) sockets on the asyncio context: non-blocking reads and sends from
+        # loop callbacks (see serve); the asyncio context serves the CURVE authenticator.
+        plain: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(self._context.underlying)
+        self._router = plain.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
         self._secure(self._router, self.endpoint)
         self._bind(self._router, self.endpoint)
-        # A plain (blocking-API) socket on the same context: publishing is a non-blocking send.
-        pub: zmq.Socket[bytes] = zmq.Context.shadow(self._context.underlying).socket(zmq.PUB)
+        pub: zmq.Socket[bytes] = plain.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
         self._pub = pub
         self._secure(pub, self.pubsub_endpoint)
@@ -292,6 +296,7 @@ class ControlServer:
         following = None
         if self._output is not None:
             following = asyncio.create_task(self._output.follow_subscriptions())
+            following.add_done_callback(_log_failure("following output subscriptions"))
         try:
             await loop.create_future()  # until cancelled
         finally:
@@ -305,16 +310,30 @@ class ControlServer:
             self._router_fd = None
 
     def _read_requests(self) -> None:
+        """One pass: requests until EAGAIN, at most MAX_PER_PASS (the rest on a later turn, so
+        that a flood of requests cannot keep exits, timers and replies waiting)."""
+        self._pass_scheduled = False
+        if self._router_fd is None or self._router is None:
+            return
         self._reading = True
         try:
-            while self._router is not None:
+            for _ in range(MAX_PER_PASS):
                 try:
-                    frames = self._router_sync.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.ZMQError:  # EAGAIN: all read; or the socket is closing
+                    frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.ZMQError:  # EAGAIN: all read (or the socket is closing)
                     return
-                self._handle_frames(frames)
+                try:
+                    self._handle_frames(frames)
+                except Exception:  # a bug with one request must not stall the others
+                    log.exception("control request not handled")
         finally:
             self._reading = False
+        self._schedule_pass()
+
+    def _schedule_pass(self) -> None:
+        if not self._pass_scheduled and self._router_fd is not None:
+            self._pass_scheduled = True
+            asyncio.get_running_loop().call_soon(self._read_requests)
 
     def _handle_frames(self, frames: list[Any]) -> None:
         identity = frames[0].bytes
@@ -452,9 +471,9 @@ class ControlServer:
         if self._router is None:
             return
         with contextlib.suppress(zmq.ZMQError):
-            self._router_sync.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
+            self._router.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
         if not self._reading:
-            asyncio.get_running_loop().call_soon(self._read_requests)
+            self._schedule_pass()  # the send may have taken the edge of a waiting request
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -496,6 +515,9 @@ class ControlServer:
         for lock in self._locks:
             os.close(lock)
         self._locks.clear()
+        for fd in self._adopted.values():  # systemd's sockets of endpoints never bound
+            os.close(fd)
+        self._adopted.clear()
 
 
 def _endpoint_of(sock: socket.socket) -> str | None:

@@ -159,10 +159,11 @@ class Session:
         stream = invocation.flags.get("stream")
         raw = bool(invocation.flags.get("raw"))
         try:
-            # Fails early on an unknown name, and tells where the output is published.
-            known = self.client.call("status", name=name)
+            # Fails early on an unknown name; names match case-insensitively: the real one.
+            known = self.client.call("status", name=name, details=True)
             if is_error(known):
                 return self.show("status", known, invocation.options)
+            name = next(iter(known.get("details") or {}), name)
             options = self.client.call("globaloptions").get("options") or {}
             endpoint = options.get("output_endpoint")
             if not isinstance(endpoint, str) or not endpoint:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,10 @@ READ_SIZE = 256 << 10
 # speed; output that comes now and then is still read at once.
 GATHER_DELAY = 0.002
 
+log = logging.getLogger("circus_sd")
+
 Tap = Callable[[Origin, list[Buffer]], None]
+_failed_taps: set[Tap] = set()
 
 
 class ReaderHost(Protocol):
@@ -117,8 +121,7 @@ class StreamReader:
 
     def _deliver(self, lines: list[Buffer]) -> None:
         """Whole lines as the process wrote them: to the taps, then decorated to the sink."""
-        for tap in self.host.taps:
-            tap(self.origin, lines)
+        self._tap(lines)
         parts = self.assembler.decorate(lines, time.time())
         size = 0
         for part in parts:
@@ -131,6 +134,16 @@ class StreamReader:
             return
         if not sink.put(parts, size, self.origin) and self.state is _State.READING:
             self._pause()
+
+    def _tap(self, lines: list[Buffer]) -> None:
+        for tap in self.host.taps:
+            try:
+                tap(self.origin, lines)
+            except Exception:
+                # A broken tap (a bug) must not cost the lines their sink; said once per tap.
+                if tap not in _failed_taps:
+                    _failed_taps.add(tap)
+                    log.exception("output tap %r failed; its later failures are not logged", tap)
 
     def _pause(self) -> None:
         loop = self.host.loop
@@ -186,8 +199,8 @@ class StreamReader:
             self.host.loop.remove_reader(self.fd)
         self.sink.forget(self)
         lines = self.assembler.flush_plain()
-        for tap in self.host.taps if lines else ():
-            tap(self.origin, lines)
+        if lines:
+            self._tap(lines)
         parts = self.assembler.decorate(lines, time.time())
         if parts and not self.sink.closed:
             self.sink.put(parts, sum(len(p) for p in parts), self.origin)

@@ -159,3 +159,33 @@ def test_a_sink_that_catches_up_in_time_loses_nothing() -> None:
         assert b"".join(bytes(p) for p in seen).count(b"\n") == written  # taps saw every line
 
     asyncio.run(scenario())
+
+
+def test_a_failing_tap_costs_the_lines_nothing() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        host = Host(loop)
+        writer = HeldWriter()
+        writer.gate.set()
+        sink = Sink(writer, loop, 1 << 20, lambda s, r: None)
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
+        reader = StreamReader(host, read_fd, sink, LineAssembler(1000), ORIGIN, 10.0)
+        reader.start()
+
+        def broken(origin: Origin, parts: list[Buffer]) -> None:
+            raise RuntimeError("a bug in a tap")
+
+        seen: list[Buffer] = []
+        host.taps.extend([broken, lambda origin, parts: seen.extend(parts)])
+        for _ in range(100):
+            os.write(write_fd, LINE)
+            await asyncio.sleep(0)
+        os.write(write_fd, b"last, without a newline")
+        os.close(write_fd)
+        await until(lambda: "done" in host.events)
+        sink.close()
+        assert await sink.wait_closed(5)
+        assert writer.lines == 101  # the last line is completed at EOF
+        assert b"".join(bytes(p) for p in seen).count(b"\n") == 101  # the next tap still ran
+
+    asyncio.run(scenario())

@@ -476,6 +476,9 @@ def test_a_ready_log_line_that_is_not_a_regex_is_an_error(tmp_path: Path) -> Non
     error = error_of(path)
     assert (error.line, error.section, error.option) == (3, "watcher:web", "ready_log_line")
     assert "not a valid regular expression" in error.message
+    # Output is matched as bytes: a pattern only a text pattern can be is refused too.
+    path.write_text("[watcher:web]\ncmd = sleep 1\nready_log_line = (?u)ready\n")
+    assert "not a valid regular expression" in error_of(path).message
 
 
 def test_a_ready_log_line_on_direct_journal_streams_is_an_error(tmp_path: Path) -> None:
