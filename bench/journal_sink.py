@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from bench.logcheck import LogCheck, check
+from bench.logcheck import LogCheck, check, wait_settled
 from bench.procs import cpu_seconds, reap_orphans
 from bench.supervisors import WATCHER, CircusLike, Workload
 from bench.workloads import BenchError, DaemonRun
@@ -179,18 +179,9 @@ class PrivateJournald:
         return total
 
     def wait_landed(self, expected: int, quiet: float, timeout: float) -> float:
-        """Poll the entry count (2 ms) until it reaches `expected` or stops growing for `quiet`
+        """Poll the entry count until it reaches `expected` or stops growing for `quiet`
         seconds; the time.monotonic() of the last growth seen."""
-        deadline = time.monotonic() + timeout
-        count, changed = -1, time.monotonic()
-        while True:
-            now_count = self.entries()
-            now = time.monotonic()
-            if now_count != count:
-                count, changed = now_count, now
-            if count >= expected or now - changed > quiet or now > deadline:
-                return changed
-            time.sleep(0.002)
+        return wait_settled(self.entries, expected, quiet, timeout)
 
     def messages(self, identifier: str, path: str) -> None:
         """The MESSAGE of every entry from `identifier`, one per line, into `path`."""

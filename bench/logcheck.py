@@ -6,6 +6,7 @@ import dataclasses
 import os
 import re
 import time
+from collections.abc import Callable
 
 LINE_BYTES = 100
 _LINE = re.compile(rb"^(\d{7}) (\d{10}) x{80}\n", re.MULTILINE)
@@ -46,18 +47,28 @@ def check(path: str, expected_lines: int) -> LogCheck:
 
 
 def wait_landed(path: str, expected_bytes: int, quiet: float, timeout: float) -> float:
-    """Poll the file's size (2 ms) until it holds `expected_bytes` or stops growing for `quiet`
+    """Poll the file's size until it holds `expected_bytes` or stops growing for `quiet`
     seconds; returns the time.monotonic() of the last growth seen."""
-    deadline = time.monotonic() + timeout
-    size, changed = -1, time.monotonic()
-    while True:
+
+    def size() -> int:
         try:
-            now_size = os.stat(path).st_size
+            return os.stat(path).st_size
         except FileNotFoundError:
-            now_size = 0
+            return 0
+
+    return wait_settled(size, expected_bytes, quiet, timeout)
+
+
+def wait_settled(measure: Callable[[], int], expected: int, quiet: float, timeout: float) -> float:
+    """Poll `measure` (2 ms) until it reaches `expected` or stops growing for `quiet` seconds;
+    returns the time.monotonic() of the last growth seen."""
+    deadline = time.monotonic() + timeout
+    value, changed = -1, time.monotonic()
+    while True:
+        now_value = measure()
         now = time.monotonic()
-        if now_size != size:
-            size, changed = now_size, now
-        if size >= expected_bytes or now - changed > quiet or now > deadline:
+        if now_value != value:
+            value, changed = now_value, now
+        if value >= expected or now - changed > quiet or now > deadline:
             return changed
         time.sleep(0.002)

@@ -8,6 +8,7 @@ so they work against circus-sd and against Circus 0.19 alike. pyzmq is imported 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -226,18 +227,25 @@ def subscribe(
     Closing the generator closes the socket.
     """
     check_ipc_endpoint(pubsub_endpoint, what="events")
+    with _subscribed(pubsub_endpoint, [t.encode() for t in topics] or [b""]) as socket:
+        while True:
+            yield decode_event(socket.recv_multipart())
+
+
+@contextlib.contextmanager
+def _subscribed(endpoint: str, topics: list[bytes]) -> Iterator[zmq.Socket[bytes]]:
+    """A SUB socket connected to `endpoint` (CURVE keys from the environment) for `topics`."""
     import zmq
 
-    context = zmq.Context()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     socket = context.socket(zmq.SUB)
     try:
         socket.setsockopt(zmq.LINGER, 0)
-        apply_client_keys_from_env(socket, pubsub_endpoint)
-        socket.connect(pubsub_endpoint)
-        for topic in list(topics) or [""]:
-            socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        while True:
-            yield decode_event(socket.recv_multipart())
+        apply_client_keys_from_env(socket, endpoint)
+        socket.connect(endpoint)
+        for topic in topics:
+            socket.setsockopt(zmq.SUBSCRIBE, topic)
+        yield socket
     finally:
         socket.close(linger=0)
         context.term()
@@ -262,16 +270,8 @@ def follow_output(
     loses blocks (the arbiter never waits for it). Closing the generator closes the socket.
     """
     check_ipc_endpoint(output_endpoint, what="output")
-    import zmq
-
     topic = endpoints.output_topic(watcher, stream).encode()
-    context = zmq.Context()
-    socket = context.socket(zmq.SUB)
-    try:
-        socket.setsockopt(zmq.LINGER, 0)
-        apply_client_keys_from_env(socket, output_endpoint)
-        socket.connect(output_endpoint)
-        socket.setsockopt(zmq.SUBSCRIBE, topic)
+    with _subscribed(output_endpoint, [topic]) as socket:
         while True:
             frames = socket.recv_multipart()
             if len(frames) != 3:
@@ -286,9 +286,6 @@ def follow_output(
             # The topic is a prefix: `output.web.` also matches a watcher named `web.x`.
             if block.watcher == watcher:
                 yield block
-    finally:
-        socket.close(linger=0)
-        context.term()
 
 
 class AsyncSubscription:

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from circus_sd.output.lines import Buffer, LineAssembler
 from circus_sd.output.reader import StreamReader, Tap
@@ -61,6 +62,26 @@ class Host:
         self.events.append("done")
 
 
+class Setup(NamedTuple):
+    host: Host
+    writer: HeldWriter
+    sink: Sink
+    read_fd: int
+    write_fd: int
+
+
+def reading(loop: asyncio.AbstractEventLoop, sink_limit: int, timeout: float) -> Setup:
+    """A started reader on a real pipe (the loop holds it), into a sink whose writer the test
+    holds back."""
+    host = Host(loop)
+    writer = HeldWriter()
+    sink = Sink(writer, loop, sink_limit, lambda s, r: None)
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
+    reader = StreamReader(host, read_fd, sink, LineAssembler(1000), ORIGIN, timeout)
+    reader.start()
+    return Setup(host, writer, sink, read_fd, write_fd)
+
+
 async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -85,12 +106,7 @@ def pipe_with_room(read_fd: int, write_fd: int) -> Callable[[], bool]:
 def test_the_child_waits_then_lines_are_dropped_then_all_resumes() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        host = Host(loop)
-        writer = HeldWriter()
-        sink = Sink(writer, loop, 1000, lambda s, r: None)
-        read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
-        reader = StreamReader(host, read_fd, sink, LineAssembler(1000), ORIGIN, 0.3)
-        reader.start()
+        host, writer, sink, read_fd, write_fd = reading(loop, 1000, 0.3)
         written = 0
         has_room = pipe_with_room(read_fd, write_fd)
 
@@ -132,12 +148,7 @@ def test_the_child_waits_then_lines_are_dropped_then_all_resumes() -> None:
 def test_a_sink_that_catches_up_in_time_loses_nothing() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        host = Host(loop)
-        writer = HeldWriter()
-        sink = Sink(writer, loop, 1000, lambda s, r: None)
-        read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
-        reader = StreamReader(host, read_fd, sink, LineAssembler(1000), ORIGIN, 10.0)
-        reader.start()
+        host, writer, sink, read_fd, write_fd = reading(loop, 1000, 10.0)
         seen: list[Buffer] = []
         host.taps.append(lambda origin, parts: seen.extend(parts))
         has_room = pipe_with_room(read_fd, write_fd)
@@ -164,13 +175,8 @@ def test_a_sink_that_catches_up_in_time_loses_nothing() -> None:
 def test_a_failing_tap_costs_the_lines_nothing() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        host = Host(loop)
-        writer = HeldWriter()
+        host, writer, sink, _read_fd, write_fd = reading(loop, 1 << 20, 10.0)
         writer.gate.set()
-        sink = Sink(writer, loop, 1 << 20, lambda s, r: None)
-        read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
-        reader = StreamReader(host, read_fd, sink, LineAssembler(1000), ORIGIN, 10.0)
-        reader.start()
 
         def broken(origin: Origin, parts: list[Buffer]) -> None:
             raise RuntimeError("a bug in a tap")
