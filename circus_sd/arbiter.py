@@ -7,12 +7,12 @@ import contextlib
 import copy
 import dataclasses
 import enum
+import errno
 import functools
 import itertools
 import logging
 import os
 import random
-import re
 import signal
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -47,10 +47,13 @@ from circus_sd.hooks import (
     WatcherView,
     watcher_view,
 )
+from circus_sd.leftovers import Leftover, Leftovers
 from circus_sd.output.lines import Buffer
+from circus_sd.output.ready_line import ReadyLineSearch
 from circus_sd.output.router import OutputRouter, ProcessOutput
 from circus_sd.output.sink import Origin
 from circus_sd.process import ProcessHandle, own_children, reap_strays
+from circus_sd.process_bound import process_bound
 from circus_sd.process_stats import ProcessStats
 from circus_sd.sockets import ListeningSockets, SocketError
 from circus_sd.spawn_client import Spawner
@@ -123,6 +126,9 @@ class Arbiter:
         self.cgroups = (
             CgroupSupervision(cgroups, self._on_leaf_empty, self._on_oom) if cgroups else None
         )
+        # Without cgroups: orphans adopted from workers' sessions, stopped with their watcher.
+        self._leftovers = None if self.cgroups else Leftovers()
+        self._leftover_scan_due = False
         # Processes whose main pid was reaped while their leaf still held descendants.
         self._exit_pending: dict[int, tuple[str, int, str | None]] = {}
         # Spawned children that have not exec'd yet (pid -> spawn id).
@@ -152,7 +158,7 @@ class Arbiter:
         # flight, but their children are not in _handles either (see _reap_strays).
         self._unclaimed_spawns = 0
         self._child_exited = asyncio.Event()
-        self._spawner_retired = False
+        self._stop_asked = asyncio.Event()
         self._exit_status = 0
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,9 +174,12 @@ class Arbiter:
         # Child output (circus_sd/output): pipes and sinks; by spawn until the pid is known.
         self.output = OutputRouter(self.publish)
         self.output.taps.append(self._match_ready_line)
+        self._ready_search = ReadyLineSearch()
         # Per-process sd_notify sockets, by pid.
         self._notify: dict[int, NotifySocket] = {}
         self._fd_reserve = FdReserve()
+        # The most processes of all watchers together; computed once, at start.
+        self.process_bound = process_bound(config.arbiter.max_processes)
 
     # -- life of the arbiter ---------------------------------------------------------------------
 
@@ -187,18 +196,21 @@ class Arbiter:
         try:
             if not self._open_sockets():
                 return self._exit_status
-            await self.start_all()
-            log.info("circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid())
-            self.notifier.ready(self.status_line())
-            self.notifier.start_watchdog(loop)
-            while True:
-                request = await self._requests.get()
-                if request is Request.STOP:
-                    break
-                await self.reload_config()
+            if await self._start_unless_stopped():
+                log.info(
+                    "circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid()
+                )
+                self.notifier.ready(self.status_line())
+                self.notifier.start_watchdog(loop)
+                while True:
+                    request = await self._requests.get()
+                    if request is Request.STOP:
+                        break
+                    await self.reload_config()
             log.info("stopping")
             self.notifier.stopping()
             await self.stop_all()
+            # What no watcher could claim (daemons that made a session of their own).
             await self._drain_orphans()
             # Hooks already due (after_stop...) finish, each within its deadline.
             longest = max((w.config.hook_timeout for w in self.watchers.values()), default=0.0)
@@ -213,6 +225,23 @@ class Arbiter:
             await self.output.close()
         log.info("stopped")
         return self._exit_status
+
+    async def _start_unless_stopped(self) -> bool:
+        """`start_all`, given up as soon as a stop is asked for: a start of thousands of
+        processes takes a while, and SIGTERM must not wait for its end. False if stopped."""
+        starting = asyncio.ensure_future(self.start_all())
+        stop = asyncio.ensure_future(self._stop_asked.wait())
+        try:
+            await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        if starting.done() and not starting.cancelled():
+            starting.result()  # what start_all raised, if anything
+        return not self._stopping
 
     def _open_sockets(self) -> bool:
         """Bind or adopt every [socket:NAME] before any watcher starts; False if one fails."""
@@ -230,6 +259,10 @@ class Arbiter:
             if self._stopping:
                 return
             self._stopping = True
+            self._stop_asked.set()
+            # Watchers stop in priority order, maybe slowly: none starts more meanwhile.
+            for watcher in self.watchers.values():
+                watcher.spawn_no_more()
         self._requests.put_nowait(what)
 
     async def start_all(self) -> None:
@@ -257,7 +290,8 @@ class Arbiter:
 
     def _orphans(self) -> set[int]:
         """Our children that no watcher owns: descendants adopted (as subreaper) from exits."""
-        return {p for p in own_children() if p != self.spawner.pid and p not in self._handles}
+        spawners = self.spawner.pids
+        return {p for p in own_children() if p not in spawners and p not in self._handles}
 
     async def _drain_orphans(self) -> None:
         """Orphans left by stopped processes get SIGTERM and a grace period, then SIGKILL.
@@ -289,11 +323,15 @@ class Arbiter:
 
     def _leave_nothing_behind(self) -> None:
         """Last: SIGKILL whatever is still our child, end the spawner, reap all."""
-        self._spawner_retired = True
-        self.spawner.close()
+        # Ended first (SIGKILL if it does not exit at once: stopped, hung): nothing it could
+        # still clone escapes the kills below.
+        self.spawner.stop()
+        if self._leftovers is not None:
+            for leftover in self._leftovers.found():
+                self._drop_leftover(leftover)
         # A killed orphan's own children are re-parented to us as it dies: go again until none.
         for _round in range(20):
-            leftovers = [pid for pid in own_children() if pid != self.spawner.pid]
+            leftovers = own_children()
             if not leftovers:
                 break
             for pid in leftovers:
@@ -304,8 +342,6 @@ class Arbiter:
             for pid in leftovers:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.spawner.pid, 0)
         for pid in list(self._handles):
             self._forget(pid)
         self._notify_sockets.close()
@@ -373,11 +409,13 @@ class Arbiter:
         watcher = self.watchers[name]
         self._feed(name, watcher.stop(self._clock()))
         await self.wait_for(lambda: watcher.state in HALTED_STATES)
+        await self._stop_leftovers(name)
 
     async def restart_watcher(self, name: str) -> None:
         watcher = self.watchers[name]
         self._feed(name, watcher.restart(self._clock()))
         await self.wait_for(lambda: watcher.state not in (WatcherState.STOPPING,))
+        await self._stop_leftovers(name)
         await self.wait_for(lambda: watcher.start_settled)
 
     async def reload_watcher(
@@ -419,9 +457,22 @@ class Arbiter:
                 await asyncio.sleep(watcher.config.warmup_delay)
         self.publish(name, "reload", {})
 
+    def check_process_bound(self, config: WatcherConfig) -> None:
+        """Raise ProcessBoundError (a CommandError) if running `config` (a new watcher, or in
+        place of the current config of one) would take all watchers past max_processes. Fewer
+        processes than now are always allowed."""
+        current = self.watchers.get(config.name)
+        if current is not None and config.target_processes <= current.config.target_processes:
+            return
+        others = sum(
+            w.config.target_processes for n, w in self.watchers.items() if n != config.name
+        )
+        self.process_bound.check(config.name, config.target_processes, others)
+
     async def resize(self, name: str, numprocesses: int) -> None:
         watcher = self.watchers[name]
         config = dataclasses.replace(watcher.config, numprocesses=max(0, numprocesses))
+        self.check_process_bound(config)
         self._feed(name, watcher.update_config(config, self._clock()))
         await self.wait_for(
             lambda: (
@@ -432,9 +483,11 @@ class Arbiter:
 
     async def change_watcher(self, config: WatcherConfig) -> None:
         """`set`: live options at once, others by restarting the watcher with them."""
+        self.check_process_bound(config)
         await self._apply_changed(self.watchers[config.name], config)
 
     async def add_watcher(self, config: WatcherConfig, start: bool) -> None:
+        self.check_process_bound(config)
         self._add_watcher(config)
         self.config = dataclasses.replace(self.config, watchers=(*self.config.watchers, config))
         self.publish(config.name, "add", {})
@@ -454,6 +507,7 @@ class Arbiter:
             # Left running as Circus's --nostop does: no longer ours to supervise.
             for pid in watcher.pids:
                 self._forget(pid)
+        self._forget_leftovers(name)
         self.publish(name, "remove", {})
 
     async def kill_processes(
@@ -533,11 +587,15 @@ class Arbiter:
             return
         pid = origin.pid
         record = watcher.process_by_pid(pid)
-        if record is not None and record.ready:
+        # Searched until ready, stopped (a failed start) or gone; a pid not exec'd yet has no
+        # record, and a match is its first sign of life.
+        if record is None and pid not in self._not_execed:
             return
-        pattern = _line_pattern(watcher.config.ready_log_line)
-        if not any(pattern.search(line) for block in lines for line in bytes(block).splitlines()):
+        if record is not None and (record.ready or record.state is not ProcessState.RUNNING):
             return
+        if not self._ready_search.search(origin, watcher.config.ready_log_line, lines):
+            return
+        self._ready_search.forget(pid)
         if pid in self._not_execed:
             # Only the exec'd program writes its output: its exec succeeded.
             self._execed(pid)
@@ -545,6 +603,7 @@ class Arbiter:
 
     def _forget(self, pid: int) -> None:
         self._not_execed.pop(pid, None)
+        self._ready_search.forget(pid)
         notify = self._notify.pop(pid, None)
         if notify is not None:
             if self._loop is not None:
@@ -654,6 +713,7 @@ class Arbiter:
             log.info("%s: removed from the configuration", watcher.name)
             await self.stop_watcher(watcher.name)
             del self.watchers[watcher.name]
+            self._forget_leftovers(watcher.name)
             if self.cgroups is not None:
                 self.cgroups.remove(watcher.name)
             self.publish(watcher.name, "remove", {})
@@ -754,6 +814,9 @@ class Arbiter:
             if names:
                 label = "flapping" if state is WatcherState.PAUSED else "failed"
                 parts.append(f"{label}: {', '.join(names)}")
+        short = sorted(n for n, w in self.watchers.items() if w.shortage is not None)
+        if short:
+            parts.append(f"short of resources: {', '.join(short)}")
         if self.last_error:
             parts.append(f"last error: {self.last_error}")
         return "; ".join(parts)
@@ -787,7 +850,8 @@ class Arbiter:
         extra_env = {}
         refusal = self._fd_reserve.refusal()
         if refusal is not None:
-            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, refusal)
+            # Short of descriptors, as if a pipe had failed with EMFILE: a shortage, not a failure.
+            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, refusal, errno.EMFILE)
             return
         pending = self._pending_spawns[(name, action.spawn_id)] = PendingSpawn()
         try:
@@ -813,7 +877,8 @@ class Arbiter:
             )
         except (SpawnPlanError, SocketError, OSError) as exc:
             # Answer on the next turn, like a real spawn, so this batch of actions finishes first.
-            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, str(exc))
+            code = exc.errno if isinstance(exc, OSError) else None
+            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, str(exc), code)
             return
         future = self.spawner.spawn(request, [*output.child_fds, *socket_fds])
         for sock in own_sockets:
@@ -822,7 +887,10 @@ class Arbiter:
         output.sent()
         future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
 
-    def _spawn_failed(self, name: str, spawn_id: int, reason: str) -> None:
+    def _spawn_failed(
+        self, name: str, spawn_id: int, reason: str, code: int | None = None
+    ) -> None:
+        """The spawn made no process (`code`: the errno, which tells a shortage apart)."""
         pending = self._pending_spawns.pop((name, spawn_id), None)
         if pending is not None:
             pending.discard()
@@ -830,7 +898,7 @@ class Arbiter:
             self.cgroups.discard(name, spawn_id)
         watcher = self.watchers.get(name)
         if watcher is not None:
-            self._feed(name, watcher.spawn_failed(spawn_id, reason, self._clock()))
+            self._feed(name, watcher.spawn_failed(spawn_id, reason, self._clock(), code))
 
     def _on_spawned(
         self, name: str, spawn_id: int, future: asyncio.Future[tuple[int, int]]
@@ -840,7 +908,7 @@ class Arbiter:
         try:
             pid, status_fd = future.result()
         except SpawnError as exc:
-            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}")
+            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}", exc.errno)
             return
         try:
             handle = ProcessHandle(pid, status_fd)
@@ -850,10 +918,12 @@ class Arbiter:
             os.close(status_fd)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}")
+            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}", exc.errno)
             return
         self._handles[pid] = handle
         self._owner[pid] = name
+        if self._leftovers is not None:
+            self._leftovers.session_started(pid, name)  # it calls setsid: its session is its pid
         self._started_wall[pid] = time.time()
         self._loop.add_reader(handle.pidfd, self._on_exit, pid)
         pending = self._pending_spawns.pop((name, spawn_id), PendingSpawn())
@@ -930,8 +1000,9 @@ class Arbiter:
                 spawn_id = self._not_execed.pop(pid)
                 if self.cgroups is not None:
                     self.cgroups.main_exited(pid, stopping=False)
+                code = handle.exec_errno()
                 self._forget(pid)
-                self._spawn_failed(name, spawn_id, exec_error)
+                self._spawn_failed(name, spawn_id, exec_error, code)
                 return
             self._execed(pid)  # exec'd, then exited before we read its status pipe
         if self.cgroups is not None and self.cgroups.main_exited(pid, self._is_stopping(name, pid)):
@@ -953,6 +1024,8 @@ class Arbiter:
 
     def _finish_exit(self, pid: int, name: str, exit_code: int, exec_error: str | None) -> None:
         self._forget(pid)
+        # Its children, if any are left, are ours now.
+        self._scan_leftovers_soon()
         watcher = self.watchers.get(name)
         if watcher is not None:
             self._reap_hooks(watcher, pid, exit_code)
@@ -1064,17 +1137,109 @@ class Arbiter:
             self._strays_pending = True
             return
         self._strays_pending = False
-        for pid, status in reap_strays(set(self._handles)):
-            if pid == self.spawner.pid:
-                # Its socket's EOF may have been seen first (closing it): only our own close of
-                # it at the very end makes its death expected.
-                if not self._spawner_retired:
-                    log.critical("the spawner (pid %d) died with status %d: stopping", pid, status)
-                    # Exit non-zero: under systemd, Restart=on-failure brings us back whole.
-                    self._exit_status = 1
-                    self.request(Request.STOP)
-            else:
-                log.debug("reaped orphan %d (status %d)", pid, status)
+        # The spawner's processes are its handle's to reap (it replaces a lost one).
+        for pid, status in reap_strays(set(self._handles) | self.spawner.pids):
+            log.debug("reaped orphan %d (status %d)", pid, status)
+            # Its children, if any, are ours now.
+            self._scan_leftovers_soon()
+
+    # -- orphans of workers, without cgroups (circus_sd/leftovers.py) ----------------------------
+
+    def _scan_leftovers_soon(self) -> None:
+        """Look for workers' orphans once this loop turn is done (exits come in batches)."""
+        if self._leftovers is None or self._leftover_scan_due or self._loop is None:
+            return
+        self._leftover_scan_due = True
+        self._loop.call_soon(self._scan_leftovers)
+
+    def _scan_leftovers(self) -> None:
+        """Attribute our children that are neither workers nor spawners to watchers, by the
+        worker session they are in."""
+        self._leftover_scan_due = False
+        if self._leftovers is None or self._loop is None:
+            return
+        spawners = self.spawner.pids
+        candidates = [p for p in own_children() if p not in self._handles and p not in spawners]
+        for leftover in self._leftovers.scan(candidates, self._handles.keys()):
+            self._loop.add_reader(leftover.pidfd, self._leftover_exited, leftover.pid)
+            log.info(
+                "%s: %s was left behind by its process %d; it is stopped with the watcher",
+                leftover.watcher, _describe_pid(leftover.pid), leftover.session,
+            )
+            self.publish(
+                leftover.watcher, "orphan", {"pid": leftover.pid, "session": leftover.session}
+            )
+        self._check_waiters()
+
+    def _leftover_exited(self, pid: int) -> None:
+        assert self._leftovers is not None
+        leftover = self._leftovers.get(pid)
+        if leftover is not None:
+            self._drop_leftover(leftover)
+        self._check_waiters()
+        self._scan_leftovers_soon()  # its own children are ours now
+
+    def _drop_leftover(self, leftover: Leftover) -> None:
+        assert self._leftovers is not None
+        if self._loop is not None:
+            self._loop.remove_reader(leftover.pidfd)
+        self._leftovers.gone(leftover.pid)
+
+    def _forget_leftovers(self, name: str) -> None:
+        """A watcher removed: orphans of its workers are no longer its (a stop stopped them)."""
+        if self._leftovers is None:
+            return
+        self._leftovers.forget_sessions(name)
+        for leftover in self._leftovers.of(name):
+            self._drop_leftover(leftover)
+
+    def _leftovers_changed(self, name: str, before: frozenset[int]) -> bool:
+        return self._leftovers is not None and self._leftovers.pids(name) != before
+
+    async def _stop_leftovers(self, name: str) -> None:
+        """Stop the orphans of a watcher's workers as its processes are stopped: its
+        `stop_signal`, then SIGKILL after its `graceful_timeout`. Their own children, adopted
+        as each exits, are stopped too."""
+        if self._leftovers is None:
+            return
+        assert self._loop is not None
+        self._scan_leftovers()
+        if not self._leftovers.of(name):
+            return
+        config = self.watchers[name].config
+        if self._stopping:
+            # Beyond what stop_all asked of systemd for the watcher's own processes.
+            self.notifier.extend_timeout(config.graceful_timeout + _KILLED_WAIT)
+        signum = config.stop_signal
+        deadline = self._loop.time() + config.graceful_timeout
+        signalled: set[int] = set()
+        while left := self._leftovers.pids(name):
+            if signum != signal.SIGKILL and self._loop.time() >= deadline:
+                signum, signalled = signal.SIGKILL, set()
+                deadline = self._loop.time() + _KILLED_WAIT
+            for leftover in self._leftovers.of(name):
+                if leftover.pid in signalled:
+                    continue
+                signalled.add(leftover.pid)
+                what = f"{name}: {_describe_pid(leftover.pid)}, left behind by its process"
+                if signum == signal.SIGKILL and signum != config.stop_signal:
+                    log.warning("%s %d, still running after graceful_timeout: SIGKILL",
+                                what, leftover.session)
+                else:
+                    log.info("%s %d: stopping it", what, leftover.session)
+                leftover.send_signal(signum)
+            changed = self.wait_for(functools.partial(self._leftovers_changed, name, left))
+            try:
+                await asyncio.wait_for(changed, max(0.0, deadline - self._loop.time()))
+            except TimeoutError:
+                if signum == signal.SIGKILL:
+                    log.error("%s: pids %s, left behind by its processes, survive SIGKILL",
+                              name, sorted(self._leftovers.pids(name)))
+                    return
+
+
+# How long processes may take to vanish once SIGKILLed (unless stuck in the kernel: D state).
+_KILLED_WAIT = 5.0
 
 
 def _changed_options(old: WatcherConfig, new: WatcherConfig) -> list[str]:
@@ -1123,9 +1288,3 @@ def _describe_pid(pid: int) -> str:
         return f"pid {pid} ({psutil.Process(pid).name()})"
     except psutil.Error:
         return f"pid {pid}"
-
-
-@functools.lru_cache(maxsize=64)
-def _line_pattern(expression: str) -> re.Pattern[bytes]:
-    """`ready_log_line`, searched in each line (bytes, as the program wrote them)."""
-    return re.compile(expression.encode(errors="surrogateescape"))

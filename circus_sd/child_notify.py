@@ -15,6 +15,8 @@ import socket
 import stat
 import tempfile
 
+from circus_sd import safe_paths
+
 
 def parse_message(data: bytes) -> dict[str, str]:
     fields = {}
@@ -65,7 +67,9 @@ class NotifySockets:
 
     def open(self, watcher: str, wid: int, uid: int | None, gid: int | None) -> NotifySocket:
         if self._directory is None:
-            os.makedirs(self._parent, mode=0o755, exist_ok=True)
+            # As private as the control sockets make it (0700), whoever comes first; refused
+            # (an OSError: the spawn fails, saying why) if another user made it or may write it.
+            safe_paths.ensure_directory(self._parent, 0o700)
             self._directory = tempfile.mkdtemp(prefix="notify-", dir=self._parent)
             # Children running as other users must reach their own socket inside.
             os.chmod(self._directory, 0o711)

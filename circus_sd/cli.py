@@ -87,25 +87,35 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
         os.umask(config.arbiter.umask)
     from circus_sd.spawner import fork_spawner
 
-    spawner_pid, spawner_socket = fork_spawner()
+    try:
+        spawner_pid, spawner_socket = fork_spawner()
+    except OSError as exc:
+        print(f"circus-sd: cannot start the spawner: {exc}", file=sys.stderr)
+        return 1
     with _without_tls():
         import asyncio  # noqa: F401  (its first import)
     from circus_sd.spawn_client import Spawner
 
-    spawner = Spawner(spawner_pid, spawner_socket)
+    # fork_spawner again whenever the spawner is lost (killed, stopped, hung).
+    spawner = Spawner(spawner_pid, spawner_socket, start=fork_spawner)
     try:
         status = _run(args, config, warnings, spawner)
     finally:
         # A no-op after a normal run (the arbiter ended it); else end it here.
-        spawner.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(spawner.pid, 0)
-        _settle_standard_streams()
+        spawner.stop()
+        from circus_sd.logging_setup import stop_logging
+
+        # The log's writer thread gets a bounded time to write what is queued. An output that
+        # did not take it (a pipe nobody reads) is not flushed: that would wait for the writer.
+        written = stop_logging()
+        if written:
+            _settle_standard_streams()
     # Everything is stopped, closed and logged: Python's own teardown of every module would
     # only delay the exit that `systemctl stop` waits for (30 ms here). atexit handlers (a
     # hook's) do not run; stdio is flushed here, as os._exit would not.
-    logging.shutdown()
-    _settle_standard_streams()
+    if written:
+        logging.shutdown()
+        _settle_standard_streams()
     os._exit(status)
 
 
@@ -151,7 +161,7 @@ def _run(
     from circus_sd.arbiter import Arbiter
     from circus_sd.cgroups import CgroupUnavailable
     from circus_sd.logging_setup import configure_logging
-    from circus_sd.pidfile import PidFile, PidFileLocked
+    from circus_sd.pidfile import PidFile, PidFileError, PidFileLocked
     from circus_sd.process import become_subreaper
     from circus_sd.sockets import ListeningSockets, SystemdSockets
     from circus_sd.spawn_plan import ChildDefaults
@@ -180,6 +190,9 @@ def _run(
         except PidFileLocked as exc:
             log.error("%s", exc)
             return 1
+        except PidFileError as exc:  # e.g. in a directory another user may change
+            log.error("%s", exc)
+            return EX_CONFIG
     try:
         defaults = ChildDefaults.capture()
         _raise_nofile_limit()

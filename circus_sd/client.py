@@ -63,6 +63,9 @@ def check_ipc_endpoint(endpoint: str, what: str = "control") -> None:
     path = endpoints.ipc_path(endpoint)
     if path is None:
         return
+    problem = endpoints.runtime_dir_problem(path)
+    if problem is not None:  # another user's socket, maybe: it would read what we send
+        raise CallError(f"not using {path}: {problem}")
     if not os.path.exists(path):
         raise CallError(
             f"no {what} socket at {path}: the arbiter is not running, or the endpoint is "
@@ -259,6 +262,9 @@ class OutputBlock(NamedTuple):
     pid: int
     stream: str  # "stdout" or "stderr"
     data: bytes
+    # Blocks of this watcher and stream the arbiter published since the one before this, but
+    # dropped for this follower (it did not keep up): they are numbered (`seq`).
+    lost: int = 0
 
 
 def follow_output(
@@ -267,10 +273,12 @@ def follow_output(
     """A watcher's output (one stream, or both), live, forever; what came before is not kept.
 
     Blocks are whole lines, in order per process and stream. A follower slower than the output
-    loses blocks (the arbiter never waits for it). Closing the generator closes the socket.
+    loses blocks (the arbiter never waits for it), counted in the next block's `lost`.
+    Closing the generator closes the socket.
     """
     check_ipc_endpoint(output_endpoint, what="output")
     topic = endpoints.output_topic(watcher, stream).encode()
+    last: dict[bytes, int] = {}  # topic -> the number of the last block seen
     with _subscribed(output_endpoint, [topic]) as socket:
         while True:
             frames = socket.recv_multipart()
@@ -278,10 +286,16 @@ def follow_output(
                 continue
             try:
                 header = json.loads(frames[1])
+                seq = header.get("seq")
+                lost = 0
+                if isinstance(seq, int):
+                    lost = max(0, seq - last.get(frames[0], seq - 1) - 1)
+                    last[frames[0]] = seq
                 block = OutputBlock(
-                    header["watcher"], header["wid"], header["pid"], header["stream"], frames[2]
+                    header["watcher"], header["wid"], header["pid"], header["stream"], frames[2],
+                    lost,
                 )
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
             # The topic is a prefix: `output.web.` also matches a watcher named `web.x`.
             if block.watcher == watcher:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from circus_sd import safe_paths
+
 CONTROL_SOCKET = "control.sock"
 EVENTS_SOCKET = "events.sock"
 # The circus-sd service's (root's) runtime directory: RuntimeDirectory=circus-sd in its unit.
@@ -18,6 +20,21 @@ def runtime_dir() -> str:
     if base:
         return os.path.join(base, "circus-sd")
     return f"/tmp/circus-sd-{os.geteuid()}"
+
+
+def runtime_dir_problem(socket_path: str) -> str | None:
+    """Why a socket in our own default runtime directory must not be used, or None.
+
+    That directory must be ours: anyone may create /tmp/circus-sd-UID before us, put their own
+    control.sock in it and read (and answer) what we send. The arbiter refuses to use such a
+    directory (control/server.py); a client must not talk to a socket in it either."""
+    directory = os.path.dirname(socket_path)
+    if directory != runtime_dir() or not os.path.lexists(directory):
+        return None
+    problem = safe_paths.directory_problem(directory, shared_ok=False)
+    if problem is None:
+        return None
+    return f"{problem} (or set XDG_RUNTIME_DIR to a directory of your own)"
 
 
 def default_endpoint() -> str:

@@ -3,7 +3,8 @@
 Why: libzmq aborts the whole process when accept() on an ipc:// socket fails with EMFILE (its
 ipc_listener asserts), so an arbiter whose processes took every descriptor would die at the next
 circusctl connection, orphaning every child. A spawn is refused (a failed start, with backoff)
-while it could leave fewer than `reserve` descriptors free.
+while it could leave fewer than `reserve` descriptors free. Connections are the other way to
+use them up: control/connection_guard.py bounds those.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""The arbiter's own log: stderr (journald-aware), a file, syslog, or a logging config file."""
+"""The arbiter's own log: stderr (journald-aware), a file, syslog, or a logging config file.
+
+Whatever the output, records are written by a thread: the event loop only puts them in a
+bounded queue, so that an output that stops taking them (a pipe nobody drains, a paused
+pager, a stuck log shipper) never stops supervision. Records that do not fit are counted,
+dropped, and reported by a line "N log records dropped" where they went missing.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,19 @@ import logging
 import logging.config
 import logging.handlers
 import os
+import queue
 import sys
+import threading
+import time
 import urllib.parse
 
 from circus_sd.config.model import ArbiterConfig
+
+# Records queued for the writer at most; later ones are dropped (and counted) until it catches up.
+QUEUE_RECORDS = 1024
+# At exit, the writer gets this long to write what is queued: a stuck output must not hold the
+# exit that `systemctl stop` waits for.
+FLUSH_TIMEOUT = 2.0
 
 # sd-daemon(3) prefixes: journald reads the priority from `<N>` at the start of a line.
 _SD_PRIORITY = {
@@ -49,8 +64,12 @@ def configure_logging(
 ) -> None:
     """Command-line values win over the [circus] section's, as in circusd."""
     loggerconfig = loggerconfig or config.loggerconfig
+    stop_logging()
     if loggerconfig:
         _load_logging_config(loggerconfig)
+        # The root logger's handlers go behind the queue; handlers the file attaches to other
+        # loggers still write in the thread that logs.
+        _start_writer(logging.getLogger().handlers)
         return
     handler = _handler_for(output or config.logoutput)
     if (
@@ -64,10 +83,152 @@ def configure_logging(
             logging.Formatter("%(asctime)s circus-sd[%(process)d] %(levelname)s %(message)s")
         )
     root = logging.getLogger()
+    root.setLevel((level or config.loglevel).upper())
+    _start_writer([handler])
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Puts records in a bounded queue, never waiting: one that does not fit is counted.
+
+    The count is reported by a record put in the queue at the next one that fits, so that the
+    line "N log records dropped" sits where they went missing (or by the writer, once it has
+    written everything queued).
+    """
+
+    def __init__(self, records: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__(records)
+        self.records = records
+        self._count_lock = threading.Lock()
+        self._unreported = 0
+        self.dropped = 0  # since the start, for `dstats`
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.records.full():
+            # Checked before formatting: a flood costs the loop little once the queue is full.
+            self._count_drop()
+            return
+        if self._unreported:
+            count = self.take_unreported()
+            if not self._put(drop_notice(count)):
+                self._count_drop(count, new=False)  # reported at a later record then
+        try:
+            prepared = self.prepare(record)
+        except Exception:
+            # Unformattable (a bug in a log call): the writer's handler says so, in its thread,
+            # rather than handleError writing to stderr here.
+            prepared = record
+        if not self._put(prepared):
+            self._count_drop()
+
+    def _put(self, record: logging.LogRecord) -> bool:
+        try:
+            self.records.put_nowait(record)
+        except queue.Full:  # a drop notice just took the last place
+            return False
+        return True
+
+    def _count_drop(self, records: int = 1, new: bool = True) -> None:
+        with self._count_lock:
+            self._unreported += records
+            if new:
+                self.dropped += records
+
+    def take_unreported(self) -> int:
+        """Records dropped since the last report; they count as reported now."""
+        with self._count_lock:
+            count, self._unreported = self._unreported, 0
+        return count
+
+
+def drop_notice(count: int) -> logging.LogRecord:
+    """The record that reports `count` dropped records."""
+    return logging.LogRecord(
+        "circus_sd.log", logging.WARNING, __file__, 0,
+        "%d log records dropped: the log output did not keep up", (count,), None,
+    )
+
+
+class LogWriter(logging.handlers.QueueListener):
+    """The thread that writes queued records; once it has caught up, it reports drops."""
+
+    def __init__(self, queued: DroppingQueueHandler, handlers: list[logging.Handler]) -> None:
+        super().__init__(queued.records, *handlers, respect_handler_level=True)
+        self.queued = queued
+        self.targets = handlers
+
+    def handle(self, record: logging.LogRecord) -> None:
+        super().handle(record)
+        if self.queued.records.empty():
+            count = self.queued.take_unreported()
+            if count:
+                super().handle(drop_notice(count))
+
+    def finish(self, timeout: float) -> bool:
+        """Write what is queued and end the thread, within `timeout` seconds; False if the
+        output did not take it all by then (the thread, a daemon, is left as it is)."""
+        thread = self._thread
+        if thread is None:
+            return True
+        deadline = time.monotonic() + timeout
+        count = self.queued.take_unreported()
+        records = self.queued.records
+        try:
+            if count:
+                records.put(drop_notice(count), timeout=timeout)
+            # None: QueueListener's end-of-queue sentinel.
+            records.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            return False
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
+
+
+_writer: LogWriter | None = None
+
+
+def _start_writer(handlers: list[logging.Handler]) -> None:
+    global _writer
+    handlers = list(handlers)  # not root's own list, emptied below
+    records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_RECORDS)
+    queued = DroppingQueueHandler(records)
+    root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel((level or config.loglevel).upper())
+    root.addHandler(queued)
+    # warnings.warn() writes to stderr itself: through the queue instead.
+    logging.captureWarnings(True)
+    _writer = LogWriter(queued, handlers)
+    _writer.start()
+
+
+def stop_logging(timeout: float = FLUSH_TIMEOUT) -> bool:
+    """Write what is queued, then log synchronously again; within `timeout` seconds.
+
+    False if the output would not take it in time: the queue then stays in place (later
+    records are dropped, never waited for) and the output's handlers must not be flushed
+    (`logging.shutdown`), which would wait for the writer stuck in them.
+    """
+    global _writer
+    writer = _writer
+    if writer is None:
+        return True
+    if not writer.finish(timeout):
+        return False
+    _writer = None
+    root = logging.getLogger()
+    root.removeHandler(writer.queued)
+    for handler in writer.targets:
+        root.addHandler(handler)
+    return True
+
+
+def dropped_log_records() -> int:
+    """Records of the arbiter's log dropped since it started (the output did not keep up)."""
+    writer = _writer
+    return 0 if writer is None else writer.queued.dropped
 
 
 def _handler_for(output: str) -> logging.Handler:

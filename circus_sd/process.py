@@ -10,7 +10,7 @@ import signal
 
 import psutil
 
-from circus_sd.spawner import parse_exec_status
+from circus_sd.spawner import exec_status_errno, parse_exec_status
 
 
 class ProcessHandle:
@@ -60,6 +60,10 @@ class ProcessHandle:
         """Why setup or exec failed, once the status pipe is drained; None if exec succeeded."""
         self.drain_status()
         return parse_exec_status(self._status)
+
+    def exec_errno(self) -> int | None:
+        """The errno with which setup or exec failed, if the child said."""
+        return exec_status_errno(self._status)
 
     def send_signal(self, signum: int, tree: bool = False) -> None:
         """Signal the process; with `tree`, also its process group and every descendant."""

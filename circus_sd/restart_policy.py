@@ -1,10 +1,31 @@
-"""Restart policy arithmetic: backoff delays and the flapping window, on an injected clock."""
+"""Restart policy arithmetic: backoff delays, the flapping window (on an injected clock), and
+which failed spawns are the machine's shortage rather than the program's failure."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import random
+
+# A spawn that failed with one of these lacked what the machine (or a limit on it) had to give:
+# descriptors (EMFILE, ENFILE), process slots (EAGAIN from clone, or from exec past
+# RLIMIT_NPROC), memory (ENOMEM). Not the program's failure: retried with backoff, never counted
+# toward max_retry or flapping, and the processes that run are kept.
+SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+# The shortest wait before spawning again after a shortage, whatever backoff_initial says:
+# retrying at once would only spin against the same limit.
+SHORTAGE_MIN_DELAY = 0.1
+
+
+def is_shortage(code: int | None) -> bool:
+    """Did a spawn fail with errno `code` for lack of the machine's resources?"""
+    return code in SHORTAGE_ERRNOS
+
+
+def shortage_delay(holds: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Wait before spawning again after the `holds`-th shortage in a row (holds >= 1)."""
+    return max(SHORTAGE_MIN_DELAY, backoff_delay(holds, initial, maximum, rng))
 
 
 def backoff_delay(failures: int, initial: float, maximum: float, rng: random.Random) -> float:

@@ -1,5 +1,5 @@
 """The arbiter's handle on the spawner process (circus_sd/spawn_server.py): pipelined, batched,
-asynchronous spawn requests over the socketpair."""
+asynchronous spawn requests over the socketpair; a lost spawner is replaced."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import asyncio
 import collections
 import contextlib
 import errno
+import logging
 import os
 import pickle
+import select
 import signal
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from circus_sd.spawner import MAX_FDS_PER_MESSAGE, MAX_MESSAGE, SpawnError, SpawnRequest
@@ -19,8 +22,22 @@ from circus_sd.spawner import MAX_FDS_PER_MESSAGE, MAX_MESSAGE, SpawnError, Spaw
 # Requests in one batch: big enough to spare the spawner a message (and its Python work) per
 # child, small enough that the arbiter hears of the first children while later ones are cloned.
 MAX_BATCH = 32
+# A spawner that has requests to answer and answers none for this long is stuck (stopped, or
+# hung): it is killed and another one started. Its own work is a few clones per request.
+ANSWER_DEADLINE = 5.0
+# Losses in a row: the first spawner is replaced at once, the next ones after a delay that
+# doubles from the first to the last. One that answered a request, or lived STABLE seconds,
+# had worked: its loss counts as a first one.
+RESTART_DELAY_FIRST = 0.5
+RESTART_DELAY_MAX = 30.0
+STABLE = 60.0
+
+log = logging.getLogger("circus_sd")
 
 Answer = asyncio.Future[tuple[int, int]]
+# Starts a spawner: its pid and our end of its socket (circus_sd.spawner.fork_spawner).
+StartSpawner = Callable[[], tuple[int, socket.socket]]
+Sent = tuple[list[SpawnRequest], list[int], list[Answer]]
 
 
 class Spawner:
@@ -28,30 +45,101 @@ class Spawner:
 
     The first request of a loop turn is sent at once; those that follow in the same turn (a
     watcher starting N processes) go in batches of MAX_BATCH, the last one at the end of the turn.
+
+    With `start`, a spawner that exits, closes its socket or answers nothing for
+    `answer_deadline` seconds is lost: killed, its unanswered requests failed, and another one
+    started (with a backoff when losses follow each other); requests made meanwhile wait for it.
+    The running processes lose nothing: they are the arbiter's children (CLONE_PARENT).
     """
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self._sock = sock
-        self._sock.setblocking(False)
+    def __init__(
+        self,
+        pid: int,
+        sock: socket.socket,
+        start: StartSpawner | None = None,
+        answer_deadline: float = ANSWER_DEADLINE,
+    ) -> None:
+        self._start = start
+        self._answer_deadline = answer_deadline
         # One entry per message sent: its future, or the futures of a batch.
         self._pending: collections.deque[Answer | list[Answer]] = collections.deque()
         self._outbox: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         # Requests of this loop turn after its first (None: none sent this turn yet).
         self._queued: list[tuple[SpawnRequest, list[int], Answer]] | None = None
+        # Messages made while no spawner runs, sent to the next one.
+        self._waiting: list[Sent] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writing = False
         self.closed = False
+        # Lost, and another one not started yet.
+        self._down = False
+        self._losses = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._restart_timer: asyncio.TimerHandle | None = None
+        # Spawners killed and not reaped yet: pid -> pidfd.
+        self._retired: dict[int, int] = {}
+        self.pid = pid
+        self._sock = sock
+        self._started = 0.0
+        self._answered = False
+        self._pidfd: int | None = None
+        self._take(pid, sock)
+
+    def _take(self, pid: int, sock: socket.socket) -> None:
+        """Use this spawner process from now on."""
+        self.pid = pid
+        self._sock = sock
+        self._sock.setblocking(False)
+        self._started = time.monotonic()
+        self._answered = False
+        # Our unreaped child: the pidfd is race-free. It tells us when the spawner exits, and
+        # kills it when stuck.
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:
+            self._pidfd = None
 
     @property
     def in_flight(self) -> int:
         """Requests not yet answered: children may exist whose pid we do not know."""
         sent = sum(len(entry) if isinstance(entry, list) else 1 for entry in self._pending)
-        return sent + len(self._queued or ())
+        waiting = sum(len(futures) for _requests, _fds, futures in self._waiting)
+        return sent + waiting + len(self._queued or ())
+
+    @property
+    def pids(self) -> frozenset[int]:
+        """Spawner processes not reaped yet (the running one, killed ones): ours to reap."""
+        running = {self.pid} if self._pidfd is not None else set()
+        return frozenset({*running, *self._retired})
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self._sock.fileno(), self._on_readable)
+        self._watch()
+
+    def _watch(self) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+        if self._pidfd is not None:
+            self._loop.add_reader(self._pidfd, self._on_exit)
+
+    def _disconnect(self) -> None:
+        """Out of the loop, our socket closed, the descriptors of unsent messages closed."""
+        self._unwatch()
+        self._sock.close()
+        for _data, fds in self._outbox:
+            for fd in fds:
+                os.close(fd)
+        self._outbox.clear()
+
+    def _unwatch(self) -> None:
+        if self._loop is None:
+            return
+        self._loop.remove_reader(self._sock.fileno())
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._sock.fileno())
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
 
     def spawn(self, request: SpawnRequest, fds: Sequence[int] = ()) -> Answer:
         """Ask for a child; the future gives (pid, exec-status fd) or raises SpawnError.
@@ -113,6 +201,9 @@ class Spawner:
 
     def _send(self, requests: list[SpawnRequest], fds: list[int], futures: list[Answer]) -> None:
         """One message: a lone request as itself, several as a list (a batch)."""
+        if self._down:
+            self._waiting.append((requests, fds, futures))
+            return
         data = pickle.dumps(requests[0] if len(futures) == 1 else requests)
         if len(data) > MAX_MESSAGE and len(futures) > 1:
             # Large environments: halve the batch until each half fits in one message.
@@ -123,6 +214,8 @@ class Spawner:
             return
         self._outbox.append((data, fds))
         self._pending.append(futures[0] if len(futures) == 1 else futures)
+        if self._deadline is None:
+            self._arm_deadline()
         self._flush()
 
     def _flush(self) -> None:
@@ -158,10 +251,12 @@ class Spawner:
                 self._fail(exc)
                 return
             if not data:
-                self._fail(SpawnError(errno.EPIPE, "the spawner exited"))
+                self._fail(SpawnError(errno.EPIPE, "it closed its socket"))
                 return
             reply = pickle.loads(data)
             entry = self._pending.popleft()
+            self._answered = True
+            self._arm_deadline()
             if not isinstance(entry, list):
                 _answer(entry, reply, fds)
             elif isinstance(reply, list):
@@ -174,26 +269,180 @@ class Spawner:
                     _answer(future, reply, [])
 
     def _fail(self, exc: Exception) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if self._start is not None and not self.closed:
+            self._lost(reason)
+            return
+        if not self.closed:
+            log.critical("the spawner (pid %d) is gone (%s): nothing can be started", self.pid,
+                         reason)
         self.close()
+        self._fail_pending(f"the spawner is gone: {reason}")
+
+    def _fail_pending(self, message: str) -> None:
         while self._pending:
             entry = self._pending.popleft()
             for future in entry if isinstance(entry, list) else [entry]:
                 if not future.done():
-                    future.set_exception(SpawnError(errno.EPIPE, f"the spawner is gone: {exc}"))
+                    future.set_exception(SpawnError(errno.EPIPE, message))
+
+    # -- losing the spawner, starting another ----------------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        """(Re)start the wait for the next answer; none while nothing is unanswered."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._pending and self._start is not None and self._loop is not None:
+            self._deadline = self._loop.call_later(self._answer_deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        if self._pending:
+            self._lost(
+                f"it answered nothing for {self._answer_deadline:g} s (stopped, or hung): "
+                "killing it"
+            )
+
+    def _on_exit(self) -> None:
+        self._fail(SpawnError(errno.EPIPE, "it exited"))
+
+    def _lost(self, reason: str) -> None:
+        """The spawner cannot serve us any more: kill it, fail what it did not answer (whether
+        it cloned those children is unknown), start another one."""
+        assert self._loop is not None
+        if self._down:
+            return
+        self._down = True
+        self._disconnect()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        ended = self._end_process()
+        self._fail_pending(f"the spawner was lost: {reason}")
+        if self._answered or time.monotonic() - self._started >= STABLE:
+            self._losses = 0
+        delay = self._next_delay()
+        log.error(
+            "lost the spawner (pid %d): %s%s; starting another one %s (the running processes "
+            "go on)", self.pid, reason, ended, f"in {delay:g} s" if delay else "now",
+        )
+        self._restart_timer = self._loop.call_later(delay, self._restart)
+
+    def _next_delay(self) -> float:
+        self._losses += 1
+        if self._losses == 1:
+            return 0.0
+        return min(RESTART_DELAY_MAX, RESTART_DELAY_FIRST * 2.0 ** (self._losses - 2))
+
+    def _end_process(self) -> str:
+        """Reap the lost spawner if it exited (how, for the log), else SIGKILL it (it may be
+        exiting: its socket closes first): it is reaped once gone."""
+        assert self._loop is not None
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is None:
+            return ""
+        try:
+            result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            os.close(pidfd)
+            return ""
+        if result is not None and result.si_pid:
+            os.close(pidfd)
+            return f" ({_how(result)})"
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        self._retired[self.pid] = pidfd
+        self._loop.add_reader(pidfd, self._reap_retired, self.pid)
+        return ""
+
+    def _reap_retired(self, pid: int) -> None:
+        pidfd = self._retired.pop(pid)
+        assert self._loop is not None
+        self._loop.remove_reader(pidfd)
+        try:
+            result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        except ChildProcessError:
+            result = None
+        os.close(pidfd)
+        if result is not None:
+            log.info("the lost spawner (pid %d) is gone (%s)", pid, _how(result))
+
+    def _restart(self) -> None:
+        self._restart_timer = None
+        assert self._start is not None and self._loop is not None
+        if self.closed:
+            return
+        try:
+            pid, sock = self._start()
+        except OSError as exc:
+            delay = self._next_delay()
+            log.error("cannot start a spawner: %s; trying again in %g s", exc, delay)
+            self._restart_timer = self._loop.call_later(delay, self._restart)
+            return
+        self._take(pid, sock)
+        self._down = False
+        self._watch()
+        log.warning("a new spawner runs, pid %d", pid)
+        waiting, self._waiting = self._waiting, []
+        for requests, fds, futures in waiting:
+            self._send(requests, fds, futures)
+
+    # -- the end ---------------------------------------------------------------------------------
 
     def close(self) -> None:
+        """No more requests: our end of the socket is closed (the spawner exits on EOF)."""
         if self.closed:
             return
         self.closed = True
-        if self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            if self._writing:
-                self._loop.remove_writer(self._sock.fileno())
-        for _data, fds in self._outbox:
+        for timer in (self._deadline, self._restart_timer):
+            if timer is not None:
+                timer.cancel()
+        self._deadline = self._restart_timer = None
+        if not self._down:
+            self._disconnect()
+        waiting, self._waiting = self._waiting, []
+        for _requests, fds, futures in waiting:
             for fd in fds:
                 os.close(fd)
-        self._outbox.clear()
-        self._sock.close()
+            for future in futures:
+                if not future.done():
+                    future.set_exception(SpawnError(errno.EPIPE, "the spawner is gone"))
+        for pidfd in self._take_pidfds().values():
+            os.close(pidfd)
+
+    def _take_pidfds(self) -> dict[int, int]:
+        """The pidfds of every spawner not reaped, by pid, out of the event loop and ours."""
+        pidfds = dict(self._retired)
+        self._retired.clear()
+        if self._pidfd is not None:
+            pidfds[self.pid] = self._pidfd
+            self._pidfd = None
+        if self._loop is not None:
+            for pidfd in pidfds.values():
+                self._loop.remove_reader(pidfd)
+        return pidfds
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Close, give the spawner `grace` seconds to exit, then SIGKILL it (stopped, hung);
+        reap it and any killed before. Blocks: for the very end."""
+        pidfds = self._take_pidfds()
+        self.close()
+        deadline = time.monotonic() + grace
+        for pidfd in pidfds.values():
+            exited, _, _ = select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+            if not exited:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            os.close(pidfd)
+
+
+def _how(result: os.waitid_result) -> str:
+    if result.si_code == os.CLD_EXITED:
+        return f"exit status {result.si_status}"
+    return f"killed by signal {result.si_status}"
 
 
 def _answer(future: Answer, reply: Any, fds: list[int]) -> None:

@@ -60,29 +60,47 @@ def substitute(
     text: str, wid: int, env: Mapping[str, str], sockets: Mapping[str, int] = _NO_SOCKETS
 ) -> str:
     """Replace `$(circus.wid)`, `$(circus.env.NAME)` and `$(circus.sockets.NAME)` (the socket's
-    fd number in the process); unknown names are an error."""
+    fd number in the process). A variable the environment lacks, or an unknown name, stays as
+    written, as Circus leaves it (the loader warns about both: `unresolved`)."""
 
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        lowered = name.lower()
-        if lowered == "wid":
-            return str(wid)
-        if lowered.startswith("sockets."):
-            socket_name = name[len("sockets.") :]
-            if socket_name not in sockets:
-                raise SpawnPlanError(
-                    f"$(circus.sockets.{socket_name}): the processes do not get this socket"
-                )
-            return str(sockets[socket_name])
-        if lowered.startswith("env."):
-            variable = name[4:]
-            for candidate in (variable, variable.upper()):
-                if candidate in env:
-                    return env[candidate]
-            raise SpawnPlanError(f"$(circus.env.{variable}): no such variable in the environment")
-        raise SpawnPlanError(f"unknown placeholder $(circus.{name})")
+        found = _placeholder_value(match.group(1), wid, env, sockets)
+        return match.group(0) if found is None else found
 
     return _PLACEHOLDER.sub(replace, text)
+
+
+def unresolved(
+    text: str, wid: int, env: Mapping[str, str], sockets: Mapping[str, int] = _NO_SOCKETS
+) -> list[str]:
+    """The placeholders of `text` that `substitute` leaves as written."""
+    return [
+        match.group(0)
+        for match in _PLACEHOLDER.finditer(text)
+        if _placeholder_value(match.group(1), wid, env, sockets) is None
+    ]
+
+
+def _placeholder_value(
+    name: str, wid: int, env: Mapping[str, str], sockets: Mapping[str, int]
+) -> str | None:
+    lowered = name.lower()
+    if lowered == "wid":
+        return str(wid)
+    if lowered.startswith("sockets."):
+        socket_name = name[len("sockets.") :]
+        if socket_name not in sockets:
+            # Checked by the loader: reaching here means the config changed under us.
+            raise SpawnPlanError(
+                f"$(circus.sockets.{socket_name}): the processes do not get this socket"
+            )
+        return str(sockets[socket_name])
+    if lowered.startswith("env."):
+        variable = name[4:]
+        for candidate in (variable, variable.upper()):
+            if candidate in env:
+                return env[candidate]
+    return None
 
 
 def socket_layout(config: WatcherConfig, available: Sequence[str]) -> list[tuple[str, int]]:

@@ -73,10 +73,12 @@ class SpawnError(OSError):
 
 
 def fork_spawner() -> tuple[int, socket.socket]:
-    """Start the spawner; call before any thread exists. Returns its pid and our socket end.
+    """Start the spawner; returns its pid and our socket end.
 
     It is a fresh interpreter (`python -IS`) whose program, circus_sd/spawn_server.py, comes
-    through a pipe: no copy of this process's memory, which each clone would copy again.
+    through a pipe: no copy of this process's memory, which each clone would copy again. Started
+    with posix_spawn, not a fork of this process, so that it may be called at any time, threads
+    or not: the arbiter starts another spawner when it loses one.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for end in (ours, theirs):
@@ -87,20 +89,19 @@ def fork_spawner() -> tuple[int, socket.socket]:
     argv, fits = _spawner_argv(program_read, len(cmdline))
     if not fits:  # our own command line is too short to be shown by the spawner too
         cmdline = comm = b""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ours.close()
-            os.close(program_write)
-            os.set_inheritable(theirs_fd, True)
-            os.set_inheritable(program_read, True)
-            os.execv(sys.executable, argv)
-        finally:
-            os._exit(EXEC_FAILED_STATUS)
-    theirs.close()
-    os.close(program_read)
+    try:
+        # The spawner's two fds; every other fd of ours is close-on-exec (and it closes any
+        # other it finds).
+        os.set_inheritable(theirs_fd, True)
+        os.set_inheritable(program_read, True)
+        pid = os.posix_spawn(sys.executable, argv, os.environ)
+    except OSError:
+        ours.close()
+        os.close(program_write)
+        raise
+    finally:
+        theirs.close()
+        os.close(program_read)
     with open(spawn_server.__file__, "rb") as source:
         program = source.read()
     program += b"\nmain(%d, %r, %r)\n" % (theirs_fd, cmdline, comm)
@@ -152,3 +153,9 @@ def parse_exec_status(data: bytes) -> str | None:
     code, _, text = rest.partition(":")
     where = {"exec": "exec", "chdir": "working_dir", "identity": "uid/gid"}.get(stage, stage)
     return f"{where}: {text}" + (f" (errno {code})" if code not in ("", "0") else "")
+
+
+def exec_status_errno(data: bytes) -> int | None:
+    """The errno of the child's report from the exec-status pipe, if it gave one."""
+    code = data.decode(errors="replace").split(":", 2)[1:2]
+    return int(code[0]) if code and code[0].isdecimal() and code[0] != "0" else None

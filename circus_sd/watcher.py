@@ -30,7 +30,12 @@ from circus_sd.actions import (
     StartTimer,
 )
 from circus_sd.config.model import WatcherConfig
-from circus_sd.restart_policy import FlappingDetector, backoff_delay
+from circus_sd.restart_policy import (
+    FlappingDetector,
+    backoff_delay,
+    is_shortage,
+    shortage_delay,
+)
 from circus_sd.states import (
     HALTED_STATES,
     LIVE_PROCESS_STATES,
@@ -52,6 +57,13 @@ WARMUP = "warmup"  # warmup_delay since the last spawn is over
 RETRY = "retry"  # a flapping pause is over
 READY_TIMEOUT = "ready_timeout"  # a notify process did not send READY=1 in time
 WATCHDOG = "watchdog"  # a notify process stopped sending WATCHDOG=1
+SHORTAGE = "shortage"  # the wait after spawns that failed for lack of resources is over
+
+# The most processes of one watcher being spawned at a time (asked of the spawner, or exec'ing).
+# A start of N processes goes in steps of this many: each step is planned when the previous
+# ones have answered, so the loop keeps serving (status, a stop) all along, and a stop leaves at
+# most this many spawns to wind down. Large enough to keep the spawner's pipeline full.
+SPAWN_WINDOW = 128
 
 # Hooks the watcher waits for (tokens carry the start/stop number or the spawn id), and the
 # after_stop notification.
@@ -109,6 +121,16 @@ class Watcher:
         self._exec_failures = 0
         self._pauses = 0
         self._warming_up = False
+        # Spawns that failed for lack of resources (restart_policy.is_shortage): counted apart,
+        # never toward max_retry or flapping. An episode lasts from the first such failure until
+        # every wanted process runs (or the watcher stops); while `_holding`, nothing is
+        # spawned until the SHORTAGE timer.
+        self.deferred_spawns = 0
+        self.shortage: str | None = None  # why, during an episode
+        self._shortage_holds = 0
+        self._holding = False
+        # The arbiter is shutting down: nothing more is spawned, whatever comes first.
+        self._final = False
         self._halt_to = WatcherState.STOPPED
         self._flapping = FlappingDetector(config.flapping_attempts, config.flapping_window)
         # Hook gates: which start/stop they belong to, and whether they are being waited for.
@@ -186,11 +208,17 @@ class Watcher:
         self._failures.clear()
         self._retired.clear()
         self._flapping.reset()
+        self._end_shortage()
         return actions + self._begin_start(now)
 
     def stop(self, now: float) -> list[Action]:
         self.want = Want.DOWN
         return self._halt(WatcherState.STOPPED, now)
+
+    def spawn_no_more(self) -> None:
+        """The arbiter is shutting down: plan no spawn from now on (a start in progress ends
+        with the spawns already asked for, SPAWN_WINDOW at most); the stop comes in its turn."""
+        self._final = True
 
     def restart(self, now: float) -> list[Action]:
         if self.state in HALTED_STATES:
@@ -275,16 +303,28 @@ class Watcher:
             actions.append(CallHook(AFTER_SPAWN, (AFTER_SPAWN, spawn_id), {"pid": pid}))
         return actions
 
-    def spawn_failed(self, spawn_id: int, reason: str, now: float) -> list[Action]:
+    def spawn_failed(
+        self, spawn_id: int, reason: str, now: float, code: int | None = None
+    ) -> list[Action]:
+        """The spawn never became a process: `reason` in words, `code` the errno if known."""
         process = self.processes.pop(spawn_id, None)
         if process is None:
             return []
+        if is_shortage(code):
+            return self._after_shortage(process, reason, now)
         return self._after_exec_failure(process, reason, now)
 
     def exited(
-        self, pid: int, exit_code: int, now: float, exec_error: str | None = None
+        self,
+        pid: int,
+        exit_code: int,
+        now: float,
+        exec_error: str | None = None,
+        exec_errno: int | None = None,
     ) -> list[Action]:
-        """A process was reaped; `exit_code` is its status, or -signum if a signal killed it."""
+        """A process was reaped; `exit_code` is its status, or -signum if a signal killed it.
+
+        `exec_error`: it never became its program (setup or exec failed), with `exec_errno`."""
         spawn_id = self._pids.pop(pid, None)
         if spawn_id is None:
             return []
@@ -299,6 +339,8 @@ class Watcher:
         if process.state not in LIVE_PROCESS_STATES and not process.failed_start:
             actions.append(Log(logging.DEBUG, f"{self._label(process)} stopped ({exit_code})"))
             return actions + self._reconcile(now)
+        if exec_error is not None and is_shortage(exec_errno):
+            return actions + self._after_shortage(process, exec_error, now)
         if exec_error is not None:
             return actions + self._after_exec_failure(process, exec_error, now)
         uptime = now - process.started_at
@@ -431,6 +473,8 @@ class Watcher:
             return []
         if kind == RESTART:
             self._backoff.discard(key[1])
+        elif kind == SHORTAGE:
+            self._holding = False
         elif kind == WARMUP:
             self._warming_up = False
         elif kind == RETRY:
@@ -504,6 +548,9 @@ class Watcher:
         """
         actions: list[Action] = [CancelTimer((RESTART, wid)) for wid in sorted(self._backoff)]
         self._backoff.clear()
+        if self._holding:
+            actions.append(CancelTimer((SHORTAGE,)))
+        self._end_shortage()
         self._before_start_pending = self._after_start_pending = False
         if self._warming_up:
             self._warming_up = False
@@ -602,6 +649,59 @@ class Watcher:
             return self._reconcile(now)
         return self._schedule_restart(process.wid, f"{label} could not start: {reason}", now)
 
+    def _after_shortage(self, process: ProcessRecord, reason: str, now: float) -> list[Action]:
+        """A spawn failed for lack of resources: wait, then try again; what runs stays.
+
+        One hold (one timer, one event) covers every spawn that fails before it is over, so a
+        start of hundreds that runs out of descriptors waits once, not once per process."""
+        self.deferred_spawns += 1
+        if self.state not in RUNNING_STATES:
+            return self._reconcile(now)
+        first = self.shortage is None
+        self.shortage = reason
+        if self._holding:
+            return self._reconcile(now)
+        self._holding = True
+        self._shortage_holds += 1
+        delay = shortage_delay(
+            self._shortage_holds, self.config.backoff_initial, self.config.backoff_max, self._rng
+        )
+        running = len(self.pids)
+        wanted = self.config.target_processes
+        actions: list[Action] = []
+        if first:
+            actions.append(
+                Log(
+                    logging.WARNING,
+                    f"{self.name}[{process.wid}] cannot start for lack of resources ({reason}); "
+                    f"the processes that run are kept ({running} of {wanted} so far), the others "
+                    f"wait: retrying in {delay:.2f} s, then with backoff",
+                )
+            )
+        else:
+            message = f"{self.name}: still short ({reason}); retrying in {delay:.2f} s"
+            actions.append(Log(logging.DEBUG, message))
+        actions += [
+            Publish(
+                "spawn_deferred",
+                {
+                    "wid": process.wid,
+                    "reason": reason,
+                    "deferred": self.deferred_spawns,
+                    "running": running,
+                    "numprocesses": wanted,
+                    "retry_in": round(delay, 3),
+                },
+            ),
+            StartTimer((SHORTAGE,), delay),
+        ]
+        return actions + self._reconcile(now)
+
+    def _end_shortage(self) -> None:
+        self.shortage = None
+        self._shortage_holds = 0
+        self._holding = False
+
     def _flap(self, process: ProcessRecord, what: str, now: float) -> list[Action]:
         config = self.config
         give_up = 0 <= config.flapping_max_retry <= self._pauses
@@ -642,6 +742,15 @@ class Watcher:
         actions: list[Action] = []
         if self.state in RUNNING_STATES:
             actions += self._fill_and_trim(now)
+            if self.shortage is not None and not self._holding and self._all_running():
+                actions.append(
+                    Log(
+                        logging.INFO,
+                        f"{self.name}: all {len(self.pids)} processes run, the resource shortage "
+                        f"is over ({self.deferred_spawns} spawns deferred so far)",
+                    )
+                )
+                self._end_shortage()
             started = (
                 self.state is WatcherState.STARTING
                 and not self._before_start_pending
@@ -676,18 +785,24 @@ class Watcher:
         target = self.config.target_processes
         actions: list[Action] = []
         live_wids = set()
+        spawning = 0
         for process in list(self.processes.values()):
+            spawning += process.state is ProcessState.SPAWNING
             if process.state not in LIVE_PROCESS_STATES and not process.failed_start:
                 continue
             if process.wid > target:
                 actions += self._stop_process(process)
             else:
                 live_wids.add(process.wid)
+        if self._holding or self._final:
+            return actions
+        room = SPAWN_WINDOW - spawning
         for wid in range(1, target + 1):
-            if self._warming_up or self._before_start_pending:
+            if self._warming_up or self._before_start_pending or room <= 0:
                 break
             if wid in live_wids or wid in self._backoff or wid in self._retired:
                 continue
+            room -= 1
             spawn_id = next(self._spawn_ids)
             record = ProcessRecord(spawn_id, wid, ProcessState.SPAWNING)
             self.processes[spawn_id] = record
@@ -710,8 +825,9 @@ class Watcher:
             and (p.ready or not self.config.awaits_readiness)
             and not p.hook_pending
         }
-        wanted = set(range(1, self.config.target_processes + 1)) - self._retired
-        return wanted <= running
+        # Stops at the first missing worker: no set of every wanted wid (numprocesses may be big).
+        wanted = range(1, self.config.target_processes + 1)
+        return all(wid in running or wid in self._retired for wid in wanted)
 
 
 def _describe_exit(exit_code: int) -> str:

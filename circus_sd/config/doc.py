@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from circus_sd.access import Tier
 from circus_sd.config.model import ArbiterConfig, SocketConfig, WatcherConfig
 from circus_sd.config.options import option_of
 from circus_sd.config.streams import StreamConfig
@@ -32,23 +33,27 @@ def _default_text(name: str, value: Any) -> str:
 DefaultText = Callable[[str, Any], str]
 
 
-def option_table(cls: type, default_text: DefaultText = _default_text) -> str:
-    """A Markdown table of a config dataclass's options: key, default, doc (and *live*)."""
+def option_table(
+    cls: type, default_text: DefaultText = _default_text, settable: bool = False
+) -> str:
+    """A Markdown table of a config dataclass's options: key, default, doc (and *live*; with
+    `settable`, *group* for those endpoint_group members may change with `set`)."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for field in dataclasses.fields(cls):
         declared = option_of(field)
         if declared is None:
             continue
         live = " *(live)*" if declared.live else ""
+        group = " *(group)*" if settable and declared.tier <= Tier.OPERATE else ""
         default = default_text(field.name, field.default)
-        rows.append(f"| `{declared.key}` | {default} | {declared.doc}{live} |")
+        rows.append(f"| `{declared.key}` | {default} | {declared.doc}{live}{group} |")
     return "\n".join(rows)
 
 
 def tables() -> str:
     return (
         "#### `[circus]`\n\n" + option_table(ArbiterConfig) + "\n\n"
-        "#### `[watcher:NAME]`\n\n" + option_table(WatcherConfig) + "\n\n"
+        "#### `[watcher:NAME]`\n\n" + option_table(WatcherConfig, settable=True) + "\n\n"
         "#### `stdout_stream.*` / `stderr_stream.*` (in `[watcher:NAME]`)\n\n"
         + option_table(StreamConfig)
         + "\n\n"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
-import pwd
 import re
 import shlex
 import socket as socket_module
@@ -26,14 +26,22 @@ from circus_sd.config.model import (
     WatcherConfig,
 )
 from circus_sd.config.options import (
-    RLIMITS,
     OptionValueError,
     boolean,
     integer,
     options_of,
-    rlimit_pair,
+    primary_group,
+    rlimit_setting,
 )
 from circus_sd.config.streams import JOURNAL, StreamConfig, StreamOptionError, parse_stream
+from circus_sd.process_bound import process_bound
+from circus_sd.spawn_plan import (
+    LISTEN_FDS_START,
+    ChildDefaults,
+    SpawnPlanError,
+    child_environment,
+    unresolved,
+)
 from circus_sd.start_order import DependencyError, start_order
 
 
@@ -299,6 +307,7 @@ class _Loader:
         self.socket_names = [s.name for s in sockets]
         watchers = self.watchers(list(sections.values()), global_env, flapping)
         watchers += plugin_watchers
+        self.check_process_bound(watchers, sections, arbiter)
         self.warn_ignored(list(sections.values()))
         try:
             start_order(watchers)
@@ -333,6 +342,34 @@ class _Loader:
             if env_section.name not in matched:
                 self.warn(env_section.location, "matches no watcher", env_section.name)
         return watchers
+
+    def check_process_bound(
+        self,
+        watchers: list[WatcherConfig],
+        sections: Mapping[str, _Section],
+        arbiter: ArbiterConfig,
+    ) -> None:
+        """Refuse, at the `numprocesses` that crosses it, more processes in all than
+        `max_processes` (by default what this machine's limits allow)."""
+        bound = process_bound(arbiter.max_processes)
+        total = 0
+        for watcher in watchers:
+            count = watcher.target_processes
+            total += count
+            if total <= bound.limit:
+                continue
+            where = watcher.location
+            for section in sections.values():
+                if section.name.startswith("watcher:") and (
+                    section.name[len("watcher:") :].strip() == watcher.name
+                ):
+                    value = section.values.get("numprocesses")
+                    where = value.location if value is not None else section.location
+            if total == count:
+                message = f"{count} is above {bound}"
+            else:
+                message = f"{count} makes {total} processes with the watchers before, above {bound}"
+            raise ConfigError.at(where, message, f"watcher:{watcher.name}", "numprocesses")
 
     def warn_ignored(self, sections: list[_Section]) -> None:
         for section in sections:
@@ -686,7 +723,7 @@ class _Loader:
                 section.name,
                 "ready_log_line",
             )
-        return WatcherConfig(
+        watcher = WatcherConfig(
             name=name,
             env=MappingProxyType(env),
             rlimits=tuple(rlimits),
@@ -695,6 +732,28 @@ class _Loader:
             location=section.location,
             **fields,
         )
+        self.check_spawn_time_placeholders(watcher, section)
+        return watcher
+
+    def check_spawn_time_placeholders(self, watcher: WatcherConfig, section: _Section) -> None:
+        """`cmd`, `args` and `shell_args` keep their `$(circus.…)` until each spawn, where one
+        that names no variable of the process's environment stays as written (as in Circus):
+        say so now, since the program will most likely not expect it."""
+        sockets = dict.fromkeys(self.socket_names, LISTEN_FDS_START)  # checked just above
+        defaults = ChildDefaults(self.environ, (0, 0), self.euid == 0)
+        try:
+            env = child_environment(watcher, 1, defaults, sockets)
+        except SpawnPlanError:
+            return
+        for key in sorted(_SPAWN_TIME_KEYS & section.values.keys()):
+            for placeholder in unresolved(section.values[key].text, 1, env, sockets):
+                self.warn(
+                    section.values[key].location,
+                    f"{placeholder} names no variable of the processes' environment (set it in "
+                    "an [env] section, or copy_env = true): it is passed as written",
+                    section.name,
+                    key,
+                )
 
     def hook(
         self, key: str, text: str, value: _Value, section: str, env: Mapping[str, str]
@@ -841,16 +900,10 @@ class _Loader:
         return stream
 
     def rlimit(self, key: str, text: str, value: _Value, section: str) -> tuple[int, int, int]:
-        resource_number = RLIMITS.get(key)
-        if resource_number is None:
-            raise ConfigError.at(
-                value.location,
-                f"unknown resource limit; valid ones: {', '.join(sorted(RLIMITS))}",
-                section,
-                key,
-            )
-        soft, hard = self.parse(rlimit_pair, text, value, section, key)
-        return resource_number, soft, hard
+        setting: tuple[int, int, int] = self.parse(
+            functools.partial(rlimit_setting, key), text, value, section, key
+        )
+        return setting
 
     def check_name_clash(
         self, watcher: WatcherConfig, previous: Mapping[str, WatcherConfig]
@@ -886,11 +939,7 @@ class _Loader:
                 "uid" if watcher.uid is not None else "gid",
             )
         if watcher.uid is not None and watcher.gid is None:
-            try:
-                gid: int | None = pwd.getpwuid(watcher.uid).pw_gid
-            except KeyError:
-                gid = None  # a uid without a passwd entry has no primary group to take
-            watcher = dataclasses.replace(watcher, gid=gid)
+            watcher = dataclasses.replace(watcher, gid=primary_group(watcher.uid))
         return watcher
 
     def check_program(self, watcher: WatcherConfig, section: str) -> None:

@@ -12,12 +12,15 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from circus_sd.access import Tier
 from circus_sd.config.options import (
     OptionValueError,
     boolean,
+    byte_size,
     cgroup_mode,
     count_or_max,
     cpu_quota,
+    endpoint_address,
     group_id,
     integer,
     log_level,
@@ -26,6 +29,7 @@ from circus_sd.config.options import (
     number,
     octal_mode,
     option,
+    optional_integer,
     optional_text,
     port_number,
     regex,
@@ -38,8 +42,13 @@ from circus_sd.config.options import (
     weight,
 )
 from circus_sd.config.streams import StreamConfig
+from circus_sd.process_bound import PID_MAX_LIMIT
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+# Options the endpoint_group may change with `set`: timings, counts and limits of what is
+# configured. Every other option (what runs, as whom, with what environment, where its output
+# goes) is admin-only: see Option.tier.
+OPERATE = Tier.OPERATE
 
 
 def _empty() -> Mapping[str, str]:
@@ -161,32 +170,50 @@ class WatcherConfig:
     virtualenv: str | None = option(
         optional_text, None, "A virtualenv whose `bin` and site-packages the children use."
     )
-    numprocesses: int = option(integer(0), 1, "Number of processes to run.", live=True)
-    warmup_delay: float = option(number(), 0.0, "Seconds between two spawns.", live=True)
-    autostart: bool = option(boolean, True, "Start the watcher with the arbiter.")
-    respawn: bool = option(boolean, True, "Restart processes that exit.", live=True)
-    priority: int = option(integer(), 0, "Start order, highest first; stop order is reversed.")
-    singleton: bool = option(boolean, False, "At most one process, whatever `numprocesses` says.")
+    numprocesses: int = option(
+        integer(0, PID_MAX_LIMIT),
+        1,
+        "Number of processes to run (see `[circus] max_processes`).",
+        live=True,
+        tier=OPERATE,
+    )
+    warmup_delay: float = option(
+        number(), 0.0, "Seconds between two spawns.", live=True, tier=OPERATE
+    )
+    autostart: bool = option(boolean, True, "Start the watcher with the arbiter.", tier=OPERATE)
+    respawn: bool = option(boolean, True, "Restart processes that exit.", live=True, tier=OPERATE)
+    priority: int = option(
+        integer(), 0, "Start order, highest first; stop order is reversed.", tier=OPERATE
+    )
+    singleton: bool = option(
+        boolean, False, "At most one process, whatever `numprocesses` says.", tier=OPERATE
+    )
     graceful_timeout: float = option(
-        number(), 30.0, "Seconds between `stop_signal` and SIGKILL.", live=True
+        number(), 30.0, "Seconds between `stop_signal` and SIGKILL.", live=True,
+        tier=OPERATE,
     )
     stop_signal: int = option(
-        signal_number, int(signal.SIGTERM), "Signal that asks a process to stop.", live=True
+        signal_number, int(signal.SIGTERM), "Signal that asks a process to stop.", live=True,
+        tier=OPERATE,
     )
     stop_children: bool = option(
-        boolean, False, "Also send `stop_signal` to the process's descendants.", live=True
+        boolean, False, "Also send `stop_signal` to the process's descendants.", live=True,
+        tier=OPERATE,
     )
     send_hup: bool = option(
-        boolean, False, "`reload` sends SIGHUP instead of restarting processes.", live=True
+        boolean, False, "`reload` sends SIGHUP instead of restarting processes.", live=True,
+        tier=OPERATE,
     )
     max_age: float = option(
-        number(), 0.0, "Restart a process after this many seconds (0 = never).", live=True
+        number(), 0.0, "Restart a process after this many seconds (0 = never).", live=True,
+        tier=OPERATE,
     )
     max_age_variance: float = option(
         number(),
         30.0,
         "Random seconds added to `max_age`, so processes do not restart together.",
         live=True,
+        tier=OPERATE,
     )
     umask: int | None = option(
         octal_mode, None, "umask of the processes, octal (default: the arbiter's)."
@@ -195,9 +222,11 @@ class WatcherConfig:
     close_child_stdout: bool = option(boolean, False, "Discard the processes' stdout.")
     close_child_stderr: bool = option(boolean, False, "Discard the processes' stderr.")
     max_line: int = option(
-        integer(1),
+        # At most 1 MiB: the arbiter holds up to this much of an unfinished line per pipe.
+        integer(1, 1 << 20),
         65536,
-        "Longest line (bytes) kept whole in streamed output; longer ones are split with a marker.",
+        "Longest line (bytes) kept whole in streamed output; longer ones are split with a "
+        "marker. At most 1048576 (1 MiB).",
     )
     backpressure_timeout: float = option(
         number(),
@@ -209,16 +238,22 @@ class WatcherConfig:
         5,
         "Consecutive failed execs before the watcher stops (-1 = forever).",
         live=True,
+        tier=OPERATE,
     )
     min_uptime: float = option(
-        number(), 1.0, "A process that exits sooner counts as a failed start.", live=True
+        number(), 1.0, "A process that exits sooner counts as a failed start.", live=True,
+        tier=OPERATE,
     )
     backoff_initial: float = option(
-        number(), 0.1, "Delay before the restart after the first failed start.", live=True
+        number(), 0.1, "Delay before the restart after the first failed start.", live=True,
+        tier=OPERATE,
     )
-    backoff_max: float = option(number(), 30.0, "Upper bound of the restart delay.", live=True)
+    backoff_max: float = option(
+        number(), 30.0, "Upper bound of the restart delay.", live=True, tier=OPERATE
+    )
     check_flapping: bool = option(
-        boolean, True, "Pause the watcher when its processes keep failing.", live=True
+        boolean, True, "Pause the watcher when its processes keep failing.", live=True,
+        tier=OPERATE,
     )
     flapping_attempts: int = option(
         integer(1),
@@ -226,6 +261,7 @@ class WatcherConfig:
         "Failed starts within `flapping.window` that make a watcher flap.",
         key="flapping.attempts",
         live=True,
+        tier=OPERATE,
     )
     flapping_window: float = option(
         number(),
@@ -233,6 +269,7 @@ class WatcherConfig:
         "Window (seconds) for `flapping.attempts`.",
         key="flapping.window",
         live=True,
+        tier=OPERATE,
     )
     flapping_retry_in: float = option(
         number(),
@@ -240,6 +277,7 @@ class WatcherConfig:
         "Seconds a flapping watcher is paused before it is started again.",
         key="flapping.retry_in",
         live=True,
+        tier=OPERATE,
     )
     flapping_max_retry: int = option(
         integer(-1),
@@ -247,6 +285,7 @@ class WatcherConfig:
         "Pauses before a flapping watcher is given up (-1 = never).",
         key="flapping.max_retry",
         live=True,
+        tier=OPERATE,
     )
     # cgroup v2 limits of the watcher's cgroup (README: cgroups); file values, None = not set.
     memory_max: str | None = option(
@@ -254,24 +293,35 @@ class WatcherConfig:
         None,
         "cgroup memory.max: hard limit, e.g. 512M (the OOM killer acts above).",
         live=True,
+        tier=OPERATE,
     )
     memory_high: str | None = option(
-        memory_size, None, "cgroup memory.high: throttle and reclaim above this.", live=True
+        memory_size, None, "cgroup memory.high: throttle and reclaim above this.", live=True,
+        tier=OPERATE,
     )
-    memory_swap_max: str | None = option(memory_size, None, "cgroup memory.swap.max.", live=True)
+    memory_swap_max: str | None = option(
+        memory_size, None, "cgroup memory.swap.max.", live=True, tier=OPERATE
+    )
     cpu_max: str | None = option(
         cpu_quota,
         None,
         "cgroup cpu.max: `50%` of one core, `max`, or `QUOTA PERIOD` (µs).",
         live=True,
+        tier=OPERATE,
     )
-    cpu_weight: str | None = option(weight, None, "cgroup cpu.weight (1-10000).", live=True)
-    io_weight: str | None = option(weight, None, "cgroup io.weight (1-10000).", live=True)
+    cpu_weight: str | None = option(
+        weight, None, "cgroup cpu.weight (1-10000).", live=True, tier=OPERATE
+    )
+    io_weight: str | None = option(
+        weight, None, "cgroup io.weight (1-10000).", live=True, tier=OPERATE
+    )
     pids_max: str | None = option(
-        count_or_max, None, "cgroup pids.max: processes and threads of the watcher.", live=True
+        count_or_max, None, "cgroup pids.max: processes and threads of the watcher.", live=True,
+        tier=OPERATE,
     )
     oom_group: bool = option(
-        boolean, False, "cgroup memory.oom.group: an OOM kill takes the whole watcher.", live=True
+        boolean, False, "cgroup memory.oom.group: an OOM kill takes the whole watcher.", live=True,
+        tier=OPERATE,
     )
     notify: bool = option(
         boolean,
@@ -282,7 +332,8 @@ class WatcherConfig:
         regex,
         None,
         "A process is ready once a line of its output matches this regular expression "
-        "(Python `re`, searched in each line).",
+        "(Python `re`, searched in the first 4096 bytes of each line). Searching a process's "
+        "lines stops once it is ready, stopping, or has used 0.5 s of CPU for it.",
     )
     ready_timeout: float = option(
         number(),
@@ -290,12 +341,14 @@ class WatcherConfig:
         "With `notify` or `ready_log_line`: a process not ready this many seconds after its "
         "spawn is a failed start.",
         live=True,
+        tier=OPERATE,
     )
     watchdog_sec: float = option(
         number(),
         0.0,
         "With `notify`: restart a process that sends no WATCHDOG=1 for this long (0 = off).",
         live=True,
+        tier=OPERATE,
     )
     after: tuple[str, ...] = option(
         name_list, tuple[str, ...](), "Watchers that must be active (ready) before this one starts."
@@ -321,8 +374,10 @@ class WatcherConfig:
         30.0,
         "Seconds a hook may take; past it, it counts as failed (see Hooks).",
         live=True,
+        tier=OPERATE,
     )
-    # Not options of their own: filled from `[env...]` sections and `rlimit_*` keys.
+    # Not options of their own: filled from `[env...]` sections and `rlimit_*` keys. These and
+    # the streams and hooks below declare no tier: admin-only (field_tier).
     env: Mapping[str, str] = dataclasses.field(default_factory=_empty)
     # (RLIMIT_* number, soft, hard); applied in the child before exec.
     rlimits: tuple[tuple[int, int, int], ...] = ()
@@ -418,18 +473,18 @@ class ArbiterConfig:
     """The `[circus]` section."""
 
     endpoint: str | None = option(
-        optional_text,
+        endpoint_address,
         None,
         "Control endpoint (ZMQ ROUTER); default `ipc:///run/circus-sd/control.sock` (root); "
         "`systemd:NAME`: the socket systemd passes under that name.",
     )
     pubsub_endpoint: str | None = option(
-        optional_text,
+        endpoint_address,
         None,
-        "Events endpoint (ZMQ PUB); default `ipc:///run/circus-sd/events.sock`.",
+        "Events endpoint (ZMQ XPUB); default `ipc:///run/circus-sd/events.sock`.",
     )
     output_endpoint: str | None = option(
-        optional_text,
+        endpoint_address,
         None,
         "Child output (ZMQ XPUB, for `circusctl tail`); default: beside an ipc:// control "
         "socket, `ipc:///run/circus-sd/control-output.sock`; `off`: none.",
@@ -439,6 +494,24 @@ class ArbiterConfig:
     )
     endpoint_group: int | None = option(
         group_id, None, "Group whose members may use the control socket (status, start, incr...)."
+    )
+    max_connections: int = option(
+        integer(1, 1 << 20),
+        64,
+        "Connections to the control, events and output sockets that users other than root and "
+        "the arbiter's own user may hold, all together; more are shut down at once.",
+    )
+    max_connections_per_user: int = option(
+        integer(1, 1 << 20),
+        16,
+        "Connections one such user may hold (tcp peers: `max_connections` only); more are "
+        "shut down.",
+    )
+    max_message_size: int = option(
+        byte_size(4096, 1 << 30),
+        256 << 10,
+        "Largest request the control socket takes (`64K`, `1M`); a larger one ends its "
+        "connection before it is read.",
     )
     curve_secret_key: str | None = option(
         optional_text,
@@ -480,6 +553,14 @@ class ArbiterConfig:
         "`ready_log_line`), not as soon as its processes run.",
     )
     debug: bool = option(boolean, False, "Same as `loglevel = debug`.")
+    max_processes: int | None = option(
+        optional_integer(1, PID_MAX_LIMIT),
+        None,
+        "Most processes of all watchers together: a `numprocesses` past it is refused (file, "
+        "`incr`, `set`, `add`). Default: what the limits allow when circus-sd starts, the least "
+        "of RLIMIT_NOFILE (hard) less a reserve of 32, RLIMIT_NPROC (not as root), "
+        "kernel.pid_max and kernel.threads-max.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,8 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from circus_sd.access import Tier
+
 T = TypeVar("T")
 
 
@@ -29,6 +31,9 @@ class Option:
     doc: str
     # Reset-able live with `set` without restarting processes (issue 4 uses it).
     live: bool = False
+    # Who may change it through the control socket (`set`, `add`). Admin unless declared
+    # otherwise, so that a new option is closed to the group until someone decides it is safe.
+    tier: Tier = Tier.ADMIN
 
 
 def option(
@@ -38,11 +43,12 @@ def option(
     *,
     key: str | None = None,
     live: bool = False,
+    tier: Tier = Tier.ADMIN,
 ) -> Any:
     """A dataclass field carrying its Option; `key` defaults to the field's name."""
     return dataclasses.field(
         default=default,
-        metadata={"option": Option(key or "", parse, doc, live)},
+        metadata={"option": Option(key or "", parse, doc, live, tier)},
     )
 
 
@@ -53,6 +59,20 @@ def option_of(field: dataclasses.Field[Any]) -> Option | None:
         return None
     assert isinstance(declared, Option)
     return declared if declared.key else dataclasses.replace(declared, key=field.name)
+
+
+def field_tier(cls: type, name: str) -> Tier:
+    """Who may change field `name` of config dataclass `cls`: its Option's tier, or the
+    `tier` in a plain field's metadata; admin when neither says (fail closed)."""
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            declared = option_of(field)
+            if declared is not None:
+                return declared.tier
+            tier = field.metadata.get("tier", Tier.ADMIN)
+            assert isinstance(tier, Tier)
+            return tier
+    return Tier.ADMIN
 
 
 def options_of(cls: type) -> dict[str, tuple[str, Option]]:
@@ -101,7 +121,7 @@ def optional_text(raw: str) -> str | None:
     return raw or None
 
 
-def integer(minimum: int | None = None) -> Callable[[str], int]:
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
             value = int(raw.strip())
@@ -109,7 +129,19 @@ def integer(minimum: int | None = None) -> Callable[[str], int]:
             raise OptionValueError(f"expected an integer, got {raw!r}") from None
         if minimum is not None and value < minimum:
             raise OptionValueError(f"expected an integer >= {minimum}, got {raw!r}")
+        if maximum is not None and value > maximum:
+            raise OptionValueError(f"expected an integer <= {maximum}, got {raw!r}")
         return value
+
+    return parse
+
+
+def optional_integer(minimum: int, maximum: int) -> Callable[[str], int | None]:
+    """An integer from `minimum` to `maximum`; empty = None (the option's computed default)."""
+    bounded = integer(minimum, maximum)
+
+    def parse(raw: str) -> int | None:
+        return bounded(raw) if raw.strip() else None
 
     return parse
 
@@ -254,6 +286,15 @@ def user_id(raw: str) -> int | None:
     raise OptionValueError(f"expected a user name or uid, but no user {raw!r} exists")
 
 
+def primary_group(uid: int) -> int | None:
+    """The primary group of user `uid`: what a watcher with `uid` and no `gid` runs as (never
+    the arbiter's own group). None for a uid without a passwd entry."""
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return None
+
+
 def group_id(raw: str) -> int | None:
     value = raw.strip()
     if not value:
@@ -362,3 +403,61 @@ RLIMITS: dict[str, int] = {
     for name in dir(resource)
     if name.startswith("RLIMIT_")
 }
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open; 1048576 unless raised)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def rlimit_setting(key: str, raw: str) -> tuple[int, int, int]:
+    """`rlimit_NAME = N | SOFT:HARD | infinity`: (RLIMIT_* number, soft, hard), refusing what
+    setrlimit(2) would refuse in every child (so that it fails here, not at each spawn)."""
+    number_ = RLIMITS.get(key)
+    if number_ is None:
+        raise OptionValueError(f"unknown resource limit; valid ones: {', '.join(sorted(RLIMITS))}")
+    soft, hard = rlimit_pair(raw)
+    if number_ == resource.RLIMIT_NOFILE:
+        ceiling = _nr_open()
+        if hard == resource.RLIM_INFINITY or hard > ceiling:
+            raise OptionValueError(
+                f"open files cannot be unlimited: at most {ceiling} (fs.nr_open), got {raw!r}"
+            )
+    return number_, soft, hard
+
+
+def byte_size(minimum: int, maximum: int) -> Callable[[str], int]:
+    """A number of bytes, with an optional K/M/G suffix (powers of 1024): `256K`, `1M`."""
+
+    def parse(raw: str) -> int:
+        value = raw.strip().upper().removesuffix("B")
+        number_, unit = value.rstrip("KMG"), value[len(value.rstrip("KMG")) :]
+        try:
+            size = float(number_) * _SIZE_UNITS[unit]
+            if not math.isfinite(size) or size != int(size):
+                raise ValueError(raw)
+        except (ValueError, KeyError):
+            raise OptionValueError(f"expected a size like 64K or 1M, got {raw!r}") from None
+        if not minimum <= size <= maximum:
+            raise OptionValueError(
+                f"expected a size from {minimum} to {maximum} bytes, got {raw!r}"
+            )
+        return int(size)
+
+    return parse
+
+
+def endpoint_address(raw: str) -> str | None:
+    """A ZMQ endpoint (`ipc://PATH`, `tcp://HOST:PORT`) or `systemd:NAME`; empty: the default.
+    Not an abstract unix socket (`ipc://@name`): it has no file, so no permission keeps any
+    local user from connecting (systemd may still pass one, as `systemd:NAME`)."""
+    if raw.strip().startswith("ipc://@"):
+        raise OptionValueError(
+            f"an abstract socket has no file permissions, every local user could connect to "
+            f"it: use a path, such as ipc:///run/circus-sd/control.sock, got {raw!r}"
+        )
+    return raw or None

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from circus_sd import safe_paths
 from circus_sd.config.options import (
     OptionValueError,
     boolean,
@@ -280,6 +281,8 @@ def _check(config: StreamConfig, warnings: list[tuple[str, str]]) -> None:
             warnings.append(
                 ("filename", f"directory {directory} does not exist: output is dropped until it is")
             )
+        elif "$(" not in directory and (problem := safe_paths.directory_problem(directory)):
+            warnings.append(("filename", f"not written, output is dropped until fixed: {problem}"))
     if config.class_name == FILE and config.max_bytes and not config.backup_count:
         warnings.append(
             ("max_bytes", "has no effect without backup_count >= 1 (as in Python's logging)")

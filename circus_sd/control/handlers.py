@@ -17,18 +17,25 @@ from typing import Any
 
 import psutil
 
+from circus_sd.access import Tier
 from circus_sd.arbiter import Arbiter, Request
 from circus_sd.config.model import WatcherConfig
 from circus_sd.config.options import OptionValueError, signal_number
 from circus_sd.control.protocol import (
     CommandError,
+    Errno,
     prop_bool,
-    prop_float,
     prop_int,
     prop_required_str,
+    prop_seconds,
     prop_str,
 )
-from circus_sd.control.watcher_options import apply_options, option_values
+from circus_sd.control.watcher_options import (
+    SECRET_KEYS,
+    apply_options,
+    option_values,
+    parse_options,
+)
 from circus_sd.states import ProcessState
 
 
@@ -45,7 +52,9 @@ class Deferred:
 
 
 Result = dict[str, Any] | None | Deferred
-Handler = Callable[[Arbiter, dict[str, Any]], Result]
+# (arbiter, request properties, the caller's tier): the server has checked the command's own
+# tier; a handler whose work depends on what is asked (`set`'s options) checks the rest.
+Handler = Callable[[Arbiter, dict[str, Any], Tier], Result]
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -105,7 +114,7 @@ async def _each(arbiter: Arbiter, names: list[str], work: Callable[[str], Awaita
 
 
 @handles("start")
-def start(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def start(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     names = _matching(arbiter, props)
 
     async def work() -> dict[str, Any] | None:
@@ -121,7 +130,7 @@ def start(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("stop")
-def stop(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def stop(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     names = _matching(arbiter, props)
 
     async def work() -> None:
@@ -131,7 +140,7 @@ def stop(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("restart")
-def restart(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def restart(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     names = _matching(arbiter, props)
 
     async def work() -> dict[str, Any] | None:
@@ -143,7 +152,7 @@ def restart(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("reload")
-def reload(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def reload(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     names = _matching(arbiter, props)
     graceful = prop_bool(props, "graceful", True)
     sequential = prop_bool(props, "sequential", False)
@@ -182,7 +191,7 @@ def _replaced(
 
 
 @handles("reloadconfig")
-def reloadconfig(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def reloadconfig(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     async def work() -> dict[str, Any] | None:
         error = await arbiter.reload_config()
         if error is not None:
@@ -193,7 +202,7 @@ def reloadconfig(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("quit")
-def quit_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def quit_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     async def work() -> None:
         arbiter.request(Request.STOP)
         await arbiter.watchers_stopped()
@@ -202,12 +211,12 @@ def quit_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("incr")
-def incr(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def incr(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     return _resize(arbiter, props, +1)
 
 
 @handles("decr")
-def decr(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def decr(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     return _resize(arbiter, props, -1)
 
 
@@ -220,6 +229,11 @@ def _resize(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Result:
     watcher = arbiter.watchers[name]
     if watcher.config.singleton:
         return {"numprocesses": watcher.config.target_processes, "singleton": True}
+    if sign > 0:
+        # Checked now (and again by the work), so that a client that does not wait hears of a
+        # refusal too: past max_processes, ProcessBoundError is the error reply.
+        grown = watcher.config.numprocesses + nb
+        arbiter.check_process_bound(dataclasses.replace(watcher.config, numprocesses=grown))
 
     async def work() -> dict[str, Any]:
         async with arbiter.lock(name):
@@ -231,11 +245,11 @@ def _resize(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Result:
 
 
 @handles("kill")
-def kill(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def kill(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
     pid = prop_int(props, "pid")
     signum = _signum(props.get("signum")) if props.get("signum") is not None else None
-    timeout = prop_float(props, "graceful_timeout")
+    timeout = prop_seconds(props, "graceful_timeout")
     if pid is not None and pid not in arbiter.watchers[name].pids:
         raise CommandError(f"process {pid} not found in {name}")
 
@@ -247,7 +261,7 @@ def kill(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("signal")
-def signal_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def signal_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
     signum = _signum(props.get("signum"))
     pid = prop_int(props, "pid")
@@ -287,7 +301,7 @@ def _signum(value: Any) -> int:
 
 
 @handles("add")
-def add(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def add(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = prop_required_str(props, "name")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CommandError(f"{name!r}: a watcher name is made of letters, digits, _ . -")
@@ -298,7 +312,9 @@ def add(arbiter: Arbiter, props: dict[str, Any]) -> Result:
     options = props.get("options") or {}
     if not isinstance(options, dict):
         raise CommandError("options: expected an object")
-    config = apply_options(WatcherConfig(name=name, cmd=cmd, args=_args_text(args)), options)
+    changes = parse_options(options, caller)
+    config = apply_options(WatcherConfig(name=name, cmd=cmd, args=_args_text(args)), changes)
+    arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
     start_now = prop_bool(props, "start")
 
     async def work() -> None:
@@ -317,7 +333,7 @@ def _args_text(args: Any) -> str:
 
 
 @handles("rm")
-def rm(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def rm(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
     nostop = prop_bool(props, "nostop")
 
@@ -330,12 +346,15 @@ def rm(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("set")
-def set_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def set_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
     options = props.get("options")
     if not isinstance(options, dict) or not options:
         raise CommandError("options: expected an object of option: value")
-    config = apply_options(arbiter.watchers[name].config, options)
+    # One parse: the access check and the change see the same options (README: Security model).
+    changes = parse_options(options, caller)
+    config = apply_options(arbiter.watchers[name].config, changes)
+    arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
 
     async def work() -> None:
         async with arbiter.lock(name):
@@ -348,20 +367,20 @@ def set_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("list")
-def list_(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def list_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     if prop_str(props, "name"):
         return {"pids": arbiter.watchers[_watcher_name(arbiter, props)].pids}
     return {"watchers": sorted(arbiter.watchers)}
 
 
 @handles("listsockets")
-def listsockets(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def listsockets(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     # Circus's entries (fd, name, backlog, host and port or path), plus family, type, systemd.
     return {"sockets": arbiter.sockets.describe()}
 
 
 @handles("status")
-def status(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def status(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     # Circus's reply; circus-sd's `details` (pids included: they grow with N) when asked for.
     with_details = prop_bool(props, "details")
     if prop_str(props, "name"):
@@ -387,6 +406,10 @@ def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:
         "restarts": watcher.restarts,
         "reason": watcher.reason or None,
         "started": min(started) if started else None,
+        # Spawns that failed for lack of resources (not counted as failures), and why, while
+        # some are still waiting.
+        "deferred_spawns": watcher.deferred_spawns,
+        "shortage": watcher.shortage,
     }
     if watcher.config.awaits_readiness:
         # Readiness (READY=1 or ready_log_line) and the last STATUS= of each process.
@@ -399,7 +422,7 @@ def _details(arbiter: Arbiter, name: str) -> dict[str, Any]:
 
 
 @handles("numprocesses")
-def numprocesses(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def numprocesses(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     if prop_str(props, "name"):
         name = _watcher_name(arbiter, props)
         return {"numprocesses": len(arbiter.watchers[name].processes), "watcher_name": name}
@@ -407,33 +430,38 @@ def numprocesses(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("numwatchers")
-def numwatchers(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def numwatchers(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     return {"numwatchers": len(arbiter.watchers)}
 
 
 @handles("options")
-def options(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def options(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
-    return {"options": option_values(arbiter.watchers[name].config)}
+    return {"options": option_values(arbiter.watchers[name].config, caller)}
 
 
 @handles("get")
-def get(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def get(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
     keys = props.get("keys")
     if not isinstance(keys, list) or not keys:
         raise CommandError("keys: expected a list of option names")
-    values = option_values(arbiter.watchers[name].config)
+    values = option_values(arbiter.watchers[name].config, caller)
     result = {}
     for key in keys:
         if str(key) not in values:
+            if str(key) in SECRET_KEYS:
+                raise CommandError(
+                    f"access denied: only root or the arbiter's user may read {key}",
+                    Errno.ACCESS_DENIED,
+                )
             raise CommandError(f"{key}: not a known option")
         result[str(key)] = values[str(key)]
     return {"options": result}
 
 
 @handles("globaloptions")
-def globaloptions(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def globaloptions(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     values = arbiter.global_options()
     key = prop_str(props, "option")
     if key:
@@ -444,7 +472,7 @@ def globaloptions(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("stats")
-def stats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def stats(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     extended = prop_bool(props, "extended")
     pid = prop_int(props, "process")
     if prop_str(props, "name"):
@@ -510,18 +538,24 @@ def _extended(
 
 
 @handles("dstats")
-def dstats(arbiter: Arbiter, props: dict[str, Any]) -> Result:
-    return {"info": arbiter.process_info(os.getpid(), extended=False)}
+def dstats(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
+    from circus_sd.logging_setup import dropped_log_records
+
+    return {
+        "info": arbiter.process_info(os.getpid(), extended=False),
+        # The arbiter's own log records its output did not take in time (logging_setup).
+        "log_records_dropped": dropped_log_records(),
+    }
 
 
 @handles("freeze")
-def freeze(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def freeze(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     arbiter.freeze(_watcher_name(arbiter, props), True)
     return None
 
 
 @handles("thaw")
-def thaw(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def thaw(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     arbiter.freeze(_watcher_name(arbiter, props), False)
     return None
 
@@ -530,7 +564,7 @@ _EVENT_PART = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @handles("publish")
-def publish(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def publish(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     # Only under plugin.*: a client cannot pass off its events as the arbiter's watcher.* ones.
     name = prop_required_str(props, "name")
     event = prop_required_str(props, "event")
@@ -546,5 +580,5 @@ def publish(arbiter: Arbiter, props: dict[str, Any]) -> Result:
 
 
 @handles("ipython")
-def ipython(arbiter: Arbiter, props: dict[str, Any]) -> Result:
+def ipython(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     raise CommandError("ipython is not supported by circus-sd")

@@ -3,9 +3,10 @@
 Not the events socket: a flood of output must never make ZMQ drop lifecycle events. An XPUB
 socket, because it tells us which topics have subscribers: output nobody follows costs one dict
 lookup per read, not a copy and a send. Each message is three frames: the topic
-`output.<watcher>.<stream>`, a JSON header (watcher, wid, pid, stream) and the whole lines read.
-A subscriber that cannot keep up loses messages past the high-water mark; the arbiter never
-waits for it.
+`output.<watcher>.<stream>`, a JSON header (watcher, wid, pid, stream, seq) and the whole lines
+read. A subscriber that cannot keep up loses messages past the high-water mark (SEND_HWM
+messages of at most one read each: about 2 MiB per follower); the arbiter never waits for it.
+`seq` numbers the messages of each topic, so that a follower counts what it lost.
 """
 
 from __future__ import annotations
@@ -13,33 +14,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
+from collections.abc import Callable, Collection
 
 import zmq
 import zmq.asyncio
 
+from circus_sd.control.subscriptions import (
+    SubscriptionBook,
+    follow_subscriptions,
+    limit_subscriptions,
+)
 from circus_sd.endpoints import output_topic
 from circus_sd.output.lines import Buffer
 from circus_sd.output.sink import Origin
 
-log = logging.getLogger("circus_sd")
-
 # Messages queued per subscriber (each up to one read, 256 KiB): bounds a slow follower's cost.
-SEND_HWM = 64
-_SUBSCRIBE, _UNSUBSCRIBE = 1, 0
+SEND_HWM = 8
 
 
 class OutputPublisher:
     """Publishes the lines the output readers see, for the topics someone subscribed to."""
 
-    def __init__(self, socket: zmq.asyncio.Socket) -> None:
+    def __init__(
+        self,
+        socket: zmq.asyncio.Socket,
+        admins: Collection[int] = (),
+        refuse: Callable[[int | None], int] = lambda uid: 0,
+    ) -> None:
+        """`refuse(uid)` shuts down a user's connections to `socket` (see subscriptions.py)."""
         self._socket = socket
         socket.setsockopt(zmq.SNDHWM, SEND_HWM)
+        limit_subscriptions(socket)
+        self._admins = admins
+        self._refuse = refuse
         # XPUB passes on each topic's first subscription and its last unsubscription only, so
         # this is exactly the set of topics someone follows.
-        self._subscriptions: set[bytes] = set()
+        self._book = SubscriptionBook()
         # (watcher, stream) -> its topic if followed, else None; emptied when subscriptions change.
         self._followed: dict[tuple[str, str], bytes | None] = {}
+        # Messages published per topic, the last one's number.
+        self._sequence: dict[bytes, int] = {}
 
     def tap(self, origin: Origin, lines: list[Buffer]) -> None:
         """An output tap (see OutputRouter.taps): called in the loop with every block of lines."""
@@ -50,11 +64,13 @@ class OutputPublisher:
             topic = self._followed[key] = self._topic_if_followed(*key)
         if topic is None:
             return
+        seq = self._sequence[topic] = self._sequence.get(topic, 0) + 1
         header = {
             "watcher": origin.watcher,
             "wid": origin.wid,
             "pid": origin.pid,
             "stream": origin.stream,
+            "seq": seq,
         }
         data = lines[0] if len(lines) == 1 else b"".join(lines)
         sent = self._socket.send_multipart(
@@ -67,25 +83,15 @@ class OutputPublisher:
 
     def _topic_if_followed(self, watcher: str, stream: str) -> bytes | None:
         topic = output_topic(watcher, stream).encode()
-        if any(topic.startswith(prefix) for prefix in self._subscriptions):
+        if any(topic.startswith(prefix) for prefix in self._book.topics):
             return topic
         return None
 
     async def follow_subscriptions(self) -> None:
         """Keep the set of followed topics current, until cancelled."""
-        while True:
-            message = await self._socket.recv()
-            if not message:
-                continue
-            kind, topic = message[0], bytes(message[1:])
-            if kind == _SUBSCRIBE:
-                self._subscriptions.add(topic)
-            elif kind == _UNSUBSCRIBE:
-                self._subscriptions.discard(topic)
-            else:
-                continue
-            self._followed.clear()
-            log.debug("output subscriptions: %s", sorted(self._subscriptions))
+        await follow_subscriptions(
+            self._socket, self._book, self._admins, self._refuse, self._followed.clear, "output"
+        )
 
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import time
 from typing import Any
 
@@ -144,13 +145,18 @@ def prop_int(props: dict[str, Any], key: str, default: int | None = None) -> int
         raise CommandError(f"{key}: expected an integer, got {value!r}") from None
 
 
-def prop_float(props: dict[str, Any], key: str) -> float | None:
+def prop_seconds(props: dict[str, Any], key: str) -> float | None:
+    """A duration: a finite number of seconds, zero or more (a negative, NaN or infinite
+    timeout would never fire, or fire at once)."""
     value = props.get(key)
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise CommandError(f"{key}: expected a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise CommandError(f"{key}: expected a number, got {value!r}") from None
+    if not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+        else:
+            if math.isfinite(seconds) and seconds >= 0:
+                return seconds
+    raise CommandError(f"{key}: expected a number of seconds >= 0, got {value!r}")

@@ -7,15 +7,10 @@ table; it imports nothing heavy, so circusctl starts fast.
 from __future__ import annotations
 
 import dataclasses
-import enum
 
+from circus_sd.access import Tier
 
-class Tier(enum.IntEnum):
-    """Who may run a command: root and the arbiter's user may do all; the group, less."""
-
-    READ = 1  # look: status, list, stats, options, listen
-    OPERATE = 2  # drive the lifecycle of what is configured: start, stop, incr, signal
-    ADMIN = 3  # change what runs or as whom: add, rm, set cmd, quit, reloadconfig
+__all__ = ["COMMANDS", "Command", "Tier"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,34 +22,6 @@ class Command:
     required: tuple[str, ...] = ()
     # Circus's asynchronous commands: reply "ok" at once unless properties.waiting is true.
     waitable: bool = False
-
-
-# `set` keys that change what runs or as whom: a group member may not set them.
-ADMIN_OPTIONS = frozenset(
-    {
-        "cmd",
-        "args",
-        "executable",
-        "shell",
-        "shell_args",
-        "uid",
-        "gid",
-        "env",
-        "copy_env",
-        "copy_path",
-        "working_dir",
-        "virtualenv",
-        "umask",
-        "use_sockets",
-        "stdin_socket",
-        "listen_fds",
-    }
-)
-ADMIN_OPTION_PREFIXES = ("hooks.", "rlimit_", "stdout_stream.", "stderr_stream.")
-
-
-def option_needs_admin(key: str) -> bool:
-    return key in ADMIN_OPTIONS or key.startswith(ADMIN_OPTION_PREFIXES)
 
 
 _ALL = [

@@ -1,4 +1,4 @@
-"""The control endpoint (ZMQ ROUTER) and the events endpoint (ZMQ PUB), secure by default."""
+"""The control endpoint (ZMQ ROUTER) and the events endpoint (ZMQ XPUB), secure by default."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from circus_sd import safe_paths
 from circus_sd.arbiter import Arbiter
 from circus_sd.config.model import ArbiterConfig
 from circus_sd.config.options import decimal_integer
+from circus_sd.control.connection_guard import ConnectionGuard
 from circus_sd.control.handlers import HANDLERS, Deferred
 from circus_sd.control.output_pub import OutputPublisher
 from circus_sd.control.protocol import (
@@ -35,7 +37,14 @@ from circus_sd.control.protocol import (
     ok_reply,
     parse_request,
 )
-from circus_sd.control.registry import COMMANDS, Tier, option_needs_admin
+from circus_sd.control.registry import COMMANDS, Tier
+from circus_sd.control.replies import SEND_HWM, PendingReplies, Sent
+from circus_sd.control.subscriptions import (
+    SubscriptionBook,
+    follow_subscriptions,
+    limit_subscriptions,
+)
+from circus_sd.control.subscriptions import peer_credentials as _peer_credentials
 from circus_sd.curve import make_server
 from circus_sd.endpoints import (
     default_endpoint,
@@ -48,6 +57,11 @@ log = logging.getLogger("circus_sd.control")
 
 # Requests read in one go before the loop gets a turn.
 MAX_PER_PASS = 64
+# Requests queued in libzmq per connection (the rest wait in the kernel): with [circus]
+# max_message_size, bounds what a client that sends faster than we answer makes us hold.
+RECEIVE_HWM = 4
+# Events queued per subscriber (a few hundred bytes each) before it misses some.
+EVENTS_SEND_HWM = 1000
 
 SYSTEMD_PREFIX = "systemd:"
 
@@ -56,6 +70,7 @@ class EndpointVerdict(enum.Enum):
     """What an endpoint's transport and address mean for access control."""
 
     PRIVATE = "ipc socket: file permissions and peer credentials"
+    ABSTRACT = "abstract ipc socket (systemd's): no file, no permissions"
     CURVE = "tcp with CURVE: only authorized keys"
     OPEN_LOCALLY = "loopback tcp without keys: any local user (warned)"
     OPEN_TO_NETWORK = "network tcp without keys, explicitly accepted (warned)"
@@ -66,6 +81,8 @@ class EndpointVerdict(enum.Enum):
 def endpoint_verdict(endpoint: str, curve: bool, insecure_tcp: bool) -> EndpointVerdict:
     scheme = endpoint.partition("://")[0]
     if scheme == "ipc":
+        if endpoint.startswith("ipc://@"):
+            return EndpointVerdict.ABSTRACT
         return EndpointVerdict.PRIVATE
     if scheme != "tcp":
         return EndpointVerdict.UNSUPPORTED
@@ -109,8 +126,14 @@ class ControlServer:
         self._router_fd: int | None = None  # watched by the loop while serving
         self._reading = False  # in a pass of _read_requests
         self._pass_scheduled = False
-        self._pub: zmq.Socket[bytes] | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._events = SubscriptionBook()
         self._output: OutputPublisher | None = None
+        self._max_message_size = options.max_message_size
+        self._guard_bounds = (options.max_connections_per_user, options.max_connections)
+        self._guard: ConnectionGuard | None = None
+        self._router_index = 0  # the ROUTER's, for the guard
+        self._pending = PendingReplies(self._send_now)
         self._locks: list[int] = []
         # ipc socket files this server bound: the only ones it may remove when it closes.
         self._bound_paths: list[str] = []
@@ -138,15 +161,28 @@ class ControlServer:
         # Plain (blocking-API) sockets on the asyncio context: non-blocking reads and sends from
         # loop callbacks (see serve); the asyncio context serves the CURVE authenticator.
         plain: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(self._context.underlying)
+        # Counts and bounds the connections to every socket, from the moment they are bound.
+        self._guard = guard = ConnectionGuard(plain, *self._guard_bounds)
         self._router = plain.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, self._max_message_size)
+        self._router.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        self._router.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue says EAGAIN: replies.py
         self._secure(self._router, self.endpoint)
+        self._router_index = guard.watch(self._router)
         self._bind(self._router, self.endpoint)
-        pub: zmq.Socket[bytes] = plain.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
+        self._add_door(self.endpoint)
+        # XPUB rather than PUB: it tells who subscribes to what (subscriptions.py).
+        pub = self._context.socket(zmq.XPUB)
+        pub.linger = 0
+        pub.setsockopt(zmq.SNDHWM, EVENTS_SEND_HWM)
+        limit_subscriptions(pub)
         self._pub = pub
         self._secure(pub, self.pubsub_endpoint)
+        guard.watch(pub)
         self._bind(pub, self.pubsub_endpoint)
+        self._add_door(self.pubsub_endpoint)
         self.arbiter.endpoints = {
             "endpoint": self.endpoint,
             "pubsub_endpoint": self.pubsub_endpoint,
@@ -156,12 +192,25 @@ class ControlServer:
         if self.output_endpoint is not None:
             xpub = self._context.socket(zmq.XPUB)
             xpub.linger = 0
-            self._output = OutputPublisher(xpub)
+            self._output = OutputPublisher(xpub, guard.admins, lambda uid: guard.kick(uid, xpub))
             self._secure(xpub, self.output_endpoint)
+            guard.watch(xpub)
             self._bind(xpub, self.output_endpoint)
+            self._add_door(self.output_endpoint)
             self.arbiter.endpoints["output_endpoint"] = self.output_endpoint
             self.arbiter.output.taps.append(self._output.tap)
             log.info("child output on %s", self.output_endpoint)
+        guard.start()
+
+    def _add_door(self, endpoint: str) -> None:
+        """Let the guard close this ipc socket file to non-admin users (connection_guard.py)."""
+        path = ipc_path(endpoint)
+        if self._guard is None or path is None:
+            return  # tcp: no file, no door
+        try:
+            self._guard.add_door(path)
+        except OSError as exc:
+            log.warning("%s: cannot close it to other users in an emergency: %s", endpoint, exc)
 
     def _adopt(self, endpoint: str) -> str:
         """`systemd:NAME`: the listening socket systemd passed under that name (socket
@@ -208,6 +257,12 @@ class ControlServer:
                 "set curve_secret_key and curve_clients (`circus-sd --make-curve-keys DIR`), use "
                 "an ipc:// or loopback endpoint, or set insecure_tcp = true to accept the risk"
             )
+        if verdict is EndpointVerdict.ABSTRACT:  # configured ones are refused by --check
+            raise EndpointError(
+                f"{endpoint}: an abstract unix socket has no file permissions: every local "
+                "user could connect to it and hold its connections; give it a path "
+                "(ListenStream=/run/...)"
+            )
         if verdict is EndpointVerdict.UNSUPPORTED:
             raise EndpointError(f"{endpoint}: only ipc:// and tcp:// endpoints are supported")
         if verdict is EndpointVerdict.CURVE:
@@ -242,7 +297,10 @@ class ControlServer:
         directory = os.path.dirname(path) or "."
         self._prepare_directory(directory)
         # ZMQ would silently unlink a live socket: a lock beside it tells a second arbiter no.
-        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:  # never through a link, nor in a directory another user may change
+            lock = safe_paths.open_path(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # safe_paths.UnsafePath too
+            raise EndpointError(f"{endpoint}: lock {path}.lock: {exc}") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -270,13 +328,15 @@ class ControlServer:
             )
 
     def _prepare_directory(self, directory: str) -> None:
-        if os.path.isdir(directory):
-            return
+        """Made with its final mode (whoever comes first: the notify sockets use it too);
+        refused if another user owns it or may write to it or a directory above (squatting)."""
         shared = self.group is not None or self.owner_uid is not None
-        os.makedirs(directory, mode=0o755 if shared else 0o700, exist_ok=True)
-        if self.group is not None:
-            os.chown(directory, -1, self.group)
-            os.chmod(directory, 0o750)
+        mode = 0o750 if self.group is not None else 0o755 if shared else 0o700
+        group = -1 if self.group is None else self.group
+        try:
+            safe_paths.ensure_directory(directory, mode, group)
+        except OSError as exc:  # safe_paths.UnsafePath too
+            raise EndpointError(f"socket directory: {exc}") from None
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -293,16 +353,23 @@ class ControlServer:
         self._router_fd = self._router.FD
         loop.add_reader(self._router_fd, self._read_requests)
         self._read_requests()
-        following = None
+        following = []
+        if self._pub is not None and self._guard is not None:
+            guard, pub = self._guard, self._pub
+            events = follow_subscriptions(
+                pub, self._events, guard.admins, lambda uid: guard.kick(uid, pub), what="events"
+            )
+            following.append(asyncio.create_task(events))
+            following[-1].add_done_callback(_log_failure("following event subscriptions"))
         if self._output is not None:
-            following = asyncio.create_task(self._output.follow_subscriptions())
-            following.add_done_callback(_log_failure("following output subscriptions"))
+            following.append(asyncio.create_task(self._output.follow_subscriptions()))
+            following[-1].add_done_callback(_log_failure("following output subscriptions"))
         try:
             await loop.create_future()  # until cancelled
         finally:
             self._stop_reading()
-            if following is not None:
-                following.cancel()
+            for task in following:
+                task.cancel()
 
     def _stop_reading(self) -> None:
         if self._router_fd is not None:
@@ -321,6 +388,10 @@ class ControlServer:
                 try:
                     frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.ZMQError:  # EAGAIN: all read (or the socket is closing)
+                    # libzmq has just taken in its clients' news (room in their queues, among
+                    # others): the time to send the replies that waited for it.
+                    if self._pending:
+                        self._pending.flush()
                     return
                 try:
                     self._handle_frames(frames)
@@ -346,6 +417,8 @@ class ControlServer:
         if len(body) != 1:
             log.debug("dropping a %d-frame message", len(frames))
             return
+        if not self._admitted(body[0]):
+            return  # its connection is over a bound, shut down already (connection_guard.py)
         peer = _peer_credentials(body[0]) if ipc_path(self.endpoint) else None
         try:
             request = parse_request(body[0].bytes)
@@ -405,6 +478,15 @@ class ControlServer:
         if not request.cast:
             self._reply(envelope, reply)
 
+    def _admitted(self, frame: Any) -> bool:
+        if self._guard is None:
+            return True
+        try:
+            fd = frame.get(zmq.SRCFD)
+        except zmq.ZMQError:
+            return True
+        return self._guard.admitted(self._router_index, fd)
+
     def _dispatch(
         self, request: Request, peer: tuple[int, int] | None
     ) -> dict[str, Any] | Deferred | None:
@@ -415,21 +497,19 @@ class ControlServer:
         handler = HANDLERS.get(request.command)
         if command is None or handler is None:
             raise CommandError(f"unknown command: {request.command!r}", Errno.UNKNOWN_COMMAND)
-        self._authorize(request, command.tier, peer)
+        caller = self._authorize(request, command.tier, peer)
         for key in command.required:
             if key not in request.properties:
                 raise CommandError(f"message invalid: missing property {key!r}")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("command %s %s", request.command, json.dumps(request.properties, default=str))
-        return handler(self.arbiter, request.properties)
+        return handler(self.arbiter, request.properties, caller)
 
-    def _authorize(self, request: Request, needed: Tier, peer: tuple[int, int] | None) -> None:
-        if request.command == "set":
-            options = request.properties.get("options")
-            if isinstance(options, dict) and any(option_needs_admin(str(k)) for k in options):
-                needed = Tier.ADMIN
+    def _authorize(self, request: Request, needed: Tier, peer: tuple[int, int] | None) -> Tier:
+        """The caller's tier, if it is enough for the command; the handler checks what depends
+        on the request's content (the options of `set`) against it."""
         if peer is None:
-            return  # tcp: no credentials exist; refused at start-up unless loopback/insecure
+            return Tier.ADMIN  # tcp: no credentials exist; refused at start-up unless loopback
         tier = self._tier_of(*peer)
         if tier is None:
             raise CommandError(
@@ -443,6 +523,7 @@ class ControlServer:
                 f"uid {peer[0]} may only read and drive the configured watchers",
                 Errno.ACCESS_DENIED,
             )
+        return tier
 
     def _tier_of(self, uid: int, gid: int) -> Tier | None:
         key = (uid, gid)
@@ -470,21 +551,34 @@ class ControlServer:
     def _reply(self, envelope: list[bytes], reply: dict[str, Any]) -> None:
         if self._router is None:
             return
-        with contextlib.suppress(zmq.ZMQError):
-            self._router.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
+        self._pending.send([*envelope, encode(reply)])
         if not self._reading:
             self._schedule_pass()  # the send may have taken the edge of a waiting request
+
+    def _send_now(self, frames: list[bytes]) -> Sent:
+        if self._router is None:
+            return Sent.GONE
+        try:
+            self._router.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return Sent.FULL
+        except zmq.ZMQError:  # EHOSTUNREACH: the client left (or the socket is closing)
+            return Sent.GONE
+        return Sent.SENT
 
     # -- events ------------------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         if self._pub is None:
             return
-        # PUB never blocks: past the high-water mark a slow subscriber loses messages, not us.
+        # XPUB never blocks: past the high-water mark a slow subscriber loses messages, not us.
         with contextlib.suppress(zmq.ZMQError):
-            self._pub.send_multipart(
+            sent = self._pub.send_multipart(
                 [topic.encode(), json.dumps(payload).encode()], flags=zmq.NOBLOCK
             )
+            # Done at once; fetch a failure so that asyncio does not report it as never retrieved.
+            if isinstance(sent, asyncio.Future) and sent.done() and not sent.cancelled():
+                sent.exception()
 
     async def close(self) -> None:
         """Let replies in flight (e.g. `quit --waiting`) go out, then close everything."""
@@ -493,6 +587,9 @@ class ControlServer:
         with contextlib.suppress(ValueError):
             self.arbiter.listeners.remove(self.publish)
         self._stop_reading()  # before its socket is closed (serve may not have ended yet)
+        if self._guard is not None:  # before the sockets it watches are closed
+            self._guard.stop()
+            self._guard = None
         if self._output is not None:
             with contextlib.suppress(ValueError):
                 self.arbiter.output.taps.remove(self._output.tap)
@@ -534,21 +631,6 @@ def _endpoint_of(sock: socket.socket) -> str | None:
     if sock.family == socket.AF_INET6:
         return f"tcp://[{address[0]}]:{address[1]}"
     return None
-
-
-def _peer_credentials(frame: Any) -> tuple[int, int] | None:
-    """(uid, gid) of an ipc:// peer, which libzmq reports as "Peer-Address" host:uid:gid:pid."""
-    try:
-        address = frame.get("Peer-Address")
-    except (zmq.ZMQError, AttributeError):
-        return None
-    parts = str(address).split(":")
-    if len(parts) < 4:
-        return None
-    try:
-        return int(parts[-3]), int(parts[-2])
-    except ValueError:
-        return None
 
 
 def _is_loopback(host: str) -> bool:

@@ -171,6 +171,8 @@ class Session:
                 return EXIT_CALL_ERROR
             out = self.stdout.buffer if hasattr(self.stdout, "buffer") else None
             for block in follow_output(endpoint, name, stream if isinstance(stream, str) else None):
+                if block.lost:
+                    self.error(f"tail: {block.lost} block(s) of {block.stream} lost: too slow")
                 data = block.data if raw else _prefixed(block.data, f"{name}[{block.wid}] ")
                 if out is not None:
                     out.write(data)

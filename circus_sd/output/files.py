@@ -1,6 +1,9 @@
 """File sinks' writers: append whole lines, rotate by size or time, reopen a moved file.
 
-Run in the sink's writer thread only. Every failure (no space, a deleted directory, a file that
+The file is opened, rotated and reopened relative to a descriptor of its directory, which is
+reached safely and must be changeable by root and the arbiter's user alone (safe_paths.py): a
+symbolic link is never followed, so nobody can make the arbiter write another file. Run in the
+sink's writer thread only. Every failure (no space, a deleted directory, a file that
 cannot be opened) becomes a SinkError saying how much of the batch was written; the sink retries.
 """
 
@@ -9,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 
+from circus_sd import safe_paths
 from circus_sd.config.streams import ROTATE_UNITS
 from circus_sd.output.lines import Buffer
 from circus_sd.output.sink import Chunk, SinkError
@@ -81,10 +86,12 @@ class FileWriter:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self._directory, self._name = os.path.split(os.path.abspath(path))
         self.rotation = rotation
         self.check_interval = check_interval
         self._clock = clock
         self._fd = -1
+        self._dir_fd = -1  # O_PATH, of the directory the open file is in
         self._identity = (0, 0)
         self._size = 0
         self._checked = 0.0
@@ -95,18 +102,30 @@ class FileWriter:
     # -- opening ---------------------------------------------------------------------------------
 
     def _open(self) -> None:
+        """Open the file in its directory (reached safely first, unless already held)."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
+            if self._dir_fd < 0:
+                self._dir_fd = safe_paths.open_directory(self._directory)
+            fd = safe_paths.open_file(
+                self._dir_fd, self._name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666, self.path
+            )
+        except OSError as exc:  # safe_paths.UnsafePath too
+            # The next try finds the directory again: it may be back, or fixed, by then.
+            self._close_dir()
+            if isinstance(exc, safe_paths.UnsafePath):
+                raise SinkError(
+                    f"refusing to write {self.path}: {exc} (circus-sd writes the file; the "
+                    "program needs no access to it)"
+                ) from None
             raise SinkError(f"cannot open {self.path}: {exc.strerror}") from None
-        stat = os.fstat(fd)
+        info = os.fstat(fd)
         self._fd = fd
-        self._identity = (stat.st_dev, stat.st_ino)
-        self._size = stat.st_size
+        self._identity = (info.st_dev, info.st_ino)
+        self._size = info.st_size
         self._checked = self._clock()
         if isinstance(self.rotation, TimeRotation):
             # As logging does: a file that exists rotates on the schedule of its last change.
-            since = stat.st_mtime if stat.st_size else self._checked
+            since = info.st_mtime if info.st_size else self._checked
             self._rollover_at = self.rotation.next_rollover(since)
 
     def _close_fd(self) -> None:
@@ -114,12 +133,18 @@ class FileWriter:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
+    def _close_dir(self) -> None:
+        if self._dir_fd >= 0:
+            fd, self._dir_fd = self._dir_fd, -1
+            os.close(fd)
+
     def _still_in_place(self) -> bool:
+        """The file at `path` is still the one open (a link in its place is not)."""
         try:
-            stat = os.stat(self.path)
+            info = os.stat(self.path, follow_symlinks=False)
         except OSError:
             return False
-        return (stat.st_dev, stat.st_ino) == self._identity
+        return (info.st_dev, info.st_ino) == self._identity
 
     def _prepare(self) -> None:
         """An open fd on the file at `path` (checked every check_interval), rotated if due."""
@@ -128,6 +153,7 @@ class FileWriter:
             self._checked = now
             if not self._still_in_place():
                 self._close_fd()
+                self._close_dir()  # found again from /, as the first time
                 self.reopened += 1
         if self._fd < 0:
             self._open()
@@ -195,14 +221,21 @@ class FileWriter:
 
     # -- rotating --------------------------------------------------------------------------------
 
+    def _rename(self, source: str, target: str) -> bool:
+        """Rename within the file's directory (a link is renamed, never followed); False if
+        `source` does not exist."""
+        try:
+            os.rename(source, target, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return False
+        return True
+
     def _rotate_by_size(self, rotation: SizeRotation, written: int) -> None:
         self._close_fd()
         try:
             for index in range(rotation.backup_count - 1, 0, -1):
-                source = f"{self.path}.{index}"
-                if os.path.exists(source):
-                    os.replace(source, f"{self.path}.{index + 1}")
-            os.replace(self.path, f"{self.path}.1")
+                self._rename(f"{self._name}.{index}", f"{self._name}.{index + 1}")
+            self._rename(self._name, f"{self._name}.1")
         except OSError as exc:
             raise SinkError(f"cannot rotate {self.path}: {exc.strerror}", written) from None
         try:
@@ -216,14 +249,13 @@ class FileWriter:
         # The file is named after the start of the interval it holds, as in Circus and logging.
         start = self._rollover_at - rotation.seconds
         stamp = time.gmtime(start) if rotation.utc else time.localtime(start)
-        target = f"{self.path}.{time.strftime(rotation.suffix, stamp)}"
+        target = f"{self._name}.{time.strftime(rotation.suffix, stamp)}"
         self._close_fd()
         try:
-            if os.path.exists(self.path):
-                os.replace(self.path, target)
+            self._rename(self._name, target)
             if rotation.backup_count > 0:
                 for old in self._old_backups(rotation):
-                    os.unlink(old)
+                    os.unlink(old, dir_fd=self._dir_fd)
         except OSError as exc:
             raise SinkError(f"cannot rotate {self.path}: {exc.strerror}") from None
         self._open()
@@ -233,15 +265,27 @@ class FileWriter:
         self._rollover_at = rollover
 
     def _old_backups(self, rotation: TimeRotation) -> list[str]:
-        directory, base = os.path.split(self.path)
-        prefix = base + "."
+        """Names of the rotated files past backup_count, oldest first: only plain files of root
+        or the arbiter's user (in a sticky directory others share, never someone else's)."""
+        prefix = self._name + "."
         pattern = rotation.suffix_pattern
-        backups = sorted(
-            os.path.join(directory, name)
-            for name in os.listdir(directory)
-            if name.startswith(prefix) and pattern.match(name[len(prefix) :])
-        )
+        listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        try:
+            names = os.listdir(listing)
+        finally:
+            os.close(listing)
+        backups = []
+        for name in sorted(names):
+            if not (name.startswith(prefix) and pattern.match(name[len(prefix) :])):
+                continue
+            try:
+                info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_uid in (0, os.geteuid()):
+                backups.append(name)
         return backups[: max(0, len(backups) - rotation.backup_count)]
 
     def close(self) -> None:
         self._close_fd()
+        self._close_dir()

@@ -66,7 +66,11 @@ class LineAssembler:
         self._prefix: Callable[[float], bytes] | None = (
             None if self.style.plain else Prefixer(self.style)
         )
-        self._pending = b""  # the start of a line not yet complete, < max_line bytes
+        # The start of a line not yet complete (<= max_line bytes), as the reads that brought
+        # it: joined once, when the line ends or outgrows max_line, so that a line arriving in
+        # many small reads costs a copy of each byte, not one of everything held at each read.
+        self._held: list[bytes] = []
+        self._held_size = 0
         # Lines with no b"\n" in a window this wide may be too long: look closer then.
         self._window = max(1, (max_line + 1) // 2)
         self.split_lines = 0  # lines that had to be cut
@@ -74,7 +78,7 @@ class LineAssembler:
     @property
     def pending(self) -> int:
         """Bytes of an incomplete last line held back."""
-        return len(self._pending)
+        return self._held_size
 
     def feed(self, data: bytes, now: float = 0.0) -> list[Buffer]:
         """Take what was read; return the lines it completes (maybe none), decorated."""
@@ -84,13 +88,14 @@ class LineAssembler:
         """Take what was read; return the lines it completes as the process wrote them."""
         end = data.rfind(b"\n") + 1
         if not end:
-            self._pending += data
-            if len(self._pending) <= self.max_line:
+            self._hold(data)
+            if self._held_size <= self.max_line:
                 return []
             # A line longer than max_line with no end in sight: give out its full pieces now.
-            pieces, self._pending = self._cut(self._pending)
+            pieces, rest = self._cut(self._take_held())
+            self._hold(rest)
             return [pieces]
-        pending = self._pending
+        pending = self._take_held()
         first_end = data.find(b"\n")
         if len(pending) + first_end > self.max_line or self._may_hold_long_line(
             data, first_end + 1, end
@@ -103,7 +108,7 @@ class LineAssembler:
         if len(rest) > self.max_line:
             pieces, rest = self._cut(rest)
             lines.append(pieces)
-        self._pending = rest
+        self._hold(rest)
         return [part for part in lines if len(part)]
 
     def flush(self, now: float = 0.0) -> list[Buffer]:
@@ -112,10 +117,23 @@ class LineAssembler:
 
     def flush_plain(self) -> list[Buffer]:
         """`flush`, undecorated."""
-        if not self._pending:
+        if not self._held_size:
             return []
-        line, self._pending = self._pending + b"\n", b""
-        return [line]
+        self._held.append(b"\n")
+        return [self._take_held()]
+
+    def _hold(self, data: bytes) -> None:
+        if data:
+            self._held.append(data)
+            self._held_size += len(data)
+
+    def _take_held(self) -> bytes:
+        """The incomplete line held so far, in one piece (one copy); nothing is held after."""
+        held = self._held
+        text = held[0] if len(held) == 1 else b"".join(held)
+        self._held = []
+        self._held_size = 0
+        return text
 
     # -- long lines ------------------------------------------------------------------------------
 

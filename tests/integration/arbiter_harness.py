@@ -328,9 +328,11 @@ class Circus:
         return path
 
     def world_dir(self) -> Path:
-        """A fresh directory every user may write to (tmp_path's parents are root's only)."""
+        """A fresh directory every user may write to (tmp_path's parents are root's only).
+        Sticky, as /tmp: the arbiter keeps sockets and logs only where nobody else can
+        replace its entries (circus_sd/safe_paths.py)."""
         path = Path(tempfile.mkdtemp(prefix="circus-sd-it-"))
-        path.chmod(0o777)
+        path.chmod(0o1777)
         self.extra_dirs.append(path)
         self.markers.append(str(path))
         return path
@@ -355,8 +357,10 @@ class Circus:
         *args: str,
         env: dict[str, str] | None = None,
         nofile: tuple[int, int] | None = None,
+        running: bool = True,
     ) -> Arbiter:
-        """Start `circus-sd CONFIG ARGS` in tmp_path; wait until it says it runs."""
+        """Start `circus-sd CONFIG ARGS` in tmp_path; wait until it says it runs (unless not
+        `running`: a test of its start-up)."""
         log_path = self.tmp / f"arbiter-{len(self.arbiters) + 1}.log"
 
         def limits() -> None:
@@ -375,6 +379,8 @@ class Circus:
             )
         arbiter = Arbiter(popen, log_path)
         self.arbiters.append(arbiter)
+        if not running:
+            return arbiter
         wait_until(
             lambda: "circus-sd running" in arbiter.log() or not arbiter.running(),
             10.0,

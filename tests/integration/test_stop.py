@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import shlex
+import signal
 from pathlib import Path
 
 import psutil
@@ -14,6 +16,7 @@ from arbiter_harness import (
     alive,
     alive_process,
     child_command,
+    gone,
     read_lines,
     report_command,
     wait_until,
@@ -207,22 +210,35 @@ def test_stop_after_a_watcher_gave_up(circus: Circus) -> None:
     assert read_lines(order) == ["started bystander", "stopped bystander"]
 
 
-def test_arbiter_stops_when_its_spawner_dies(circus: Circus) -> None:
-    # Without its spawner the arbiter cannot start anything: it must say so and stop.
-    config = circus.write_config(f"""
-        [watcher:web]
-        cmd = {report_command(circus.tmp, "web")}
+def test_sigterm_during_start_up_stops_at_once(circus: Circus) -> None:
+    # The first watcher (by priority) is never ready: the start waits up to its ready_timeout
+    # before the next one. SIGTERM must not wait for that.
+    config = circus.write_config("""
+        [watcher:never_ready]
+        cmd = sleep 1000
+        ready_log_line = ready
+        ready_timeout = 60
+        priority = 10
+
+        [watcher:next]
+        cmd = sleep 1001
         """)
-    arbiter = circus.start(config)
-    web = circus.reports.wait("web", 1)
-    own = arbiter.process.cmdline()
-    spawners = [c for c in arbiter.process.children() if c.cmdline() == own]
-    assert len(spawners) == 1, "the spawner is the arbiter's one child that is a fork of it"
+    arbiter = circus.start(config, running=False)
 
-    spawners[0].kill()
+    def never_ready() -> list[psutil.Process]:
+        found = []
+        for process in arbiter.workers():
+            with contextlib.suppress(psutil.Error):
+                if process.cmdline() == ["sleep", "1000"]:
+                    found.append(process)
+        return found
 
-    wait_until(lambda: not arbiter.running(), 3.0, "circus-sd to stop", arbiter.log_tail)
-    assert re.search(r"the spawner \(pid \d+\) died", arbiter.log())
-    assert not alive(web["pid"])
-    # A failure, so that systemd's Restart=on-failure brings the arbiter back.
-    assert arbiter.popen.returncode == 1
+    worker = wait_until(never_ready, 10.0, "the never-ready process", arbiter.log_tail)[0]
+
+    arbiter.send(signal.SIGTERM)
+
+    assert arbiter.wait_exit(5.0) == 0
+    assert gone(worker)
+    log = arbiter.log()
+    assert "circus-sd running" not in log
+    assert "next: starting" not in log

@@ -747,6 +747,8 @@ def test_program_resolution_rules(tmp_path: Path) -> None:
         shell = true
         [watcher:placeholder]
         cmd = $(circus.env.APP_BIN) --serve
+        [env:placeholder]
+        APP_BIN = /only/known/per/process
         [watcher:quoted]
         cmd = "{tmp_path}/bin/app" 'a b'
     """)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -184,3 +185,39 @@ def test_cut_pieces_are_decorated_like_lines() -> None:
     assert joined(assembler.feed(b"abcdef\n")) == (
         b"> abc" + SPLIT_MARKER + b"\n> def\n"
     )
+
+
+# -- cost of long lines --------------------------------------------------------------------------
+
+
+def _bytes_allocated_by_feeds(assembler: LineAssembler, reads: list[bytes]) -> tuple[int, bytes]:
+    """Memory the assembler allocates while taking `reads` (the sum, over feeds, of each
+    feed's peak above what was allocated before it: a deterministic measure of copying), and
+    what it gave out."""
+    out: list[list[Buffer]] = []
+    total = 0
+    tracemalloc.start()
+    try:
+        for data in reads:
+            before, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            parts = assembler.feed_plain(data)
+            _, peak = tracemalloc.get_traced_memory()
+            total += peak - before
+            out.append(parts)
+    finally:
+        tracemalloc.stop()
+    return total, b"".join(joined(parts) for parts in out)
+
+
+@pytest.mark.parametrize("max_line", [1 << 20, 100_000])
+def test_a_long_line_in_small_reads_is_assembled_in_linear_memory_traffic(max_line: int) -> None:
+    """512 KiB of one line arriving 256 bytes at a time: each byte is copied a few times, not
+    once per later read (rebuilding the held part at every read allocates ~500 MB here)."""
+    size, chunk = 512 * 1024, 256
+    line = bytes(random.Random(3).choices(b"abcdefghij", k=size))
+    reads = [line[i : i + chunk] for i in range(0, size, chunk)] + [b"\n"]
+    assembler = LineAssembler(max_line)
+    allocated, out = _bytes_allocated_by_feeds(assembler, reads)
+    assert out.replace(SPLIT_MARKER + b"\n", b"") == line + b"\n"
+    assert allocated < 6 * size, f"{allocated} bytes allocated for a {size}-byte line"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging
 import random
 import signal
 from typing import Any
 
 import pytest
 
-from circus_sd.actions import Action, CancelTimer, Publish, Signal, Spawn, StartTimer
+from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
 from circus_sd.config.model import WatcherConfig
+from circus_sd.restart_policy import SHORTAGE_MIN_DELAY, is_shortage
 from circus_sd.states import (
     PROCESS_TRANSITIONS,
     WATCHER_TRANSITIONS,
@@ -18,7 +21,16 @@ from circus_sd.states import (
     WatcherResult,
     WatcherState,
 )
-from circus_sd.watcher import HEALTHY, KILL, MAX_AGE, RESTART, RETRY, Watcher
+from circus_sd.watcher import (
+    HEALTHY,
+    KILL,
+    MAX_AGE,
+    RESTART,
+    RETRY,
+    SHORTAGE,
+    SPAWN_WINDOW,
+    Watcher,
+)
 
 
 class Harness:
@@ -33,6 +45,7 @@ class Harness:
         self.pending_spawns: list[Spawn] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.signals: list[Signal] = []
+        self.logs: list[Log] = []
 
     def apply(self, actions: list[Action]) -> list[Action]:
         for action in actions:
@@ -46,6 +59,8 @@ class Harness:
                 self.events.append((action.event, action.payload))
             elif isinstance(action, Signal):
                 self.signals.append(action)
+            elif isinstance(action, Log):
+                self.logs.append(action)
         return actions
 
     def start(self) -> None:
@@ -420,3 +435,182 @@ def test_start_order_follows_priority_and_after() -> None:
         start_order([w("a", after=("b",)), w("b", after=("a",))])
     with pytest.raises(DependencyError, match="no watcher named"):
         start_order([w("a", after=("nope",))])
+
+
+# -- running short of the machine's resources ----------------------------------------------------
+
+
+def _fail_spawns(h: Harness, count: int, code: int | None, reason: str = "no room") -> None:
+    """The next `count` pending spawns fail with errno `code`."""
+    for _ in range(count):
+        spawn = h.pending_spawns.pop(0)
+        h.apply(h.watcher.spawn_failed(spawn.spawn_id, reason, h.now, code))
+
+
+def _answer(h: Harness, count: int) -> list[int]:
+    """The spawner answers only the first `count` pending spawns (the later ones wait)."""
+    pids = []
+    for _ in range(count):
+        spawn = h.pending_spawns.pop(0)
+        pids.append(h.next_pid)
+        h.next_pid += 1
+        h.apply(h.watcher.spawned(spawn.spawn_id, pids[-1], h.now))
+    return pids
+
+
+def _warnings(h: Harness) -> list[str]:
+    return [log.message for log in h.logs if log.level >= logging.WARNING]
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM])
+def test_a_spawn_short_of_resources_keeps_what_runs_and_is_not_a_failure(code: int) -> None:
+    """The default max_retry (5) would give the watcher up after five failed execs and stop
+    its six running processes: spawns refused for lack of resources are deferred instead."""
+    h = Harness(numprocesses=12)
+    h.start()
+    running = _answer(h, 6)
+    _fail_spawns(h, 6, code, "too many open files")
+
+    assert h.watcher.state is WatcherState.STARTING
+    assert h.watcher.result is WatcherResult.SUCCESS and h.watcher.reason == ""
+    assert h.watcher.pids == running and not h.signals
+    assert h.watcher.deferred_spawns == 6
+    assert h.watcher.shortage == "too many open files"
+    assert h.watcher.restarts == 0
+    deferred = [payload for name, payload in h.events if name == "spawn_deferred"]
+    assert len(deferred) == 1, "one hold for the whole batch, not one per process"
+    assert deferred[0]["running"] == 6 and deferred[0]["numprocesses"] == 12
+    (warning,) = _warnings(h)
+    assert "cannot start for lack of resources (too many open files)" in warning
+    assert not h.pending_spawns and (SHORTAGE,) in h.timers
+    assert h.watcher.start_settled, "a start waits no longer for deferred processes"
+
+    h.advance(SHORTAGE_MIN_DELAY)
+    assert [s.wid for s in h.pending_spawns] == [7, 8, 9, 10, 11, 12]
+    h.answer_spawns()
+    assert h.watcher.state is WatcherState.ACTIVE
+    assert h.watcher.pids[:6] == running and len(h.watcher.pids) == 12
+    assert h.watcher.shortage is None
+    assert any("the resource shortage is over" in log.message for log in h.logs)
+
+
+def test_a_long_shortage_backs_off_logs_once_and_never_gives_up() -> None:
+    h = Harness(numprocesses=3, max_retry=1, backoff_initial=0.5, backoff_max=4.0)
+    h.start()
+    (first,) = _answer(h, 1)
+    waits = []
+    for _ in range(12):
+        _fail_spawns(h, len(h.pending_spawns), errno.EAGAIN)
+        waits.append(h.timers[(SHORTAGE,)] - h.now)
+        h.advance(waits[-1])
+    assert h.watcher.state is WatcherState.STARTING and h.watcher.pids == [first]
+    assert h.watcher.deferred_spawns == 24
+    # Doubling from backoff_initial up to backoff_max (+-10 % jitter).
+    assert 0.45 <= waits[0] <= 0.55 and 0.9 <= waits[1] <= 1.1
+    assert all(3.6 <= wait <= 4.4 for wait in waits[4:])
+    assert len(_warnings(h)) == 1, "one warning per episode"
+    assert len([n for n, _p in h.events if n == "spawn_deferred"]) == 12
+
+
+def test_shortages_count_toward_neither_max_retry_nor_flapping() -> None:
+    h = Harness(numprocesses=1, max_retry=2, flapping_attempts=2, backoff_initial=0.01)
+    h.start()
+    for _ in range(10):
+        _fail_spawns(h, 1, errno.EMFILE)
+        h.advance(h.timers[(SHORTAGE,)] - h.now)
+    assert h.watcher.state is WatcherState.STARTING
+    # Two real failed execs are still needed to give up: none was counted before.
+    _fail_spawns(h, 1, errno.ENOENT, "exec: No such file or directory")
+    assert h.watcher.state is WatcherState.STARTING
+    h.advance(1)
+    _fail_spawns(h, 1, errno.ENOENT, "exec: No such file or directory")
+    assert h.watcher.state is WatcherState.FAILED
+    assert h.watcher.result is WatcherResult.EXEC_FAILED
+
+
+def test_exec_failing_for_lack_of_memory_is_a_shortage_and_a_missing_program_is_not() -> None:
+    h = Harness(numprocesses=2, max_retry=1)
+    h.start()
+    kept, short = h.answer_spawns()
+    h.advance(5)
+    h.exit(short, 127, exec_error="exec: Cannot allocate memory (errno 12)")
+    # Without the errno, as before: a failed exec, and max_retry = 1 gives the watcher up.
+    assert h.watcher.state is WatcherState.STOPPING
+    h = Harness(numprocesses=2, max_retry=1)
+    h.start()
+    kept, short = h.answer_spawns()
+    h.advance(5)
+    h.apply(
+        h.watcher.exited(
+            short, 127, h.now, "exec: Cannot allocate memory (errno 12)", errno.ENOMEM
+        )
+    )
+    assert h.watcher.state is WatcherState.ACTIVE and h.watcher.pids == [kept]
+    assert h.watcher.deferred_spawns == 1 and not h.signals
+
+
+def test_a_stop_during_a_shortage_ends_it() -> None:
+    h = Harness(numprocesses=2)
+    h.start()
+    (pid,) = _answer(h, 1)
+    _fail_spawns(h, 1, errno.EMFILE)
+    h.stop()
+    assert (SHORTAGE,) not in h.timers
+    h.exit(pid, -15)
+    assert h.watcher.state is WatcherState.STOPPED and h.watcher.shortage is None
+    h.start()
+    assert [s.wid for s in h.pending_spawns] == [1, 2], "the new start is not held back"
+
+
+def test_only_the_machines_shortages_are_classified_as_such() -> None:
+    short = [errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM]
+    assert all(is_shortage(code) for code in short)
+    others = [None, 0, errno.ENOENT, errno.EACCES, errno.EPIPE, errno.ENOEXEC, errno.EPERM]
+    assert not any(is_shortage(code) for code in others)
+
+
+# -- large starts go in steps --------------------------------------------------------------------
+
+
+def test_a_large_start_spawns_in_steps_of_the_window() -> None:
+    h = Harness(numprocesses=5 * SPAWN_WINDOW + 3)
+    h.start()
+    assert len(h.pending_spawns) == SPAWN_WINDOW
+    assert len(h.watcher.processes) == SPAWN_WINDOW, "no record for workers not spawned yet"
+    _answer(h, 10)
+    assert len(h.pending_spawns) == SPAWN_WINDOW, "refilled as spawns are answered"
+    assert max(s.wid for s in h.pending_spawns) == SPAWN_WINDOW + 10
+    h.answer_spawns()
+    assert len(h.watcher.pids) == 5 * SPAWN_WINDOW + 3
+    assert h.watcher.state is WatcherState.ACTIVE
+
+
+def test_a_stop_in_the_middle_of_a_large_start_spawns_nothing_more() -> None:
+    h = Harness(numprocesses=100_000)
+    h.start()
+    started = _answer(h, SPAWN_WINDOW // 2)
+    in_flight = list(h.pending_spawns)
+    h.stop()
+    assert len(h.signals) == len(started)
+    h.answer_spawns()  # what was in flight is killed as soon as its pid is known
+    assert len(h.signals) == len(started) + len(in_flight)
+    assert not h.pending_spawns
+    for pid in h.watcher.pids:
+        h.exit(pid, -15)
+    assert h.watcher.state is WatcherState.STOPPED
+    assert len(h.watcher.processes) == 0
+
+
+def test_once_the_arbiter_shuts_down_nothing_more_is_spawned() -> None:
+    h = Harness(numprocesses=1000)
+    h.start()
+    _answer(h, 10)
+    h.watcher.spawn_no_more()
+    in_flight = len(h.pending_spawns)
+    assert in_flight == SPAWN_WINDOW
+    h.answer_spawns()
+    assert len(h.watcher.pids) == 10 + in_flight and not h.pending_spawns
+    h.advance(5)
+    h.exit(h.watcher.pids[0], code=1)
+    h.advance(60)
+    assert not h.pending_spawns, "nor is an exited process replaced"
