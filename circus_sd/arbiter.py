@@ -47,7 +47,7 @@ from circus_sd.hooks import (
     WatcherView,
     watcher_view,
 )
-from circus_sd.leftovers import Leftover, Leftovers
+from circus_sd.leftovers import Leftover, Leftovers, clones_of_a_lost_spawner
 from circus_sd.output.lines import Buffer
 from circus_sd.output.ready_line import ReadyLineSearch
 from circus_sd.output.router import OutputRouter, ProcessOutput
@@ -58,7 +58,7 @@ from circus_sd.process_stats import ProcessStats
 from circus_sd.sockets import ListeningSockets, SocketError
 from circus_sd.spawn_client import Spawner
 from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request, socket_layout
-from circus_sd.spawner import SpawnError
+from circus_sd.spawner import SpawnerLost, SpawnError
 from circus_sd.start_order import start_order
 from circus_sd.states import (
     HALTED_STATES,
@@ -120,6 +120,7 @@ class Arbiter:
     ) -> None:
         self.config = config
         self.spawner = spawner
+        spawner.after_loss = self._kill_lost_clones
         # [socket:NAME] sections: bound (or adopted from systemd) at start, held until exit.
         self.sockets = sockets or ListeningSockets()
         # Per-watcher cgroups when a delegated cgroup v2 tree was found (None: process groups).
@@ -458,7 +459,7 @@ class Arbiter:
         self.publish(name, "reload", {})
 
     def check_process_bound(self, config: WatcherConfig) -> None:
-        """Raise ProcessBoundError (a CommandError) if running `config` (a new watcher, or in
+        """Raise ProcessBoundError (process_bound.py) if running `config` (a new watcher, or in
         place of the current config of one) would take all watchers past max_processes. Fewer
         processes than now are always allowed."""
         current = self.watchers.get(config.name)
@@ -888,9 +889,16 @@ class Arbiter:
         future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
 
     def _spawn_failed(
-        self, name: str, spawn_id: int, reason: str, code: int | None = None
+        self,
+        name: str,
+        spawn_id: int,
+        reason: str,
+        code: int | None = None,
+        spawner_lost: bool = False,
     ) -> None:
-        """The spawn made no process (`code`: the errno, which tells a shortage apart)."""
+        """The spawn made no process. `code`: the errno of a failure here or in the spawner,
+        which tells a shortage apart (never the child's own: Watcher.spawn_failed);
+        `spawner_lost`: the spawner was lost before it answered (deferred, not failed)."""
         pending = self._pending_spawns.pop((name, spawn_id), None)
         if pending is not None:
             pending.discard()
@@ -898,7 +906,9 @@ class Arbiter:
             self.cgroups.discard(name, spawn_id)
         watcher = self.watchers.get(name)
         if watcher is not None:
-            self._feed(name, watcher.spawn_failed(spawn_id, reason, self._clock(), code))
+            self._feed(
+                name, watcher.spawn_failed(spawn_id, reason, self._clock(), code, spawner_lost)
+            )
 
     def _on_spawned(
         self, name: str, spawn_id: int, future: asyncio.Future[tuple[int, int]]
@@ -908,7 +918,8 @@ class Arbiter:
         try:
             pid, status_fd = future.result()
         except SpawnError as exc:
-            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}", exc.errno)
+            lost = isinstance(exc, SpawnerLost)
+            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}", exc.errno, lost)
             return
         try:
             handle = ProcessHandle(pid, status_fd)
@@ -1000,9 +1011,10 @@ class Arbiter:
                 spawn_id = self._not_execed.pop(pid)
                 if self.cgroups is not None:
                     self.cgroups.main_exited(pid, stopping=False)
-                code = handle.exec_errno()
                 self._forget(pid)
-                self._spawn_failed(name, spawn_id, exec_error, code)
+                # No errno: what the child says of its own setup or exec is a failed start,
+                # never a shortage (its rlimits, identity and cwd applied: restart_policy).
+                self._spawn_failed(name, spawn_id, exec_error)
                 return
             self._execed(pid)  # exec'd, then exited before we read its status pipe
         if self.cgroups is not None and self.cgroups.main_exited(pid, self._is_stopping(name, pid)):
@@ -1142,6 +1154,45 @@ class Arbiter:
             log.debug("reaped orphan %d (status %d)", pid, status)
             # Its children, if any, are ours now.
             self._scan_leftovers_soon()
+
+    # -- children of a lost spawner ------------------------------------------------------------
+
+    def _kill_lost_clones(self, since: float) -> None:
+        """A lost spawner may have cloned children for requests it never answered: ours
+        (CLONE_PARENT), of pids we never learned, they would run unsupervised beside the
+        replacements their watchers spawn. Called by the spawner's handle once the lost spawner
+        is gone and before the next one clones anything, after the answers received before the
+        loss were taken in (_on_spawned): our children that are neither known processes, nor
+        spawners, nor attributed orphans, and that started since `since` in their own session
+        (or still in ours, before their setsid) are those clones (leftovers.py).
+
+        They are SIGKILLed, their process group with them (they lead it once past setsid), not
+        adopted: they never became known workers, their watchers already count them as deferred
+        spawns and ask for others, and whether they exec'd (their status pipe went with the
+        spawner) or for which watcher (/proc/PID/environ holds the spawner's environment before
+        exec, and may be unreadable or rewritten after) cannot be told reliably."""
+        spawners = self.spawner.pids
+        attributed = (
+            {leftover.pid for leftover in self._leftovers.found()}
+            if self._leftovers is not None
+            else set()
+        )
+        candidates = [
+            pid
+            for pid in own_children()
+            if pid not in self._handles and pid not in spawners and pid not in attributed
+        ]
+        clones = clones_of_a_lost_spawner(candidates, since, os.getsid(0))
+        for pid, leads_session in clones:
+            log.warning(
+                "killing %s: cloned by the lost spawner, its pid never answered", _describe_pid(pid)
+            )
+            # Our unreaped child: its pid (and, once it leads one, its group's) is not reused.
+            if leads_session:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     # -- orphans of workers, without cgroups (circus_sd/leftovers.py) ----------------------------
 

@@ -100,16 +100,23 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
     spawner = Spawner(spawner_pid, spawner_socket, start=fork_spawner)
     try:
         status = _run(args, config, warnings, spawner)
-    finally:
-        # A no-op after a normal run (the arbiter ended it); else end it here.
+    except BaseException as exc:
+        # Not left to the interpreter's exit: its traceback on stderr and logging's atexit
+        # flush can wait forever for an output nobody reads. Logged; the same exit as a run's.
+        status = _failure_status(exc)
+    # A no-op after a normal run (the arbiter ended it); else end it here.
+    try:
         spawner.stop()
-        from circus_sd.logging_setup import stop_logging
+    except Exception:
+        log.exception("could not stop the spawner")
+        status = status or 1
+    from circus_sd.logging_setup import stop_logging
 
-        # The log's writer thread gets a bounded time to write what is queued. An output that
-        # did not take it (a pipe nobody reads) is not flushed: that would wait for the writer.
-        written = stop_logging()
-        if written:
-            _settle_standard_streams()
+    # The log's writer thread gets a bounded time to write what is queued. An output that
+    # did not take it (a pipe nobody reads) is not flushed: that would wait for the writer.
+    written = stop_logging()
+    if written:
+        _settle_standard_streams()
     # Everything is stopped, closed and logged: Python's own teardown of every module would
     # only delay the exit that `systemctl stop` waits for (30 ms here). atexit handlers (a
     # hook's) do not run; stdio is flushed here, as os._exit would not.
@@ -117,6 +124,17 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
         logging.shutdown()
         _settle_standard_streams()
     os._exit(status)
+
+
+def _failure_status(exc: BaseException) -> int:
+    """The exit status for what `_run` raised, logged (through the log's queue, if set up)."""
+    if isinstance(exc, SystemExit):
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        log.error("%s", exc.code)
+        return 1
+    log.critical("circus-sd failed: %s", exc, exc_info=exc)
+    return 1
 
 
 @contextlib.contextmanager

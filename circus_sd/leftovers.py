@@ -9,7 +9,11 @@ name another session before the last of its processes is gone. A daemon that sta
 of its own is not attributed (it is stopped with the other orphans when the arbiter exits):
 cgroups (Delegate=yes) are the complete answer.
 
-No I/O here beyond the injected `session_of` and `open_pidfd`: the arbiter feeds it its children.
+Also here: telling apart the children a lost spawner cloned and never answered for
+(`clones_of_a_lost_spawner`).
+
+No I/O here beyond the injected `session_of`, `open_pidfd` and `started` (whose default reads
+/proc/PID/stat): the arbiter feeds it its children.
 """
 
 from __future__ import annotations
@@ -112,3 +116,50 @@ class Leftovers:
 
     def found(self) -> list[Leftover]:
         return list(self._found.values())
+
+
+# -- children of a lost spawner ------------------------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_ticks(pid: int) -> int:
+    """When process `pid` started, in clock ticks of CLOCK_BOOTTIME (/proc/PID/stat field 22)."""
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        stat = file.read()
+    # The command name, in parentheses, may hold anything: the fields after it, from field 3.
+    return int(stat[stat.rfind(b")") + 2 :].split()[22 - 3])
+
+
+def clones_of_a_lost_spawner(
+    candidates: Iterable[int],
+    since: float,
+    own_session: int,
+    session_of: Callable[[int], int] = os.getsid,
+    started: Callable[[int], int] = start_ticks,
+) -> list[tuple[int, bool]]:
+    """Among `candidates` (our children that are neither known processes, nor spawners, nor
+    attributed orphans), those a lost spawner may have cloned for requests it did not answer,
+    each with whether it leads its own session; `since`: when (CLOCK_BOOTTIME seconds) the first
+    of those requests was sent to it (it cloned for them after that).
+
+    Such a child, started with CLONE_PARENT, is ours, and we never learned its pid: it would
+    run unsupervised beside the replacement the watcher spawns. It started after `since`, and
+    it leads its own session (the spawner's children call setsid), or, not that far yet, is
+    still in ours (the spawner's). An orphan adopted from a worker is in its worker's session
+    (Leftovers attributes it), or leads a session of its own: only one that was also forked
+    in those few seconds is taken for a clone. Call it once the lost spawner is gone (none of
+    its clones is missing) and before another clones anything.
+    """
+    threshold = int(since * _CLOCK_TICKS)
+    found = []
+    for pid in candidates:
+        try:
+            session = session_of(pid)
+            if started(pid) < threshold:
+                continue
+        except (OSError, ValueError, IndexError):
+            continue  # gone (or reaped) already
+        if session in (pid, own_session):
+            found.append((pid, session == pid))
+    return found

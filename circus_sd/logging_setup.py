@@ -8,6 +8,8 @@ dropped, and reported by a line "N log records dropped" where they went missing.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import logging.config
@@ -64,7 +66,7 @@ def configure_logging(
 ) -> None:
     """Command-line values win over the [circus] section's, as in circusd."""
     loggerconfig = loggerconfig or config.loggerconfig
-    stop_logging()
+    _retire_writer()
     if loggerconfig:
         _load_logging_config(loggerconfig)
         # The root logger's handlers go behind the queue; handlers the file attaches to other
@@ -187,10 +189,12 @@ class LogWriter(logging.handlers.QueueListener):
 
 
 _writer: LogWriter | None = None
+_exit_flush_bounded = False
 
 
 def _start_writer(handlers: list[logging.Handler]) -> None:
     global _writer
+    _bound_exit_flush()
     handlers = list(handlers)  # not root's own list, emptied below
     records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_RECORDS)
     queued = DroppingQueueHandler(records)
@@ -225,6 +229,37 @@ def stop_logging(timeout: float = FLUSH_TIMEOUT) -> bool:
     return True
 
 
+def _retire_writer() -> None:
+    """Before a new configuration: the previous one's records written, its outputs closed
+    (each holds a descriptor: a file, a syslog socket). Outputs a stuck writer is in are left
+    as they are: closing one waits for its lock, which the writer holds."""
+    writer = _writer
+    if writer is None or not stop_logging():
+        return
+    root = logging.getLogger()
+    for handler in writer.targets:
+        root.removeHandler(handler)
+        with contextlib.suppress(OSError, ValueError):
+            handler.close()
+
+
+def _bound_exit_flush() -> None:
+    """logging flushes and closes every handler at exit (atexit), each under its lock: it would
+    wait forever for an output the writer is stuck in. Replaced by `_flush_at_exit`, once."""
+    global _exit_flush_bounded
+    if not _exit_flush_bounded:
+        atexit.unregister(logging.shutdown)
+        atexit.register(_flush_at_exit)
+        _exit_flush_bounded = True
+
+
+def _flush_at_exit() -> None:
+    """The writer gets FLUSH_TIMEOUT to write what is queued; then, only if it has ended,
+    logging's own shutdown (a stuck output is left unflushed, as by `stop_logging`)."""
+    if stop_logging():
+        logging.shutdown()
+
+
 def dropped_log_records() -> int:
     """Records of the arbiter's log dropped since it started (the output did not keep up)."""
     writer = _writer
@@ -245,7 +280,13 @@ def _handler_for(output: str) -> logging.Handler:
         else:
             address = url.path or "/dev/log"
         return logging.handlers.SysLogHandler(address=address, facility=facility)
-    # WatchedFileHandler reopens the file after logrotate moved it.
+    # WatchedFileHandler reopens the file after logrotate moved it, by path and following
+    # links, as root: only where nobody else could plant a link (safe_paths.py), else exit 78.
+    from circus_sd import safe_paths
+
+    problem = safe_paths.file_problem(output, shared_ok=False)
+    if problem is not None:
+        raise ValueError(f"refusing logoutput {output}: {problem}")
     return logging.handlers.WatchedFileHandler(output)
 
 

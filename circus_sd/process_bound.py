@@ -7,7 +7,6 @@ import dataclasses
 import os
 import resource
 
-from circus_sd.control.protocol import CommandError
 from circus_sd.fd_reserve import RESERVE
 
 # The kernel's ceiling for pid_max on 64-bit Linux (PID_MAX_LIMIT, 2**22): no machine runs more
@@ -15,10 +14,15 @@ from circus_sd.fd_reserve import RESERVE
 PID_MAX_LIMIT = 1 << 22
 
 
-class ProcessBoundError(CommandError):
-    """More processes asked for than max_processes allows; the reason names the bound and what
-    sets it. A CommandError: a control command (incr, set, add) that asks for it gets it as its
-    error reply, whether it is refused before its work or during it."""
+class ProcessBoundError(Exception):
+    """More processes asked for than max_processes allows; `reason` names the bound and what
+    sets it. Nothing here knows of the control protocol (the config layer imports this module):
+    the control handlers (incr, set, add) turn it into their error reply, whether it is raised
+    before their work or during it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)

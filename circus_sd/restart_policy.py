@@ -8,18 +8,32 @@ import dataclasses
 import errno
 import random
 
-# A spawn that failed with one of these lacked what the machine (or a limit on it) had to give:
-# descriptors (EMFILE, ENFILE), process slots (EAGAIN from clone, or from exec past
-# RLIMIT_NPROC), memory (ENOMEM). Not the program's failure: retried with backoff, never counted
-# toward max_retry or flapping, and the processes that run are kept.
+# A spawn that failed with one of these, in the arbiter (a pipe, a dup, a pidfd, the descriptor
+# reserve) or in the spawner (clone), lacked what the machine (or a limit on it) had to give:
+# descriptors (EMFILE, ENFILE), process slots (EAGAIN), memory (ENOMEM). Not the program's
+# failure: retried with backoff, never counted toward max_retry or flapping, and the processes
+# that run are kept.
+#
+# Never the errno the child reports from its own setup or exec: by then the watcher's rlimits,
+# identity and cwd apply, and ENOMEM (rlimit_as too low), EMFILE (rlimit_nofile too low) or
+# EAGAIN (the watcher user's RLIMIT_NPROC) say that the configuration cannot work: retried
+# forever they would hide it. Those are failed starts, given up after max_retry.
 SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 # The shortest wait before spawning again after a shortage, whatever backoff_initial says:
 # retrying at once would only spin against the same limit.
 SHORTAGE_MIN_DELAY = 0.1
 
 
+# Why spawns were deferred (the `cause` of spawn_deferred events).
+SHORTAGE_CAUSE = "shortage"
+# The spawner was lost before it answered: whether it cloned the child is unknown, and the
+# request goes to the next spawner (spawn_client.Spawner paces their starts).
+SPAWNER_LOST_CAUSE = "spawner_lost"
+
+
 def is_shortage(code: int | None) -> bool:
-    """Did a spawn fail with errno `code` for lack of the machine's resources?"""
+    """Did a spawn fail, in the arbiter or the spawner, with errno `code` for lack of the
+    machine's resources? (Not for the child's own exec status: see SHORTAGE_ERRNOS.)"""
     return code in SHORTAGE_ERRNOS
 
 

@@ -8,6 +8,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import os
 import pickle
 import select
@@ -17,14 +18,26 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from circus_sd.spawner import MAX_FDS_PER_MESSAGE, MAX_MESSAGE, SpawnError, SpawnRequest
+from circus_sd.spawner import (
+    MAX_FDS_PER_MESSAGE,
+    MAX_MESSAGE,
+    SpawnerLost,
+    SpawnError,
+    SpawnRequest,
+)
 
 # Requests in one batch: big enough to spare the spawner a message (and its Python work) per
 # child, small enough that the arbiter hears of the first children while later ones are cloned.
 MAX_BATCH = 32
 # A spawner that has requests to answer and answers none for this long is stuck (stopped, or
-# hung): it is killed and another one started. Its own work is a few clones per request.
+# hung): it is killed and another one started. The wait is for one message (at most MAX_BATCH
+# requests), re-armed at each answer: a start of 500 processes never has to fit in it. Measured
+# on 2 shared cores: 500 clones in 1.4-2.6 s, the longest wait for one answer 0.16-0.28 s; with
+# six busy loops on those cores, 6.6 s and 0.74 s. A loss costs a deferral, not a failed start.
 ANSWER_DEADLINE = 5.0
+# After a loss, how long the new spawner waits for the lost one to be reaped (SIGKILL already
+# stops it from cloning: this is for its last clones to be listed among our children).
+LOST_REAP_WAIT = 1.0
 # Losses in a row: the first spawner is replaced at once, the next ones after a delay that
 # doubles from the first to the last. One that answered a request, or lived STABLE seconds,
 # had worked: its loss counts as a first one.
@@ -37,6 +50,9 @@ log = logging.getLogger("circus_sd")
 Answer = asyncio.Future[tuple[int, int]]
 # Starts a spawner: its pid and our end of its socket (circus_sd.spawner.fork_spawner).
 StartSpawner = Callable[[], tuple[int, socket.socket]]
+# Called once a lost spawner is gone, before another one starts, with the CLOCK_BOOTTIME time
+# (seconds) since which it may have cloned children that it never answered for.
+AfterLoss = Callable[[float], None]
 Sent = tuple[list[SpawnRequest], list[int], list[Answer]]
 
 
@@ -47,9 +63,12 @@ class Spawner:
     watcher starting N processes) go in batches of MAX_BATCH, the last one at the end of the turn.
 
     With `start`, a spawner that exits, closes its socket or answers nothing for
-    `answer_deadline` seconds is lost: killed, its unanswered requests failed, and another one
-    started (with a backoff when losses follow each other); requests made meanwhile wait for it.
-    The running processes lose nothing: they are the arbiter's children (CLONE_PARENT).
+    `answer_deadline` seconds is lost: killed, its unanswered requests failed (SpawnerLost),
+    and another one started (with a backoff when losses follow each other); requests made
+    meanwhile wait for it. The running processes lose nothing: they are the arbiter's children
+    (CLONE_PARENT). Children it cloned for requests it did not answer are the arbiter's too, of
+    pids it never learned: `after_loss` is called, once the lost spawner is gone and before
+    another one clones anything, to deal with them.
     """
 
     def __init__(
@@ -58,8 +77,16 @@ class Spawner:
         sock: socket.socket,
         start: StartSpawner | None = None,
         answer_deadline: float = ANSWER_DEADLINE,
+        after_loss: AfterLoss | None = None,
     ) -> None:
         self._start = start
+        # Public: the arbiter sets it once it has the handle.
+        self.after_loss = after_loss
+        # When each message of `_pending` was sent (CLOCK_BOOTTIME): the spawner cannot have
+        # cloned for the unanswered ones before the first of them was sent.
+        self._sent_at: collections.deque[float] = collections.deque()
+        # The last loss, not dealt with yet by `after_loss`: (monotonic time, busy since).
+        self._loss: tuple[float, float | None] | None = None
         self._answer_deadline = answer_deadline
         # One entry per message sent: its future, or the futures of a batch.
         self._pending: collections.deque[Answer | list[Answer]] = collections.deque()
@@ -214,6 +241,7 @@ class Spawner:
             return
         self._outbox.append((data, fds))
         self._pending.append(futures[0] if len(futures) == 1 else futures)
+        self._sent_at.append(time.clock_gettime(time.CLOCK_BOOTTIME))
         if self._deadline is None:
             self._arm_deadline()
         self._flush()
@@ -255,6 +283,7 @@ class Spawner:
                 return
             reply = pickle.loads(data)
             entry = self._pending.popleft()
+            self._sent_at.popleft()
             self._answered = True
             self._arm_deadline()
             if not isinstance(entry, list):
@@ -279,12 +308,15 @@ class Spawner:
         self.close()
         self._fail_pending(f"the spawner is gone: {reason}")
 
-    def _fail_pending(self, message: str) -> None:
+    def _fail_pending(self, message: str, lost: bool = False) -> None:
+        """Fail the unanswered requests: SpawnerLost if another spawner follows (`lost`)."""
+        kind = SpawnerLost if lost else SpawnError
+        self._sent_at.clear()
         while self._pending:
             entry = self._pending.popleft()
             for future in entry if isinstance(entry, list) else [entry]:
                 if not future.done():
-                    future.set_exception(SpawnError(errno.EPIPE, message))
+                    future.set_exception(kind(errno.EPIPE, message))
 
     # -- losing the spawner, starting another ----------------------------------------------------
 
@@ -319,7 +351,8 @@ class Spawner:
             self._deadline.cancel()
             self._deadline = None
         ended = self._end_process()
-        self._fail_pending(f"the spawner was lost: {reason}")
+        self._loss = (time.monotonic(), self._sent_at[0] if self._sent_at else None)
+        self._fail_pending(f"the spawner was lost: {reason}", lost=True)
         if self._answered or time.monotonic() - self._started >= STABLE:
             self._losses = 0
         delay = self._next_delay()
@@ -373,6 +406,20 @@ class Spawner:
         assert self._start is not None and self._loop is not None
         if self.closed:
             return
+        if self._loss is not None:
+            lost_at, busy_since = self._loss
+            if self._retired and time.monotonic() - lost_at < LOST_REAP_WAIT:
+                # Killed, not reaped yet: wait a little, so that its last clones are listed.
+                self._restart_timer = self._loop.call_later(0.02, self._restart)
+                return
+            self._loss = None
+            # This runs a loop turn after the loss at least: the answers received before it
+            # have been taken in by their callbacks (their pids are known to the caller).
+            if busy_since is not None and self.after_loss is not None:
+                try:
+                    self.after_loss(busy_since)
+                except Exception:  # the new spawner must start whatever happens
+                    log.exception("dealing with the children of the lost spawner failed")
         try:
             pid, sock = self._start()
         except OSError as exc:
@@ -430,13 +477,21 @@ class Spawner:
         self.close()
         deadline = time.monotonic() + grace
         for pidfd in pidfds.values():
-            exited, _, _ = select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
-            if not exited:
+            if not _exits_within(pidfd, deadline - time.monotonic()):
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
             os.close(pidfd)
+
+
+def _exits_within(pidfd: int, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for the process of `pidfd` to exit. poll(), not select():
+    select() refuses descriptors >= FD_SETSIZE (1024), and the arbiter, which raises its
+    RLIMIT_NOFILE, often holds more than that."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, math.ceil(timeout * 1000))))
 
 
 def _how(result: os.waitid_result) -> str:

@@ -69,6 +69,12 @@ class SpawnError(OSError):
     """The spawner could not create the process (e.g. EAGAIN from fork)."""
 
 
+class SpawnerLost(SpawnError):
+    """The spawner was lost (it exited, was killed, or hung) before it answered the request: not
+    the program's failure, nor the machine's shortage. Another spawner is started; the request
+    is deferred, not counted as a failed start. (EPIPE as its errno.)"""
+
+
 # -- starting the spawner ------------------------------------------------------------------------
 
 

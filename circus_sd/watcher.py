@@ -31,6 +31,8 @@ from circus_sd.actions import (
 )
 from circus_sd.config.model import WatcherConfig
 from circus_sd.restart_policy import (
+    SHORTAGE_CAUSE,
+    SPAWNER_LOST_CAUSE,
     FlappingDetector,
     backoff_delay,
     is_shortage,
@@ -57,7 +59,7 @@ WARMUP = "warmup"  # warmup_delay since the last spawn is over
 RETRY = "retry"  # a flapping pause is over
 READY_TIMEOUT = "ready_timeout"  # a notify process did not send READY=1 in time
 WATCHDOG = "watchdog"  # a notify process stopped sending WATCHDOG=1
-SHORTAGE = "shortage"  # the wait after spawns that failed for lack of resources is over
+SHORTAGE = "shortage"  # the wait after deferred spawns (a shortage, a lost spawner) is over
 
 # The most processes of one watcher being spawned at a time (asked of the spawner, or exec'ing).
 # A start of N processes goes in steps of this many: each step is planned when the previous
@@ -121,12 +123,14 @@ class Watcher:
         self._exec_failures = 0
         self._pauses = 0
         self._warming_up = False
-        # Spawns that failed for lack of resources (restart_policy.is_shortage): counted apart,
-        # never toward max_retry or flapping. An episode lasts from the first such failure until
-        # every wanted process runs (or the watcher stops); while `_holding`, nothing is
-        # spawned until the SHORTAGE timer.
+        # Spawns that failed for lack of resources (restart_policy.is_shortage) or because the
+        # spawner was lost before it answered: deferred, counted apart, never toward max_retry
+        # or flapping. An episode lasts from the first such failure until every wanted process
+        # runs (or the watcher stops); while `_holding`, nothing is spawned until the SHORTAGE
+        # timer.
         self.deferred_spawns = 0
-        self.shortage: str | None = None  # why, during an episode
+        self.shortage: str | None = None  # why, during an episode with a shortage
+        self._deferred_causes: set[str] = set()  # restart_policy's *_CAUSE, this episode
         self._shortage_holds = 0
         self._holding = False
         # The arbiter is shutting down: nothing more is spawned, whatever comes first.
@@ -304,14 +308,24 @@ class Watcher:
         return actions
 
     def spawn_failed(
-        self, spawn_id: int, reason: str, now: float, code: int | None = None
+        self,
+        spawn_id: int,
+        reason: str,
+        now: float,
+        code: int | None = None,
+        spawner_lost: bool = False,
     ) -> list[Action]:
-        """The spawn never became a process: `reason` in words, `code` the errno if known."""
+        """The spawn never became a process: `reason` in words. `code`: the errno of a failure
+        in the arbiter or the spawner (a shortage if restart_policy.is_shortage), never the
+        errno the child reports from its setup or exec (always a failed start). `spawner_lost`:
+        the spawner was lost before it answered (deferred, not a failed start either)."""
         process = self.processes.pop(spawn_id, None)
         if process is None:
             return []
+        if spawner_lost:
+            return self._defer(process, reason, now, SPAWNER_LOST_CAUSE)
         if is_shortage(code):
-            return self._after_shortage(process, reason, now)
+            return self._defer(process, reason, now, SHORTAGE_CAUSE)
         return self._after_exec_failure(process, reason, now)
 
     def exited(
@@ -320,11 +334,11 @@ class Watcher:
         exit_code: int,
         now: float,
         exec_error: str | None = None,
-        exec_errno: int | None = None,
     ) -> list[Action]:
         """A process was reaped; `exit_code` is its status, or -signum if a signal killed it.
 
-        `exec_error`: it never became its program (setup or exec failed), with `exec_errno`."""
+        `exec_error`: it never became its program (setup or exec failed): a failed start,
+        whatever the errno (restart_policy.SHORTAGE_ERRNOS says why)."""
         spawn_id = self._pids.pop(pid, None)
         if spawn_id is None:
             return []
@@ -339,8 +353,6 @@ class Watcher:
         if process.state not in LIVE_PROCESS_STATES and not process.failed_start:
             actions.append(Log(logging.DEBUG, f"{self._label(process)} stopped ({exit_code})"))
             return actions + self._reconcile(now)
-        if exec_error is not None and is_shortage(exec_errno):
-            return actions + self._after_shortage(process, exec_error, now)
         if exec_error is not None:
             return actions + self._after_exec_failure(process, exec_error, now)
         uptime = now - process.started_at
@@ -649,27 +661,41 @@ class Watcher:
             return self._reconcile(now)
         return self._schedule_restart(process.wid, f"{label} could not start: {reason}", now)
 
-    def _after_shortage(self, process: ProcessRecord, reason: str, now: float) -> list[Action]:
-        """A spawn failed for lack of resources: wait, then try again; what runs stays.
+    def _defer(
+        self, process: ProcessRecord, reason: str, now: float, cause: str
+    ) -> list[Action]:
+        """A spawn failed for lack of resources, or with the spawner lost: wait, then try again;
+        what runs stays.
 
         One hold (one timer, one event) covers every spawn that fails before it is over, so a
-        start of hundreds that runs out of descriptors waits once, not once per process."""
+        start of hundreds that runs out of descriptors waits once, not once per process, and a
+        lost spawner's unanswered requests make one event. After a shortage the hold backs
+        off; after a lost spawner it is a loop turn: the spawns then wait for the next spawner,
+        whose start the spawner's handle paces (spawn_client.Spawner)."""
         self.deferred_spawns += 1
         if self.state not in RUNNING_STATES:
             return self._reconcile(now)
-        first = self.shortage is None
-        self.shortage = reason
+        first = cause not in self._deferred_causes
+        self._deferred_causes.add(cause)
+        if cause == SHORTAGE_CAUSE:
+            self.shortage = reason
         if self._holding:
             return self._reconcile(now)
         self._holding = True
-        self._shortage_holds += 1
-        delay = shortage_delay(
-            self._shortage_holds, self.config.backoff_initial, self.config.backoff_max, self._rng
-        )
+        if cause == SHORTAGE_CAUSE:
+            self._shortage_holds += 1
+            delay = shortage_delay(
+                self._shortage_holds,
+                self.config.backoff_initial,
+                self.config.backoff_max,
+                self._rng,
+            )
+        else:
+            delay = 0.0
         running = len(self.pids)
         wanted = self.config.target_processes
         actions: list[Action] = []
-        if first:
+        if first and cause == SHORTAGE_CAUSE:
             actions.append(
                 Log(
                     logging.WARNING,
@@ -678,14 +704,24 @@ class Watcher:
                     f"wait: retrying in {delay:.2f} s, then with backoff",
                 )
             )
+        elif first:
+            actions.append(
+                Log(
+                    logging.WARNING,
+                    f"{self.name}[{process.wid}] was not started: {reason}; not a failed start: "
+                    f"it is asked of the next spawner (the processes that run are kept, "
+                    f"{running} of {wanted} so far)",
+                )
+            )
         else:
-            message = f"{self.name}: still short ({reason}); retrying in {delay:.2f} s"
+            message = f"{self.name}: spawns deferred again ({reason}); retrying in {delay:.2f} s"
             actions.append(Log(logging.DEBUG, message))
         actions += [
             Publish(
                 "spawn_deferred",
                 {
                     "wid": process.wid,
+                    "cause": cause,
                     "reason": reason,
                     "deferred": self.deferred_spawns,
                     "running": running,
@@ -699,6 +735,7 @@ class Watcher:
 
     def _end_shortage(self) -> None:
         self.shortage = None
+        self._deferred_causes.clear()
         self._shortage_holds = 0
         self._holding = False
 
@@ -742,12 +779,17 @@ class Watcher:
         actions: list[Action] = []
         if self.state in RUNNING_STATES:
             actions += self._fill_and_trim(now)
-            if self.shortage is not None and not self._holding and self._all_running():
+            if self._deferred_causes and not self._holding and self._all_running():
+                over = (
+                    ", the resource shortage is over"
+                    if SHORTAGE_CAUSE in self._deferred_causes
+                    else " again after the loss of the spawner"
+                )
                 actions.append(
                     Log(
                         logging.INFO,
-                        f"{self.name}: all {len(self.pids)} processes run, the resource shortage "
-                        f"is over ({self.deferred_spawns} spawns deferred so far)",
+                        f"{self.name}: all {len(self.pids)} processes run{over} "
+                        f"({self.deferred_spawns} spawns deferred so far)",
                     )
                 )
                 self._end_shortage()

@@ -288,40 +288,30 @@ class WatcherConfig:
         tier=OPERATE,
     )
     # cgroup v2 limits of the watcher's cgroup (README: cgroups); file values, None = not set.
+    # Admin-only: a limit root set protects the machine; the group must not lift it.
     memory_max: str | None = option(
         memory_size,
         None,
         "cgroup memory.max: hard limit, e.g. 512M (the OOM killer acts above).",
         live=True,
-        tier=OPERATE,
     )
     memory_high: str | None = option(
-        memory_size, None, "cgroup memory.high: throttle and reclaim above this.", live=True,
-        tier=OPERATE,
+        memory_size, None, "cgroup memory.high: throttle and reclaim above this.", live=True
     )
-    memory_swap_max: str | None = option(
-        memory_size, None, "cgroup memory.swap.max.", live=True, tier=OPERATE
-    )
+    memory_swap_max: str | None = option(memory_size, None, "cgroup memory.swap.max.", live=True)
     cpu_max: str | None = option(
         cpu_quota,
         None,
         "cgroup cpu.max: `50%` of one core, `max`, or `QUOTA PERIOD` (µs).",
         live=True,
-        tier=OPERATE,
     )
-    cpu_weight: str | None = option(
-        weight, None, "cgroup cpu.weight (1-10000).", live=True, tier=OPERATE
-    )
-    io_weight: str | None = option(
-        weight, None, "cgroup io.weight (1-10000).", live=True, tier=OPERATE
-    )
+    cpu_weight: str | None = option(weight, None, "cgroup cpu.weight (1-10000).", live=True)
+    io_weight: str | None = option(weight, None, "cgroup io.weight (1-10000).", live=True)
     pids_max: str | None = option(
-        count_or_max, None, "cgroup pids.max: processes and threads of the watcher.", live=True,
-        tier=OPERATE,
+        count_or_max, None, "cgroup pids.max: processes and threads of the watcher.", live=True
     )
     oom_group: bool = option(
-        boolean, False, "cgroup memory.oom.group: an OOM kill takes the whole watcher.", live=True,
-        tier=OPERATE,
+        boolean, False, "cgroup memory.oom.group: an OOM kill takes the whole watcher.", live=True
     )
     notify: bool = option(
         boolean,

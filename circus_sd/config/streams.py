@@ -281,7 +281,7 @@ def _check(config: StreamConfig, warnings: list[tuple[str, str]]) -> None:
             warnings.append(
                 ("filename", f"directory {directory} does not exist: output is dropped until it is")
             )
-        elif "$(" not in directory and (problem := safe_paths.directory_problem(directory)):
+        elif "$(" not in config.filename and (problem := safe_paths.file_problem(config.filename)):
             warnings.append(("filename", f"not written, output is dropped until fixed: {problem}"))
     if config.class_name == FILE and config.max_bytes and not config.backup_count:
         warnings.append(

@@ -17,7 +17,7 @@ connections reach `max_connections`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 # The door never reopens closer to the limit than twice the margin (hysteresis: a flood does not
 # make it flap at every connection).
@@ -37,10 +37,10 @@ def door_margin(limit: int) -> int:
 
     It must cover what libzmq accepts in the time the guard thread takes to close the door (a
     flood of eight local processes overshot by about 270 connections here while the event loop
-    kept the GIL busy), and leaves room for root's connections: an eighth of the limit, at least
-    64, at most 65,536.
+    kept the GIL busy; the listen queue adds at most server.LISTEN_BACKLOG), and leaves room for
+    root's connections: a quarter of the limit, at least 64, at most 65,536.
     """
-    return max(64, min(limit // 8, 65536))
+    return max(64, min(limit // 4, 65536))
 
 
 class ConnectionLedger:
@@ -68,23 +68,27 @@ class ConnectionLedger:
         identity: int,
         descriptors_short: bool = False,
         still_open: Callable[[Hashable, int], bool] | None = None,
+        prune_all: bool = True,
     ) -> Refusal | None:
         """Record a non-admin connection libzmq accepted, or say why it must be shut down.
 
         `descriptors_short`: the descriptors in use are within the door's margin of the limit.
         `still_open(key, identity)`: whether a recorded connection is still there; asked about
-        the user's connections before refusing one for the per-user bound, so that a connection
-        whose end the guard missed does not count against its user forever.
+        the user's connections before refusing one for the per-user bound, and about everyone's
+        before refusing one for the total if `prune_all` (the caller bounds how often it pays
+        for that), so that a connection whose end the guard missed does not count forever.
         """
         self.forget(key)  # a key seen again: its descriptor was reused
         if descriptors_short:
             return Refusal.DESCRIPTORS
         if uid is not None and self.held_by(uid) >= self.per_user and still_open is not None:
-            held = self._by_user.get(uid, set())
-            for stale in [k for k in held if not still_open(k, self._held[k][1])]:
-                self.forget(stale)
+            self._prune(self._by_user.get(uid, set()), still_open)
         if uid is not None and self.held_by(uid) >= self.per_user:
             return Refusal.USER
+        if self.count >= self.total and still_open is not None and prune_all:
+            # The same for everyone's: ends missed (the guard's thread was down, say) must not
+            # keep the total, and with it the door, closed to every other user for good.
+            self._prune(self._held, still_open)
         if self.count >= self.total:
             return Refusal.TOTAL
         self._held[key] = (uid, identity)
@@ -103,6 +107,25 @@ class ConnectionLedger:
 
     def keys_of(self, uid: int | None) -> list[Hashable]:
         return list(self._by_user.get(uid, ()))
+
+    def held(self, uid: int | None) -> list[tuple[Hashable, int]]:
+        """`uid`'s connections: (key, the identity recorded when it was admitted)."""
+        return [(key, self._held[key][1]) for key in self._by_user.get(uid, ())]
+
+    def identity(self, key: Hashable) -> int | None:
+        """The identity recorded for the connection under `key` (None: not held)."""
+        entry = self._held.get(key)
+        return None if entry is None else entry[1]
+
+    def prune(self, still_open: Callable[[Hashable, int], bool]) -> int:
+        """Forget every connection that is no longer there; how many."""
+        return self._prune(self._held, still_open)
+
+    def _prune(self, keys: Iterable[Hashable], still_open: Callable[[Hashable, int], bool]) -> int:
+        stale = [k for k in keys if not still_open(k, self._held[k][1])]
+        for key in stale:
+            self.forget(key)
+        return len(stale)
 
 
 class Door:

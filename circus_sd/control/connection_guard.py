@@ -10,6 +10,13 @@ closed), and opens or closes the door of the ipc socket files (connection_bounds
 A client may send a request before this thread got to its connection: the control server asks
 `admitted` about each request's connection (its descriptor, ZMQ_SRCFD), which decides at once
 if the thread has not yet, so that a refused connection is never served.
+
+A descriptor number libzmq reported may be another file by the time it is looked at (libzmq
+closed the connection, the number was reused: a child's notify socket, another endpoint's
+connection). Nothing is ever shut down unless the descriptor is, through one duplicate that
+keeps it from changing under us, a connected stream socket of the watched listener's address
+(`_Listener`), the very connection the ledger recorded (its identity), from the user it was
+recorded for.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+import select
 import socket
 import stat
 import struct
@@ -45,6 +53,13 @@ RECOUNT_SECONDS = 0.05
 # While the door is closed for lack of descriptors, they are counted again this often: what
 # frees them (processes exiting) sends no report.
 CLOSED_RECHECK_MS = 1000
+# At most this often, the ledger is checked for connections whose end was missed before one is
+# refused for max_connections (a stat() per connection held).
+PRUNE_EVERY = 1.0
+# After a failure of the thread (a bug): a pause before it goes on, doubled at each failure in
+# a row (one more within FAILURE_MEMORY seconds), up to the maximum.
+FAILURE_PAUSE = (0.1, 5.0)
+FAILURE_MEMORY = 60.0
 
 
 class _Peer:
@@ -70,6 +85,20 @@ class _Peer:
             os.close(copy)
             return None
 
+    def of(self, listener: _Listener | None) -> bool:
+        """Whether this is a connection accepted by `listener` (not any other socket or file
+        that took the number since)."""
+        if listener is None:
+            return False
+        try:
+            # (The listener itself has that address too, but it stays open under its number.)
+            return (
+                self.sock.type == socket.SOCK_STREAM
+                and listener.address == _address_of(self.sock)
+            )
+        except OSError:
+            return False
+
     def uid(self) -> int | None:
         """The peer's uid (unix sockets), None for a tcp peer (no credentials)."""
         if self.sock.family != socket.AF_UNIX:
@@ -88,6 +117,32 @@ class _Peer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class _Listener:
+    """The address a watched socket listens on, as its accepted connections show it
+    (getsockname): ("ipc", path) or ("tcp", port)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.address: tuple[str, str | int] | None = None
+        scheme, _, rest = endpoint.partition("://")
+        if scheme == "ipc" and rest:
+            self.address = ("ipc", rest)
+        elif scheme == "tcp":
+            port = rest.rpartition(":")[2]
+            if port.isdigit():
+                self.address = ("tcp", int(port))
+
+
+def _address_of(sock: socket.socket) -> tuple[str, str | int] | None:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        if isinstance(name, bytes):  # abstract namespace: b"\0name"
+            name = "@" + name[1:].decode(errors="replace")
+        return ("ipc", name) if name else None
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return ("tcp", int(name[1]))
+    return None
 
 
 class _DoorFile:
@@ -148,6 +203,8 @@ class ConnectionGuard:
         self._doors: list[_DoorFile] = []
         # (watched socket, the PAIR socket its monitor reports to); the PAIRs are the thread's.
         self._monitored: list[tuple[Any, zmq.Socket[bytes]]] = []
+        # What each watched socket listens on (by index), known once bound (see start).
+        self._listeners: list[_Listener | None] = []
         self._count = _DescriptorCount()
         # Every connection decided on, admins' too: (socket, fd) -> (its identity, admitted).
         self._decided: dict[tuple[int, int], tuple[int, bool]] = {}
@@ -158,6 +215,7 @@ class ConnectionGuard:
         self._logged_at: dict[tuple[int | None, Refusal], float] = {}
         self._door_logged_at = -math.inf
         self._door_close_logged = False  # so that its reopening is logged too
+        self._pruned_at = -math.inf
 
     def watch(self, zmq_socket: Any) -> int:
         """Report `zmq_socket`'s connections to the guard; call before binding it. Its index,
@@ -177,6 +235,11 @@ class ConnectionGuard:
         self._doors.append(_DoorFile(path, self._own_uid))
 
     def start(self) -> None:
+        """Start the thread; call once every watched socket is bound."""
+        self._listeners = [
+            _Listener(zmq_socket.getsockopt(zmq.LAST_ENDPOINT).decode())
+            for zmq_socket, _ in self._monitored
+        ]
         self._thread = threading.Thread(target=self._run, name="circus-sd-connections", daemon=True)
         self._thread.start()
 
@@ -215,38 +278,77 @@ class ConnectionGuard:
         if uid in self.admins:
             return 0
         index = next((i for i, (s, _) in enumerate(self._monitored) if s is zmq_socket), None)
+        if index is None:
+            return 0
         with self._lock:
-            keys = [k for k in self._ledger.keys_of(uid) if _index(k) == index]
+            held = [(k, ident) for k, ident in self._ledger.held(uid) if _index(k) == index]
         kicked = 0
-        for key in keys:
+        for key, recorded in held:
             peer = _Peer.open(_fd(key))
             if peer is None:
                 continue
-            if self._still_open(key, peer.identity):
-                peer.shut()
-                kicked += 1
-            peer.close()
+            try:
+                # The duplicate is the check's subject and the shutdown's: nothing can change
+                # between them. Not the connection recorded (libzmq closed it, the number was
+                # reused): left alone, its end reported or pruned in due course.
+                if (
+                    peer.identity == recorded
+                    and peer.of(self._listener(index))
+                    and peer.uid() == uid
+                ):
+                    peer.shut()
+                    kicked += 1
+            finally:
+                peer.close()
         return kicked
+
+    def _listener(self, index: int) -> _Listener | None:
+        return self._listeners[index] if index < len(self._listeners) else None
 
     # -- the thread --------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Until stop. A failure (a bug) must not go unnoticed, nor take the arbiter down, nor
+        end the thread: without it, nobody reopens a closed door and ends missed stay counted,
+        which would shut every other user out for good. So it is logged as critical and, after
+        a pause (no busy loop on a failure that repeats), the thread goes on: the ledger is
+        pruned of the connections that ended meanwhile (their reports may be lost) and the door
+        checked again. The monitors' reports wait in their PAIR sockets meanwhile (no HWM)."""
         poller = zmq.Poller()
         for _, pair in self._monitored:
             poller.register(pair, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
+        failures, failed_at, recovering = 0, -math.inf, False
         try:
             while True:
-                ready = dict(poller.poll(CLOSED_RECHECK_MS if self._door.short else None))
-                if self._wake_read in ready:
-                    return
-                for index, (_, pair) in enumerate(self._monitored):
-                    if pair in ready:
-                        self._read(index, pair)
-                if not ready:
-                    self._check_door()
-        except Exception:  # a bug here must not go unnoticed, nor take the arbiter down
-            log.exception("the connection guard stopped")
+                try:
+                    if recovering:
+                        with self._lock:
+                            self._ledger.prune(self._still_open)
+                        self._check_door()
+                        recovering = False
+                    ready = dict(poller.poll(CLOSED_RECHECK_MS if self._door.short else None))
+                    if self._wake_read in ready:
+                        return
+                    for index, (_, pair) in enumerate(self._monitored):
+                        if pair in ready:
+                            self._read(index, pair)
+                    if not ready:
+                        self._check_door()
+                except Exception:
+                    now = time.monotonic()
+                    failures = failures + 1 if now - failed_at < FAILURE_MEMORY else 1
+                    failed_at, recovering = now, True
+                    pause = min(FAILURE_PAUSE[0] * 2 ** (failures - 1), FAILURE_PAUSE[1])
+                    log.critical(
+                        "the connection guard failed (%d time(s) in a row); it goes on in "
+                        "%.1f s", failures, pause, exc_info=True,
+                    )
+                    # poll, not select: a descriptor above FD_SETSIZE is possible here.
+                    waking = select.poll()
+                    waking.register(self._wake_read, select.POLLIN)
+                    if waking.poll(pause * 1000):
+                        return
         finally:
             for _, pair in self._monitored:
                 pair.close(linger=0)
@@ -278,6 +380,12 @@ class ConnectionGuard:
         if peer is None:
             return False  # gone already
         try:
+            if not peer.of(self._listener(key[0])):
+                # Not a connection to this socket: the one reported ended and its number was
+                # reused (a child's notify socket, another endpoint's connection...). Never
+                # touched, never served (what came on the connection reported is from a
+                # client gone).
+                return False
             with self._lock:
                 known = self._decided.get(key)
                 if known is not None and known[0] == peer.identity:
@@ -285,8 +393,15 @@ class ConnectionGuard:
                 uid = peer.uid()
                 refusal = None
                 if uid not in self.admins:
+                    now = time.monotonic()
+                    prune_all = (
+                        self._ledger.count >= self._ledger.total
+                        and now - self._pruned_at >= PRUNE_EVERY
+                    )
+                    if prune_all:
+                        self._pruned_at = now
                     refusal = self._ledger.admit(
-                        key, uid, peer.identity, self._door.short, self._still_open
+                        key, uid, peer.identity, self._door.short, self._still_open, prune_all
                     )
                 self._decided[key] = (peer.identity, refusal is None)
                 if refusal is not None:

@@ -7,12 +7,13 @@ asynchronously: the server awaits it only when the request says `waiting`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import os
 import re
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import psutil
@@ -36,6 +37,7 @@ from circus_sd.control.watcher_options import (
     option_values,
     parse_options,
 )
+from circus_sd.process_bound import ProcessBoundError
 from circus_sd.states import ProcessState
 
 
@@ -56,6 +58,15 @@ Result = dict[str, Any] | None | Deferred
 # tier; a handler whose work depends on what is asked (`set`'s options) checks the rest.
 Handler = Callable[[Arbiter, dict[str, Any], Tier], Result]
 HANDLERS: dict[str, Handler] = {}
+
+
+@contextlib.contextmanager
+def _bound_refused() -> Iterator[None]:
+    """Past max_processes: the error reply names the bound (process_bound knows no protocol)."""
+    try:
+        yield
+    except ProcessBoundError as exc:
+        raise CommandError(exc.reason) from None
 
 
 def handles(name: str) -> Callable[[Handler], Handler]:
@@ -233,12 +244,14 @@ def _resize(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Result:
         # Checked now (and again by the work), so that a client that does not wait hears of a
         # refusal too: past max_processes, ProcessBoundError is the error reply.
         grown = watcher.config.numprocesses + nb
-        arbiter.check_process_bound(dataclasses.replace(watcher.config, numprocesses=grown))
+        with _bound_refused():
+            arbiter.check_process_bound(dataclasses.replace(watcher.config, numprocesses=grown))
 
     async def work() -> dict[str, Any]:
         async with arbiter.lock(name):
             target = max(0, watcher.config.numprocesses + sign * nb)
-            await arbiter.resize(name, target)
+            with _bound_refused():
+                await arbiter.resize(name, target)
             return {"numprocesses": watcher.config.numprocesses}
 
     return Deferred(work())
@@ -314,12 +327,14 @@ def add(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
         raise CommandError("options: expected an object")
     changes = parse_options(options, caller)
     config = apply_options(WatcherConfig(name=name, cmd=cmd, args=_args_text(args)), changes)
-    arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
+    with _bound_refused():
+        arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
     start_now = prop_bool(props, "start")
 
     async def work() -> None:
         async with arbiter.lock(name):
-            await arbiter.add_watcher(config, start_now)
+            with _bound_refused():
+                await arbiter.add_watcher(config, start_now)
 
     return Deferred(work())
 
@@ -354,11 +369,13 @@ def set_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     # One parse: the access check and the change see the same options (README: Security model).
     changes = parse_options(options, caller)
     config = apply_options(arbiter.watchers[name].config, changes)
-    arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
+    with _bound_refused():
+        arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
 
     async def work() -> None:
         async with arbiter.lock(name):
-            await arbiter.change_watcher(config)
+            with _bound_refused():
+                await arbiter.change_watcher(config)
 
     return Deferred(work())
 

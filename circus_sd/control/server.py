@@ -12,6 +12,7 @@ import logging
 import os
 import pwd
 import socket
+import stat
 import traceback
 import urllib.parse
 from typing import Any
@@ -55,6 +56,8 @@ from circus_sd.endpoints import (
 
 log = logging.getLogger("circus_sd.control")
 
+# Pending connections a listener queues (libzmq's default is 100).
+LISTEN_BACKLOG = 32
 # Requests read in one go before the loop gets a turn.
 MAX_PER_PASS = 64
 # Requests queued in libzmq per connection (the rest wait in the kernel): with [circus]
@@ -133,6 +136,7 @@ class ControlServer:
         self._guard_bounds = (options.max_connections_per_user, options.max_connections)
         self._guard: ConnectionGuard | None = None
         self._router_index = 0  # the ROUTER's, for the guard
+        self._srcfd_failed = False  # logged once
         self._pending = PendingReplies(self._send_now)
         self._locks: list[int] = []
         # ipc socket files this server bound: the only ones it may remove when it closes.
@@ -277,6 +281,9 @@ class ControlServer:
             log.warning("%s is open to the network WITHOUT authentication (insecure_tcp)", endpoint)
 
     def _bind(self, socket: Any, endpoint: str) -> None:
+        # Connections queued before the guard closes the door are still accepted: a short queue
+        # bounds that overshoot (connection_bounds.door_margin).
+        socket.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         adopted = self._adopted.pop(endpoint, None)
         if adopted is not None:
             # systemd owns the socket (and its file and mode, SocketMode=): ZMQ only listens.
@@ -319,6 +326,12 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         self._bound_paths.append(path)
+        # The socket just made is ours, and in its directory (ours, or sticky: see
+        # _prepare_directory) nobody else can rename or replace it: chmod and chown (which
+        # follow a link) reach it, unless something else is found there.
+        info = os.stat(path, follow_symlinks=False)
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.geteuid():
+            raise EndpointError(f"{endpoint}: {path} is not the socket circus-sd just made")
         os.chmod(path, mode)
         if self.group is not None or self.owner_uid is not None:
             os.chown(
@@ -329,12 +342,19 @@ class ControlServer:
 
     def _prepare_directory(self, directory: str) -> None:
         """Made with its final mode (whoever comes first: the notify sockets use it too);
-        refused if another user owns it or may write to it or a directory above (squatting)."""
+        refused if another user owns it or may write to it (squatting), or a directory above
+        is another user's or writable by every user.
+
+        A sticky directory of root's (`ipc:///tmp/circus.sock`, as Circus users often wrote) is
+        accepted as it is: there the .lock must be a file of ours with a single link, never a
+        link (safe_paths.open_file), and the socket is made by bind(), which never follows a
+        link, then checked to be ours; nobody else may rename or remove either in a sticky
+        directory. Its own mode (0600/0660) keeps other users out."""
         shared = self.group is not None or self.owner_uid is not None
         mode = 0o750 if self.group is not None else 0o755 if shared else 0o700
         group = -1 if self.group is None else self.group
         try:
-            safe_paths.ensure_directory(directory, mode, group)
+            safe_paths.ensure_directory(directory, mode, group, shared_ok=True)
         except OSError as exc:  # safe_paths.UnsafePath too
             raise EndpointError(f"socket directory: {exc}") from None
 
@@ -417,9 +437,9 @@ class ControlServer:
         if len(body) != 1:
             log.debug("dropping a %d-frame message", len(frames))
             return
-        if not self._admitted(body[0]):
-            return  # its connection is over a bound, shut down already (connection_guard.py)
         peer = _peer_credentials(body[0]) if ipc_path(self.endpoint) else None
+        if not self._admitted(body[0], peer):
+            return  # its connection is over a bound, shut down already (connection_guard.py)
         try:
             request = parse_request(body[0].bytes)
         except RequestError as exc:
@@ -478,13 +498,22 @@ class ControlServer:
         if not request.cast:
             self._reply(envelope, reply)
 
-    def _admitted(self, frame: Any) -> bool:
+    def _admitted(self, frame: Any, peer: tuple[int, int] | None) -> bool:
+        """Whether the guard lets the request's connection be served. Without the connection's
+        descriptor (ZMQ_SRCFD: never seen missing on a stream transport) it cannot tell, and
+        fails closed: only an admin, known by its credentials on an ipc socket, is served."""
         if self._guard is None:
             return True
         try:
             fd = frame.get(zmq.SRCFD)
-        except zmq.ZMQError:
-            return True
+        except zmq.ZMQError as exc:
+            if peer is not None and peer[0] in self._guard.admins:
+                return True
+            if not self._srcfd_failed:
+                self._srcfd_failed = True
+                log.error("a request's connection is unknown (ZMQ_SRCFD: %s): requests from "
+                          "users other than root and the arbiter's are refused", exc)
+            return False
         return self._guard.admitted(self._router_index, fd)
 
     def _dispatch(
@@ -509,6 +538,11 @@ class ControlServer:
         """The caller's tier, if it is enough for the command; the handler checks what depends
         on the request's content (the options of `set`) against it."""
         if peer is None:
+            if ipc_path(self.endpoint) is not None:
+                # ipc, yet libzmq gave no credentials (or none that parse): nobody to trust.
+                raise CommandError(
+                    "access denied: the peer's credentials are unknown", Errno.ACCESS_DENIED
+                )
             return Tier.ADMIN  # tcp: no credentials exist; refused at start-up unless loopback
         tier = self._tier_of(*peer)
         if tier is None:

@@ -2,7 +2,11 @@
 
 The file is opened, rotated and reopened relative to a descriptor of its directory, which is
 reached safely and must be changeable by root and the arbiter's user alone (safe_paths.py): a
-symbolic link is never followed, so nobody can make the arbiter write another file. Run in the
+symbolic link another user could have made is never followed, so nobody can make the arbiter
+write another file. A link only a trusted user could have made (/dev/stdout, an admin's
+`current.log -> app-2026.log`) is followed by the same safe walk; the file it leads to is the one
+rotated (in its own directory) and watched. A character device or FIFO (/dev/stdout in a
+container) is appended to, never rotated. Run in the
 sink's writer thread only. Every failure (no space, a deleted directory, a file that
 cannot be opened) becomes a SinkError saying how much of the batch was written; the sink retries.
 """
@@ -10,6 +14,7 @@ cannot be opened) becomes a SinkError saying how much of the batch was written; 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import stat
@@ -20,6 +25,8 @@ from circus_sd import safe_paths
 from circus_sd.config.streams import ROTATE_UNITS
 from circus_sd.output.lines import Buffer
 from circus_sd.output.sink import Chunk, SinkError
+
+log = logging.getLogger("circus_sd")
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 # How often a FileStream or TimedRotatingFileStream checks that its file is still in place (so it
@@ -91,7 +98,14 @@ class FileWriter:
         self.check_interval = check_interval
         self._clock = clock
         self._fd = -1
-        self._dir_fd = -1  # O_PATH, of the directory the open file is in
+        self._dir_fd = -1  # O_PATH, of the directory of `path`
+        # Where the open file really is (not `path`'s directory and name when reached through a
+        # link): O_PATH of its directory (-1: none, as through /proc/self/fd/N), and its name.
+        self._file_dir_fd = -1
+        self._file_name = self._name
+        self._linked = False  # reached through a link in place of `path`'s own name
+        self._rotatable = True  # a regular file with a name: not a device, a FIFO, a pipe
+        self._told_not_rotated = False
         self._identity = (0, 0)
         self._size = 0
         self._checked = 0.0
@@ -106,7 +120,7 @@ class FileWriter:
         try:
             if self._dir_fd < 0:
                 self._dir_fd = safe_paths.open_directory(self._directory)
-            fd = safe_paths.open_file(
+            opened = safe_paths.open_following(
                 self._dir_fd, self._name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666, self.path
             )
         except OSError as exc:  # safe_paths.UnsafePath too
@@ -118,15 +132,26 @@ class FileWriter:
                     "program needs no access to it)"
                 ) from None
             raise SinkError(f"cannot open {self.path}: {exc.strerror}") from None
+        fd = opened.fd
         info = os.fstat(fd)
+        self._close_file_dir()
+        self._file_dir_fd, self._file_name, self._linked = opened.dir_fd, opened.name, opened.linked
+        self._rotatable = stat.S_ISREG(info.st_mode) and opened.dir_fd >= 0
+        if not self._rotatable and self.rotation is not None and not self._told_not_rotated:
+            self._told_not_rotated = True
+            what = "a regular file" if stat.S_ISREG(info.st_mode) else "a device or a pipe"
+            log.warning(
+                "%s leads to %s (%s): appended to, never rotated (its rotation options are "
+                "ignored)", self.path, opened.path, what,
+            )
         self._fd = fd
         self._identity = (info.st_dev, info.st_ino)
         self._size = info.st_size
         self._checked = self._clock()
-        if isinstance(self.rotation, TimeRotation):
+        if isinstance(self._rotation, TimeRotation):
             # As logging does: a file that exists rotates on the schedule of its last change.
             since = info.st_mtime if info.st_size else self._checked
-            self._rollover_at = self.rotation.next_rollover(since)
+            self._rollover_at = self._rotation.next_rollover(since)
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -134,14 +159,28 @@ class FileWriter:
             os.close(fd)
 
     def _close_dir(self) -> None:
+        self._close_file_dir()
         if self._dir_fd >= 0:
             fd, self._dir_fd = self._dir_fd, -1
             os.close(fd)
 
+    def _close_file_dir(self) -> None:
+        if self._file_dir_fd >= 0:
+            fd, self._file_dir_fd = self._file_dir_fd, -1
+            os.close(fd)
+
+    @property
+    def _rotation(self) -> SizeRotation | TimeRotation | None:
+        """The rotation in effect: none for what cannot be rotated (a device, a pipe)."""
+        return self.rotation if self._rotatable else None
+
     def _still_in_place(self) -> bool:
-        """The file at `path` is still the one open (a link in its place is not)."""
+        """The file at `path` is still the one open (a link in its place is not, unless the
+        file was reached through a trusted link: then where the link now leads is)."""
+        if not self._rotatable:
+            return True  # a device or a pipe does not move with logrotate
         try:
-            info = os.stat(self.path, follow_symlinks=False)
+            info = os.stat(self.path, follow_symlinks=self._linked)
         except OSError:
             return False
         return (info.st_dev, info.st_ino) == self._identity
@@ -157,7 +196,7 @@ class FileWriter:
                 self.reopened += 1
         if self._fd < 0:
             self._open()
-        if isinstance(self.rotation, TimeRotation) and now >= self._rollover_at:
+        if isinstance(self._rotation, TimeRotation) and now >= self._rollover_at:
             self._rotate_by_time(now)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -165,8 +204,9 @@ class FileWriter:
     def write(self, batch: list[Chunk]) -> None:
         self._prepare()
         parts = [part for chunk in batch for part in chunk.parts]
-        if isinstance(self.rotation, SizeRotation) and self.rotation.backup_count > 0:
-            self._write_rotating(parts, self.rotation)
+        rotation = self._rotation
+        if isinstance(rotation, SizeRotation) and rotation.backup_count > 0:
+            self._write_rotating(parts, rotation)
         else:
             self._writev(parts, 0)
 
@@ -225,7 +265,7 @@ class FileWriter:
         """Rename within the file's directory (a link is renamed, never followed); False if
         `source` does not exist."""
         try:
-            os.rename(source, target, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            os.rename(source, target, src_dir_fd=self._file_dir_fd, dst_dir_fd=self._file_dir_fd)
         except FileNotFoundError:
             return False
         return True
@@ -233,9 +273,10 @@ class FileWriter:
     def _rotate_by_size(self, rotation: SizeRotation, written: int) -> None:
         self._close_fd()
         try:
+            name = self._file_name
             for index in range(rotation.backup_count - 1, 0, -1):
-                self._rename(f"{self._name}.{index}", f"{self._name}.{index + 1}")
-            self._rename(self._name, f"{self._name}.1")
+                self._rename(f"{name}.{index}", f"{name}.{index + 1}")
+            self._rename(name, f"{name}.1")
         except OSError as exc:
             raise SinkError(f"cannot rotate {self.path}: {exc.strerror}", written) from None
         try:
@@ -249,13 +290,13 @@ class FileWriter:
         # The file is named after the start of the interval it holds, as in Circus and logging.
         start = self._rollover_at - rotation.seconds
         stamp = time.gmtime(start) if rotation.utc else time.localtime(start)
-        target = f"{self._name}.{time.strftime(rotation.suffix, stamp)}"
+        target = f"{self._file_name}.{time.strftime(rotation.suffix, stamp)}"
         self._close_fd()
         try:
-            self._rename(self._name, target)
+            self._rename(self._file_name, target)
             if rotation.backup_count > 0:
                 for old in self._old_backups(rotation):
-                    os.unlink(old, dir_fd=self._dir_fd)
+                    os.unlink(old, dir_fd=self._file_dir_fd)
         except OSError as exc:
             raise SinkError(f"cannot rotate {self.path}: {exc.strerror}") from None
         self._open()
@@ -267,9 +308,10 @@ class FileWriter:
     def _old_backups(self, rotation: TimeRotation) -> list[str]:
         """Names of the rotated files past backup_count, oldest first: only plain files of root
         or the arbiter's user (in a sticky directory others share, never someone else's)."""
-        prefix = self._name + "."
+        prefix = self._file_name + "."
         pattern = rotation.suffix_pattern
-        listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        directory = self._file_dir_fd
+        listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory)
         try:
             names = os.listdir(listing)
         finally:
@@ -279,7 +321,7 @@ class FileWriter:
             if not (name.startswith(prefix) and pattern.match(name[len(prefix) :])):
                 continue
             try:
-                info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+                info = os.stat(name, dir_fd=directory, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(info.st_mode) and info.st_uid in (0, os.geteuid()):

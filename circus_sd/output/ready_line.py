@@ -6,6 +6,11 @@ ways: only lines of a process not ready yet are searched, only the first `SEARCH
 each line, and a process's searches share `CPU_BUDGET` seconds of CPU in all; a search that
 would exceed it is interrupted (a CPU timer's signal; `re` checks for signals as it runs) and
 that process's output is not searched again. Its readiness then falls to `ready_timeout`.
+
+The timer counts the CPU of every thread of the arbiter (zmq's I/O threads, the log's writer...),
+the budget only the searching thread's: a search interrupted before its own time is spent resumes
+where it was, with what is left, `RESUMES` times at most (then that process is given up as if
+its budget were spent).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from circus_sd.output.lines import Buffer
@@ -28,13 +33,16 @@ log = logging.getLogger(__name__)
 SEARCHED_BYTES = 4096
 # CPU seconds all the searches of one process's lines may take together.
 CPU_BUDGET = 0.5
+# An interrupted search whose own CPU is below the budget (other threads used the timer's) is
+# resumed at most this many times.
+RESUMES = 4
 
 
-class _OutOfTime(Exception):
+class OutOfTime(Exception):
     """Raised in the middle of a search by the CPU timer's signal."""
 
 
-class _CpuTimer:
+class CpuTimer:
     """ITIMER_VIRTUAL (the process's user CPU time) whose SIGVTALRM interrupts the main thread.
 
     The handler stays installed: a signal still in flight when the timer is disarmed then finds
@@ -48,7 +56,7 @@ class _CpuTimer:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._armed:
             self._armed = False
-            raise _OutOfTime
+            raise OutOfTime
 
     def usable(self) -> bool:
         """Only the main thread receives Python signal handlers' exceptions."""
@@ -68,7 +76,7 @@ class _CpuTimer:
         signal.setitimer(signal.ITIMER_VIRTUAL, 0)
 
 
-_timer = _CpuTimer()
+_timer = CpuTimer()
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,11 +100,24 @@ def searched_parts(lines: list[Buffer], limit: int = SEARCHED_BYTES) -> Iterator
 
 
 class ReadyLineSearch:
-    """Per process: the CPU its searches have taken; processes whose budget ran out."""
+    """Per process: the CPU its searches have taken; processes whose budget ran out.
 
-    def __init__(self, budget: float = CPU_BUDGET, limit: int = SEARCHED_BYTES) -> None:
+    `timer` interrupts a search (`OutOfTime`) and `clock` measures the searching thread's CPU:
+    both replaceable, for tests.
+    """
+
+    def __init__(
+        self,
+        budget: float = CPU_BUDGET,
+        limit: int = SEARCHED_BYTES,
+        *,
+        timer: CpuTimer = _timer,
+        clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         self.budget = budget
         self.limit = limit
+        self._timer = timer
+        self._clock = clock
         self._spent: dict[int, float] = {}
         self._exhausted: set[int] = set()
 
@@ -106,27 +127,42 @@ class ReadyLineSearch:
         if pid in self._exhausted:
             return False
         pattern = line_pattern(expression)
-        parts = searched_parts(lines, self.limit)
-        remaining = self.budget - self._spent.get(pid, 0.0)
-        if not _timer.usable():
-            return any(pattern.search(part) for part in parts)
-        started = time.thread_time()
+        if not self._timer.usable():
+            return any(pattern.search(part) for part in searched_parts(lines, self.limit))
+        # Cut before the timer runs: an interruption inside a generator would end it.
+        parts = list(searched_parts(lines, self.limit))
+        spent = self._spent.get(pid, 0.0)
         found: bool | None = None
-        try:
+        index = 0  # the part being searched: where an interrupted search resumes
+        interruptions = 0
+        while True:
+            started = self._clock()
             try:
-                _timer.arm(remaining)
-                found = any(pattern.search(part) for part in parts)
-            finally:
-                _timer.disarm()
-        except _OutOfTime:
-            _timer.disarm()
-        spent = self._spent[pid] = self._spent.get(pid, 0.0) + time.thread_time() - started
+                try:
+                    self._timer.arm(self.budget - spent)
+                    matched = False
+                    for index in range(index, len(parts)):  # noqa: B020 (resumes at index)
+                        if pattern.search(parts[index]):
+                            matched = True
+                            break
+                    found = matched
+                finally:
+                    self._timer.disarm()
+            except OutOfTime:
+                self._timer.disarm()
+                interruptions += 1
+            spent += self._clock() - started
+            if found is not None or spent >= self.budget or interruptions > RESUMES:
+                break
+            # Interrupted before this thread spent the budget: other threads used the CPU.
+        self._spent[pid] = spent
         if found is None or (not found and spent >= self.budget):
             self._exhausted.add(pid)
             log.warning(
-                "%s[%d] pid %d: searching its output for ready_log_line took %.2f s of CPU, "
-                "its budget: its output is no longer searched (ready_timeout decides)",
-                origin.watcher, origin.wid, pid, spent,
+                "%s[%d] pid %d: searching its output for ready_log_line took %.2f s of CPU "
+                "(budget %.2f s, interrupted %d times): its output is no longer searched "
+                "(ready_timeout decides)",
+                origin.watcher, origin.wid, pid, spent, self.budget, interruptions,
             )
             return False
         return found

@@ -103,6 +103,39 @@ def test_running_short_of_descriptors_keeps_what_runs_and_starts_the_rest_later(
     arbiter.wait_log(r"many: all 200 processes run, the resource shortage is over")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start processes as nobody")
+def test_the_childs_exec_failing_for_its_own_limits_is_given_up_per_max_retry(
+    circus: Circus, zmq_clients: Clients
+) -> None:
+    """EAGAIN, as the machine's shortages, but from the child's own exec: `nobody` is over the
+    watcher's rlimit_nproc (a configuration that cannot work). A failed start, given up after
+    max_retry as before, not a shortage retried forever."""
+    config = circus.write_config(f"""
+        [watcher:holder]
+        cmd = {SLEEP}
+        uid = nobody
+
+        [watcher:limited]
+        cmd = /bin/true
+        uid = nobody
+        rlimit_nproc = 0
+        max_retry = 1
+        backoff_initial = 0.1
+        """)
+    arbiter = circus.start(config)
+    ctl = clients_control(zmq_clients, circus)
+    arbiter.wait_log(r"limited\[1\] could not start: exec: Resource temporarily unavailable "
+                     r"\(errno 11\); giving up after \d+ failures \(max_retry = 1\)", timeout=10)
+    details = _details(ctl, "limited")
+    assert details["state"] == "failed" and details["deferred_spawns"] == 0, details
+    assert _details(ctl, "holder")["state"] == "active"
+    assert arbiter.stop() == 0
+
+
+def clients_control(zmq_clients: Clients, circus: Circus) -> ControlClient:
+    return zmq_clients.control(control_endpoint(circus.tmp))
+
+
 # -- finding 5: a bound on the number of processes -----------------------------------------------
 
 

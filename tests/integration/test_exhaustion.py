@@ -21,7 +21,6 @@ import socket
 import subprocess
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,7 +365,8 @@ def test_connecting_until_no_descriptor_is_left_never_kills_the_arbiter(
 
     assert arbiter.running(), arbiter.log_tail()
     assert held["failed"].get(str(errno.EACCES), 0) > 0, held
-    assert 500 < held["open"] < 1024, held
+    # Held up to the door (a quarter of the limit kept free), far past every bound but that one.
+    assert 256 < held["open"] < 1024, held
     arbiter.wait_log(r"closed to all but root and the arbiter's user: \d+ of RLIMIT_NOFILE 1024")
     ctl = zmq_clients.control(f"ipc://{run}/control.sock")
     assert ctl.ok("status")["statuses"] == {"web": "active"}
@@ -474,13 +474,17 @@ def test_stuck_output_followers_cost_a_bounded_buffer_each(
             attacks[-1].report()
             for _ in range(50):
                 wait_until(lambda: _block(clock), 10, "a block")
+        # Measured at each block the clock sees until 200 more were published (its numbers
+        # say): far more than a stuck follower's queue (8) and socket buffers take, so these
+        # are full, and stay so, while it is measured.
+        start = seq = wait_until(lambda: _block(clock), 10, "a block")["seq"]
+        grown = 0
+        while seq < start + 200:
+            grown = max(grown, _rss(arbiter) - before)
+            seq = wait_until(lambda: _block(clock), 10, "a block")["seq"]
+        grown = max(grown, _rss(arbiter) - before)
     finally:
         clock.close(linger=0)
-    # Bounded observation: the stuck followers' buffers are full by now, or about to be.
-    deadline, grown = time.monotonic() + 3.0, 0
-    while time.monotonic() < deadline:
-        grown = max(grown, _rss(arbiter) - before)
-        time.sleep(0.05)
     assert grown < 60 * MB, f"the arbiter grew by {grown / MB:.0f} MB"
     assert arbiter.running()
 

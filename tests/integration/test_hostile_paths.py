@@ -11,6 +11,7 @@ it refused and why. A non-root arbiter runs as another throwaway user, under the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -356,10 +357,165 @@ def test_a_control_socket_lock_planted_as_a_link_creates_nothing(
 
     assert list(victim.iterdir()) == []
     assert result is not None and result.returncode == EX_CONFIG, result
-    who = f"belongs to user {attacker.name}" if where == "users-directory" else (
-        "is writable by every user")
-    assert f"socket directory: {directory} {who}" in result.stderr
+    if where == "users-directory":
+        assert f"socket directory: {directory} belongs to user {attacker.name}" in result.stderr
+    else:  # a sticky directory is accepted, but only with a .lock of our own, never a link
+        assert f"lock {directory}/control.sock.lock: {directory}/control.sock.lock is a " \
+            "symbolic link" in result.stderr
     assert not (directory / "control.sock").exists()
+
+
+@needs_users
+def test_a_control_socket_directly_in_a_sticky_directory_is_ours_alone(
+    circus: Circus, new_user: Callable[[], Account]
+) -> None:
+    """`endpoint = ipc:///tmp/circus.sock`, as Circus users wrote: accepted, the socket and its
+    .lock made and owned by the arbiter, 0600; the directory left as it is. A .lock another user
+    made there first is refused (see above for a planted link)."""
+    attacker = new_user()
+    world = circus.world_dir()  # root's, 1777, as /tmp
+    config = circus.tmp / "circus.ini"
+    config.write_text(textwrap.dedent(f"""
+        [circus]
+        endpoint = ipc://{world}/circus.sock
+        pubsub_endpoint = ipc://{world}/circus-events.sock
+
+        [watcher:app]
+        cmd = {_writer(world, "app")}
+        """))
+    arbiter = circus.start(config)
+    for name in ("circus.sock", "circus-events.sock"):
+        info = (world / name).lstat()
+        assert stat.S_ISSOCK(info.st_mode) and info.st_uid == 0
+        assert stat.S_IMODE(info.st_mode) == 0o600
+        lock = (world / f"{name}.lock").lstat()
+        assert stat.S_ISREG(lock.st_mode) and lock.st_uid == 0
+    assert stat.S_IMODE(world.stat().st_mode) == 0o1777
+    assert arbiter.stop() == 0
+
+    squatted = circus.world_dir()
+    attacker.do("touch", str(squatted / "circus.sock.lock"))
+    config.write_text(textwrap.dedent(f"""
+        [circus]
+        endpoint = ipc://{squatted}/circus.sock
+        pubsub_endpoint = ipc://{circus.tmp}/events.sock
+
+        [watcher:app]
+        cmd = {_writer(world, "app")}
+        """))
+    result = _start_up(circus, config)
+    assert result is not None and result.returncode == EX_CONFIG, result
+    assert f"{squatted}/circus.sock.lock belongs to user {attacker.name}" in result.stderr
+    assert not (squatted / "circus.sock").exists()
+
+
+# -- common root setups --------------------------------------------------------------------------
+
+
+@needs_users
+def test_logs_under_a_group_writable_var_log_are_written(
+    circus: Circus, new_user: Callable[[], Account]
+) -> None:
+    """Ubuntu's /var/log is root:syslog 0775: a log in root's /var/log/myapp is written (only
+    the directory holding the file must be root's alone); one directly in the group's
+    directory is refused, naming it."""
+    member = new_user()
+    world = circus.world_dir()
+    var_log = _root_dir(world / "var-log", 0o775)
+    os.chown(var_log, 0, member.gid)
+    myapp = _root_dir(var_log / "myapp")
+    config = circus.write_config(f"""
+        [watcher:app]
+        cmd = {_writer(world, "app")}
+        stdout_stream.filename = {myapp}/app.log
+
+        [watcher:direct]
+        cmd = {_writer(world, "direct")}
+        backpressure_timeout = 0.2
+        stdout_stream.filename = {var_log}/direct.log
+        """)
+    arbiter = circus.start(config)
+    wait_until(lambda: len(read_lines(myapp / "app.log")) >= 3, 5, "lines under var-log/myapp",
+               circus.log_tails)
+    message = arbiter.wait_log(r"refusing to write [^\n]*direct\.log: [^\n]*")
+    assert f"{var_log} is writable by group {member.name.replace('-u', '-g')}" in message
+    assert not (var_log / "direct.log").exists()
+
+
+@needs_users
+def test_a_log_files_link_made_by_root_is_followed_and_one_in_the_users_directory_is_not(
+    circus: Circus, new_user: Callable[[], Account]
+) -> None:
+    """`stdout_stream.filename = /dev/stdout` in a container: a link in root's directory to a
+    FIFO (read here) gets the lines, never rotated (said once); the same link in the watcher
+    user's directory is refused."""
+    attacker = new_user()
+    world = circus.world_dir()
+    dev = _root_dir(circus.tmp / "dev")
+    fifo = dev / "pipe"
+    os.mkfifo(fifo)
+    (dev / "stdout").symlink_to(fifo)
+    theirs = _attackers_dir(world / "theirs", attacker)
+    target = _victim(circus)
+    attacker.do("ln", "-s", str(target), str(theirs / "stdout"))
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        config = circus.write_config(f"""
+            [watcher:app]
+            cmd = {_writer(world, "app")}
+            stdout_stream.filename = {dev}/stdout
+            stdout_stream.max_bytes = 100
+            stdout_stream.backup_count = 2
+
+            [watcher:theirs]
+            cmd = {_writer(world, "theirs")}
+            backpressure_timeout = 0.2
+            stdout_stream.filename = {theirs}/stdout
+            """)
+        arbiter = circus.start(config)
+        received = bytearray()
+
+        def lines() -> int:
+            with contextlib.suppress(BlockingIOError):
+                received.extend(os.read(reader, 65536))
+            return received.count(b"\n")
+
+        wait_until(lambda: lines() >= 5, 5, "lines through the link to the FIFO", circus.log_tails)
+        assert sorted(p.name for p in dev.iterdir()) == ["pipe", "stdout"]  # nothing rotated
+        arbiter.wait_log(r"stdout leads to [^\n]*pipe \(a device or a pipe\): appended to, "
+                         r"never rotated")
+        message = arbiter.wait_log(r"refusing to write [^\n]*theirs/stdout: [^\n]*")
+        assert f"{theirs} belongs to user {attacker.name}" in message
+        assert target.read_text() == SECRET
+        assert arbiter.stop() == 0
+        assert arbiter.count("never rotated") == 1
+    finally:
+        os.close(reader)
+
+
+@needs_users
+def test_the_arbiters_own_log_in_a_directory_another_user_may_change_stops_start_up(
+    circus: Circus, new_user: Callable[[], Account]
+) -> None:
+    """[circus] logoutput is opened and reopened by path, following links, as root: a directory
+    another user owns is refused at start (exit 78, naming it); nothing is written there."""
+    attacker = new_user()
+    world = circus.world_dir()
+    target = _victim(circus)
+    logs = _attackers_dir(world / "logs", attacker)
+    attacker.do("ln", "-s", str(target), str(logs / "circus.log"))
+    config = circus.write_config(f"""
+        [circus]
+        logoutput = {logs}/circus.log
+
+        [watcher:app]
+        cmd = {_writer(world, "app")}
+        """)
+    result = _start_up(circus, config)
+    assert target.read_text() == SECRET
+    assert result is not None and result.returncode == EX_CONFIG, result
+    assert f"refusing logoutput {logs}/circus.log: {logs} belongs to user {attacker.name}" \
+        in result.stderr
 
 
 # -- a non-root arbiter's runtime directory ------------------------------------------------------

@@ -238,6 +238,99 @@ def test_a_log_output_nobody_reads_does_not_hold_the_exit(
         os.close(read_end)
 
 
+# The arbiter's Python (the venv's), running `circus_sd.cli.main` with `_serve` raising.
+FAILING_ARBITER = """
+import sys
+from circus_sd import cli
+
+async def failing(arbiter):
+    cli.log.info("about to fail")
+    raise RuntimeError("the arbiter failed")
+
+cli._serve = failing
+cli.main(sys.argv[1:])
+"""
+
+# Logging set up, its writer stuck writing a record to stderr (holding the handler's lock),
+# then the interpreter's normal exit.
+LOGGING_THEN_EXIT = """
+import logging, time
+from circus_sd import logging_setup
+from circus_sd.config.model import ArbiterConfig
+
+logging_setup.configure_logging(ArbiterConfig(), level="info", output="-")
+logging.getLogger("circus_sd").info("one record")
+(handler,) = logging_setup._writer.targets
+deadline = time.monotonic() + 10
+while handler.lock.acquire(blocking=False):
+    handler.lock.release()
+    assert time.monotonic() < deadline, "the writer never took the handler's lock"
+    time.sleep(0.01)
+"""
+
+
+def _exit_on_stuck_stderr(circus: Circus, *args: str) -> tuple[int, str]:
+    """Runs `python ARGS` with stdout and stderr a full pipe; its exit status, then what it
+    wrote (the pipe drained once it has exited). Fails if it does not exit in time."""
+    read_end, write_end = _full_pipe()
+    drain = _Drain(read_end, circus.tmp / "stuck-stderr.log")
+    with open(os.devnull, "rb") as stdin:
+        popen = subprocess.Popen(
+            [str(CIRCUS_SD.parent / "python"), *args],
+            stdin=stdin, stdout=write_end, stderr=write_end, cwd=circus.tmp,
+        )
+    os.close(write_end)
+    try:
+        # FLUSH_TIMEOUT (2 s) for the stuck writer, plus start-up.
+        status = popen.wait(15)
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(5)
+        drain.start()
+        drain.thread.join(5)
+        if not drain.thread.is_alive():
+            os.close(read_end)
+    return status, drain.text()
+
+
+def test_a_failing_arbiter_exits_in_bounded_time_with_its_log_stuck(circus: Circus) -> None:
+    """`_run` raises while stderr is a full pipe: the error is logged (queued) and the exit is
+    the bounded one, not the interpreter's (its traceback and atexit flush would wait)."""
+    config = circus.write_config(f"""
+        [watcher:w]
+        cmd = {report_command(circus.tmp, "w")}
+        """)
+    script = circus.tmp / "failing_arbiter.py"
+    script.write_text(FAILING_ARBITER)
+    status, _ = _exit_on_stuck_stderr(circus, str(script), str(config))
+    assert status == 1
+    assert circus.reports.wids("w") == []
+
+
+def test_a_failing_arbiter_logs_why(circus: Circus) -> None:
+    config = circus.write_config(f"""
+        [watcher:w]
+        cmd = {report_command(circus.tmp, "w")}
+        """)
+    script = circus.tmp / "failing_arbiter.py"
+    script.write_text(FAILING_ARBITER)
+    result = subprocess.run(
+        [str(CIRCUS_SD.parent / "python"), str(script), str(config)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=circus.tmp, timeout=15,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "CRITICAL circus-sd failed: the arbiter failed" in result.stderr
+    assert "RuntimeError: the arbiter failed" in result.stderr
+
+
+def test_logging_exit_flush_is_bounded_with_its_output_stuck(circus: Circus) -> None:
+    """Any interpreter exit (not only circus-sd's): logging's atexit flush would wait forever
+    for the handler the writer is stuck in; the writer gets its bounded time instead."""
+    status, _ = _exit_on_stuck_stderr(circus, "-c", LOGGING_THEN_EXIT)
+    assert status == 0
+
+
 # -- max_line ------------------------------------------------------------------------------------
 
 

@@ -4,11 +4,28 @@ the [circus] options that set them."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
+import zmq
 
 from circus_sd.config.options import OptionValueError, byte_size, endpoint_address
 from circus_sd.control.connection_bounds import ConnectionLedger, Door, Refusal, door_margin
+from circus_sd.control.connection_guard import ConnectionGuard
+from circus_sd.control.protocol import CommandError, Errno, parse_request
+from circus_sd.control.registry import Tier
 from circus_sd.control.replies import PendingReplies, Sent
+from circus_sd.control.server import ControlServer
 from circus_sd.control.subscriptions import Offender, SubscriptionBook
 
 ADMINS = (0, 990)
@@ -59,8 +76,26 @@ def test_a_reused_descriptor_is_a_new_connection_and_a_missed_end_heals() -> Non
     assert ledger.admit((0, 10), 1000, 5, still_open=lambda key, identity: True) is Refusal.USER
 
 
+def test_ends_missed_do_not_hold_the_total_for_good() -> None:
+    ledger = ConnectionLedger(per_user=5, total=2)
+    assert ledger.admit((0, 7), 1000, 1) is None
+    assert ledger.admit((0, 8), 1001, 2) is None
+    # Both ended unseen (the guard's thread was down, say): another user is let in.
+    gone = {1, 2}
+    assert ledger.admit((0, 9), 1002, 3, still_open=lambda k, i: i not in gone) is None
+    assert ledger.count == 1 and ledger.held(1002) == [((0, 9), 3)]
+    assert ledger.identity((0, 9)) == 3 and ledger.identity((0, 7)) is None
+    # The caller may hold that (costly) check back: refused without it.
+    ledger.admit((0, 10), 1003, 4)
+    assert ledger.admit((0, 11), 1004, 5, still_open=lambda k, i: False, prune_all=False) is (
+        Refusal.TOTAL
+    )
+    assert ledger.prune(lambda k, i: i != 4) == 1 and ledger.count == 1
+
+
 @pytest.mark.parametrize(
-    ("limit", "margin"), [(64, 64), (512, 64), (2048, 256), (1 << 20, 65536), (1 << 30, 65536)]
+    ("limit", "margin"),
+    [(64, 64), (256, 64), (512, 128), (2048, 512), (1 << 20, 65536), (1 << 30, 65536)],
 )
 def test_door_margin(limit: int, margin: int) -> None:
     assert door_margin(limit) == margin
@@ -85,6 +120,175 @@ def test_the_door_closes_while_everyone_else_holds_max_connections() -> None:
     assert door.update(2000, 2048, 64, 64) is False
     assert door.update(100, 2048, 64, 64) is None
     assert door.update(100, 2048, 10, 64) is True
+
+
+# -- the guard, on real sockets ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Guarded:
+    guard: ConnectionGuard
+    router: Any
+    index: int
+    path: Path
+
+    def connect(self) -> socket.socket:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(self.path))
+        client.settimeout(5)
+        client.recv(10)  # libzmq's greeting: accepted
+        return client
+
+    def held(self) -> list[tuple[Any, int]]:
+        with self.guard._lock:
+            return self.guard._ledger.held(os.geteuid())
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[Guarded]:
+    context: zmq.Context[Any] = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    guard = ConnectionGuard(context, per_user=2, total=4)
+    guard.admins = frozenset()  # the test's own user is counted like any other
+    index = guard.watch(router)
+    router.bind(f"ipc://{tmp_path}/control.sock")
+    guard.start()
+    try:
+        yield Guarded(guard, router, index, tmp_path / "control.sock")
+    finally:
+        guard.stop()
+        router.close()
+        context.term()
+
+
+def _wait(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _works(datagram: tuple[socket.socket, socket.socket]) -> bool:
+    """Whether a datagram pair (a child's notify socket, say) still carries READY=1."""
+    try:
+        datagram[1].send(b"READY=1")
+    except OSError:
+        return False
+    datagram[0].settimeout(1)
+    return datagram[0].recv(16) == b"READY=1"
+
+
+def test_a_kick_never_shuts_a_socket_that_took_a_connections_number(guarded: Guarded) -> None:
+    uid = os.geteuid()
+    notify = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(guarded.path.with_name("other.sock")))
+    other.listen()
+    elsewhere = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    elsewhere.connect(str(guarded.path.with_name("other.sock")))
+    accepted, _ = other.accept()
+    try:
+        with guarded.guard._lock:
+            ledger = guarded.guard._ledger
+            # The connections recorded ended, unseen; their numbers now are other sockets'. The
+            # identity recorded is the connection's, or (worse) happens to match the new file.
+            ledger.admit((guarded.index, notify[0].fileno()), uid, 1)
+            inode = os.fstat(accepted.fileno()).st_ino
+            ledger.admit((guarded.index, accepted.fileno()), uid, inode)
+        assert guarded.guard.kick(uid, guarded.router) == 0
+        assert _works(notify)
+        elsewhere.sendall(b"ping")
+        assert accepted.recv(4) == b"ping"
+        with guarded.guard._lock:
+            ledger.forget((guarded.index, notify[0].fileno()))
+            ledger.forget((guarded.index, accepted.fileno()))
+        # Asked about such a number, the guard refuses it (its client is gone) and leaves it be.
+        guarded.guard._door.short = True  # every connection decided on now is refused
+        assert not guarded.guard.admitted(guarded.index, notify[0].fileno())
+        assert _works(notify)
+        guarded.guard._door.short = False
+
+        # The real thing is shut down.
+        client = guarded.connect()
+        _wait(lambda: len(guarded.held()) == 1, "the connection to be counted")
+        assert guarded.guard.kick(uid, guarded.router) == 1
+        assert client.recv(10) == b"", "closed"
+        assert guarded.guard.kick(uid + 1, guarded.router) == 0
+        client.close()
+    finally:
+        for s in (*notify, other, elsewhere, accepted):
+            s.close()
+
+
+def test_the_guard_goes_on_after_a_failure(
+    guarded: Guarded, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = guarded.guard
+    read = guard._read
+    failed = threading.Event()
+
+    def fail_once(index: int, pair: Any) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a bug")
+        read(index, pair)
+
+    # An end the thread will have missed: recorded, its descriptor closed since.
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with guard._lock:
+        guard._ledger.admit((guarded.index, 999), os.geteuid() + 1, os.fstat(gone.fileno()).st_ino)
+    gone.close()
+    monkeypatch.setattr(guard, "_read", fail_once)
+    with caplog.at_level(logging.CRITICAL, "circus_sd.control"):
+        client = guarded.connect()
+        _wait(lambda: len(guarded.held()) == 1, "the connection to be counted after the failure")
+    assert failed.is_set() and guard._thread is not None and guard._thread.is_alive()
+    assert "the connection guard failed (1 time(s) in a row)" in caplog.text
+    with guard._lock:
+        assert guard._ledger.count == 1, "the missed end was pruned"
+    client.close()
+    _wait(lambda: not guarded.held(), "its end to be seen")
+
+
+# -- the control server's checks -----------------------------------------------------------------
+
+
+def _server(endpoint: str) -> ControlServer:
+    server = ControlServer.__new__(ControlServer)
+    server.endpoint = endpoint
+    server._tiers = {}
+    server._own_uid = os.geteuid()
+    server.owner_uid = None
+    server.group = None
+    server._srcfd_failed = False
+    return server
+
+
+def test_an_ipc_request_without_credentials_is_refused() -> None:
+    request = parse_request(b'{"id": "1", "command": "status", "properties": {}}')
+    with pytest.raises(CommandError) as refused:
+        _server("ipc:///run/x.sock")._authorize(request, Tier.OPERATE, None)
+    assert refused.value.errno == Errno.ACCESS_DENIED
+    assert "credentials are unknown" in refused.value.reason
+    # tcp has none, ever: its endpoint is refused at start-up unless loopback or CURVE.
+    assert _server("tcp://127.0.0.1:5555")._authorize(request, Tier.ADMIN, None) is Tier.ADMIN
+    assert _server("ipc:///run/x.sock")._authorize(request, Tier.ADMIN, (0, 0)) is Tier.ADMIN
+
+
+def test_a_request_whose_connection_is_unknown_is_served_to_admins_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Frame:
+        def get(self, option: int) -> int:
+            raise zmq.ZMQError(errno.EINVAL)
+
+    server = _server("ipc:///run/x.sock")
+    server._guard = types.SimpleNamespace(admins=frozenset({0, 990}))  # type: ignore[assignment]
+    assert server._admitted(Frame(), (990, 990))
+    assert not server._admitted(Frame(), (1000, 1000))
+    assert not server._admitted(Frame(), None)
+    assert caplog.text.count("requests from users other than root") == 1
 
 
 # -- subscriptions -------------------------------------------------------------------------------

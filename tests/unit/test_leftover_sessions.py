@@ -1,8 +1,18 @@
-"""Attributing adopted orphans to watchers by worker session: no process is forked."""
+"""Attributing adopted orphans to watchers by worker session (no process is forked), and telling
+the children of a lost spawner apart (on fakes, then on real children)."""
 
 from __future__ import annotations
 
-from circus_sd.leftovers import Leftovers
+import os
+import subprocess
+import time
+
+from circus_sd.leftovers import (
+    _CLOCK_TICKS,
+    Leftovers,
+    clones_of_a_lost_spawner,
+    start_ticks,
+)
 
 
 class FakeKernel:
@@ -112,3 +122,52 @@ def test_orphans_go_to_the_watcher_of_their_own_session() -> None:
     assert leftovers.pids("web") == {200}
     assert leftovers.pids("db") == {300}
     assert [f.pid for f in leftovers.of("db")] == [300]
+
+
+# -- children of a lost spawner ------------------------------------------------------------------
+
+
+def test_the_clones_of_a_lost_spawner_are_the_young_session_leaders_and_those_in_ours() -> None:
+    """Young: started since its oldest unanswered request. A clone leads its session once past
+    setsid, and is still in ours (the spawner's) before; an orphan from a worker is in that
+    worker's session, or leads one of its own but was forked before."""
+    sessions = {10: 10, 11: 11, 12: 500, 13: 13, 14: 77, 15: 500}
+    ticks = {10: 1000, 11: 999, 12: 1005, 13: 1001, 14: 1001}  # 15: gone before it was read
+    own_session = 500
+
+    def started(pid: int) -> int:
+        if pid not in ticks:
+            raise FileNotFoundError(pid)
+        return ticks[pid]
+
+    found = clones_of_a_lost_spawner(
+        sessions, 1000 / _CLOCK_TICKS, own_session, sessions.__getitem__, started
+    )
+
+    assert found == [(10, True), (12, False), (13, True)]
+
+
+def test_clones_of_a_lost_spawner_among_real_children() -> None:
+    """On real processes: /proc's start time and sessions, against CLOCK_BOOTTIME."""
+    sleep = ["sleep", "30"]
+    before = subprocess.Popen(sleep, start_new_session=True)
+    try:
+        # A tick later at least: the older one started before `since`.
+        time.sleep(2 / _CLOCK_TICKS)
+        since = time.clock_gettime(time.CLOCK_BOOTTIME)
+        leader = subprocess.Popen(sleep, start_new_session=True)
+        in_ours = subprocess.Popen(sleep)
+        try:
+            assert start_ticks(leader.pid) >= int(since * _CLOCK_TICKS)
+            pids = [before.pid, leader.pid, in_ours.pid]
+            found = clones_of_a_lost_spawner(pids, since, os.getsid(0))
+            assert found == [(leader.pid, True), (in_ours.pid, False)]
+        finally:
+            for child in (leader, in_ours):
+                child.kill()
+                child.wait(5)
+        # Reaped: no longer found.
+        assert clones_of_a_lost_spawner([leader.pid], since, os.getsid(0)) == []
+    finally:
+        before.kill()
+        before.wait(5)

@@ -161,3 +161,21 @@ def test_journald_output_goes_through_the_queue_too(
     assert writer is not None
     (target,) = writer.targets
     assert isinstance(target.formatter, JournalPrefixFormatter)
+
+
+def test_configuring_again_closes_the_previous_output(root_logging: None, tmp_path: Path) -> None:
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    configure_logging(ArbiterConfig(), level="info", output=str(first))
+    writer = logging_setup._writer
+    assert writer is not None
+    (previous,) = writer.targets
+    assert isinstance(previous, logging.FileHandler)
+    logging.getLogger("circus_sd").info("to the first")
+    configure_logging(ArbiterConfig(), level="info", output=str(second))
+    # Written, then closed: no descriptor left per configuration.
+    assert previous.stream is None
+    assert previous not in logging.getLogger().handlers
+    logging.getLogger("circus_sd").info("to the second")
+    assert stop_logging(DEADLINE)
+    assert "to the first" in first.read_text()
+    assert "to the second" in second.read_text() and "to the first" not in second.read_text()

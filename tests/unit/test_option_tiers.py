@@ -27,15 +27,15 @@ OPERATE_KEYS = {
     "graceful_timeout", "stop_signal", "stop_children", "send_hup", "max_age", "max_age_variance",
     "max_retry", "min_uptime", "backoff_initial", "backoff_max", "check_flapping",
     "flapping.attempts", "flapping.window", "flapping.retry_in", "flapping.max_retry",
-    "memory_max", "memory_high", "memory_swap_max", "cpu_max", "cpu_weight", "io_weight",
-    "pids_max", "oom_group", "ready_timeout", "watchdog_sec", "hook_timeout",
+    "ready_timeout", "watchdog_sec", "hook_timeout",
 }
 
 
 def test_the_group_may_change_only_the_declared_timings_counts_and_limits() -> None:
     operate = {key for key, (_f, declared) in _OPTIONS.items() if declared.tier is Tier.OPERATE}
     assert operate == OPERATE_KEYS
-    for key in ("cmd", "uid", "gid", "env", "working_dir", "ready_log_line", "shell"):
+    for key in ("cmd", "uid", "gid", "env", "working_dir", "ready_log_line", "shell",
+                "memory_max", "pids_max"):
         assert key in ADMIN_KEYS
 
 

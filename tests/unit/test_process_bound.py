@@ -4,6 +4,8 @@ machine's limits, and the refusals of configuration files that ask for more."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -142,3 +144,18 @@ def test_the_default_bound_holds_for_files_too(tmp_path: Path) -> None:
 def test_max_processes_takes_a_count(tmp_path: Path, value: str) -> None:
     path = _config(tmp_path, f"[circus]\nmax_processes = {value}\n")
     assert _refusal(path).startswith(f"{path}:2: [circus] max_processes: expected an integer")
+
+
+def test_the_bound_knows_nothing_of_the_control_layer() -> None:
+    """The config layer imports process_bound (PID_MAX_LIMIT): neither may pull in the control
+    protocol. The control handlers turn ProcessBoundError into their error reply."""
+    from circus_sd.control.protocol import CommandError
+
+    assert not issubclass(ProcessBoundError, CommandError)
+    assert ProcessBoundError("the reason").reason == "the reason"
+    code = (
+        "import sys, circus_sd.process_bound, circus_sd.config.model\n"
+        "control = sorted(m for m in sys.modules if m.startswith('circus_sd.control'))\n"
+        "assert not control, control\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -4,6 +4,7 @@ another user's (the attacks themselves, by a real user: integration/test_hostile
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from circus_sd import safe_paths
-from circus_sd.output.files import FileWriter, TimeRotation
+from circus_sd.output.files import FileWriter, SizeRotation, TimeRotation
 from circus_sd.output.sink import Chunk, Origin
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to another user")
@@ -70,10 +71,33 @@ def test_a_directory_another_user_may_change_is_refused_wherever_it_is_on_the_pa
         assert caught.value.directory == str(home)
     os.chown(home, 0, -1)
     home.chmod(0o775)
-    os.chown(home, -1, 100)  # a group other than root's may write
-    assert "is writable by group" in str(safe_paths.directory_problem(str(home / "logs")))
+    os.chown(home, -1, 100)  # a group other than root's may write: only where the file is
+    assert "is writable by group" in str(safe_paths.directory_problem(str(home)))
     home.chmod(0o757)
     assert "is writable by every user" in str(safe_paths.directory_problem(str(home / "logs")))
+
+
+def test_above_the_files_directory_a_group_may_write_as_ubuntus_var_log(base: Path) -> None:
+    """logrotate's rule: /var/log root:syslog 0775 is gone through; the directory that holds
+    the file must still be root's alone, and a link in the group's directory is not followed
+    (any member could have made it)."""
+    var_log = base / "var-log"
+    (var_log / "myapp").mkdir(parents=True)
+    var_log.chmod(0o775)
+    os.chown(var_log, 0, 100)
+    assert safe_paths.directory_problem(str(var_log / "myapp")) is None
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    os.close(safe_paths.open_path(str(var_log / "myapp" / "app.log"), flags, 0o644))
+    problem = safe_paths.directory_problem(str(var_log))  # where a file directly in it is
+    assert problem is not None and f"{var_log} is writable by group" in problem
+    (var_log / "alias").symlink_to(var_log / "myapp")
+    problem = safe_paths.directory_problem(str(var_log / "alias"))
+    assert problem is not None and f"{var_log / 'alias'} is a symbolic link in {var_log}" in problem
+    var_log.chmod(0o777)  # writable by every user, not sticky: not even on the way
+    problem = safe_paths.directory_problem(str(var_log / "myapp"))
+    assert problem is not None and f"{var_log} is writable by every user" in problem
+    var_log.chmod(0o1777)  # sticky, as /tmp: on the way, entries of root's only
+    assert safe_paths.directory_problem(str(var_log / "myapp")) is None
 
 
 def test_a_sticky_directory_is_gone_through_only_by_entries_of_root_or_ours(base: Path) -> None:
@@ -93,7 +117,9 @@ def test_a_sticky_directory_is_gone_through_only_by_entries_of_root_or_ours(base
         assert problem is not None
         assert problem.startswith(f"{shared / name} belongs to user nobody (uid {NOBODY}), in")
     with pytest.raises(safe_paths.UnsafePath, match="is writable by every user"):
-        safe_paths.ensure_directory(str(shared), 0o700)  # never for sockets
+        safe_paths.ensure_directory(str(shared), 0o700)  # not where that is not asked for
+    safe_paths.ensure_directory(str(shared), 0o700, shared_ok=True)  # ipc:///tmp/x.sock
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777  # left as it is
 
 
 def test_files_are_never_opened_through_a_link(base: Path) -> None:
@@ -108,6 +134,98 @@ def test_files_are_never_opened_through_a_link(base: Path) -> None:
     finally:
         os.close(dir_fd)
     assert target.read_text() == "root's\n"
+
+
+def _open_following(path: Path) -> safe_paths.Opened:
+    dir_fd = safe_paths.open_directory(str(path.parent))
+    try:
+        return safe_paths.open_following(
+            dir_fd, path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644, str(path)
+        )
+    finally:
+        os.close(dir_fd)
+
+
+def _close(opened: safe_paths.Opened) -> None:
+    os.close(opened.fd)
+    if opened.dir_fd >= 0:
+        os.close(opened.dir_fd)
+
+
+def test_a_log_files_own_link_is_followed_only_where_nobody_else_could_have_made_it(
+    base: Path,
+) -> None:
+    """An admin's current.log -> app-2026.log in root's directory: the target is the file (its
+    directory and name, for rotation). In a sticky directory, or through a directory another
+    user owns, refused; a loop ends."""
+    (base / "logs").mkdir()
+    (base / "logs" / "current.log").symlink_to("app-2026.log")
+    opened = _open_following(base / "logs" / "current.log")
+    try:
+        assert opened.linked and opened.name == "app-2026.log"
+        assert opened.path == str(base / "logs" / "app-2026.log")
+        assert _fd_path(os.dup(opened.dir_fd)) == str(base / "logs")
+    finally:
+        _close(opened)
+    assert (base / "logs" / "app-2026.log").is_file()
+
+    home = base / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, -1)
+    (base / "logs" / "theirs.log").symlink_to(home / "x.log")
+    with pytest.raises(safe_paths.UnsafePath, match=f"{home} belongs to user nobody"):
+        _open_following(base / "logs" / "theirs.log")
+    assert not (home / "x.log").exists()
+
+    shared = base / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "mine.log").symlink_to(base / "logs" / "app-2026.log")  # root's, yet not followed
+    with pytest.raises(safe_paths.LinkRefused, match="is a symbolic link"):
+        _open_following(shared / "mine.log")
+
+    (base / "logs" / "loop.log").symlink_to("loop.log")
+    with pytest.raises(OSError) as caught:
+        _open_following(base / "logs" / "loop.log")
+    assert caught.value.errno == errno.ELOOP
+
+
+def test_dev_stdout_leads_to_what_the_arbiters_stdout_is(base: Path) -> None:
+    """/dev/stdout -> /proc/self/fd/1 -> pipe:[...]: opened by the kernel from /proc, whatever
+    the link's text; no name to rotate."""
+    read_end, write_end = os.pipe()
+    saved = os.dup(1)
+    os.dup2(write_end, 1)
+    try:
+        opened = _open_following(Path("/dev/stdout"))
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(write_end)
+    try:
+        assert opened.linked and opened.dir_fd == -1
+        assert stat.S_ISFIFO(os.fstat(opened.fd).st_mode)
+        os.write(opened.fd, b"through /dev/stdout\n")
+        os.close(opened.fd)
+        assert os.read(read_end, 100) == b"through /dev/stdout\n"
+    finally:
+        os.close(read_end)
+    assert safe_paths.file_problem("/dev/stdout") is None
+
+
+def test_file_problem_says_what_open_following_would_refuse(base: Path) -> None:
+    (base / "logs").mkdir()
+    (base / "logs" / "current.log").symlink_to("app.log")
+    assert safe_paths.file_problem(str(base / "logs" / "current.log")) is None
+    problem = safe_paths.file_problem(str(base / "logs" / "current.log"), follow=False)
+    assert problem is not None and "is a symbolic link" in problem
+    shared = base / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (base / "logs" / "to-shared.log").symlink_to(shared / "x.log")
+    assert safe_paths.file_problem(str(base / "logs" / "to-shared.log")) is None
+    problem = safe_paths.file_problem(str(base / "logs" / "to-shared.log"), shared_ok=False)
+    assert problem is not None and f"{shared} is writable by every user" in problem
 
 
 def test_in_a_sticky_directory_a_file_of_another_user_or_with_another_link_is_refused(
@@ -164,3 +282,53 @@ def test_time_rotation_removes_only_its_own_old_files(base: Path) -> None:
     names = sorted(p.name for p in shared.iterdir())
     assert theirs.name in names, names
     assert "out.log.20000102" not in names and "out.log.20000103" not in names, names
+
+
+def test_a_link_to_a_fifo_is_appended_to_and_never_rotated(
+    base: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As stdout_stream.filename = /dev/stdout in a container: a link, in root's directory, to a
+    FIFO read here. Size rotation would rename the FIFO (or the link): it is off, said once."""
+    fifo = base / "fifo"
+    os.mkfifo(fifo)
+    (base / "stdout").symlink_to(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = FileWriter(str(base / "stdout"), SizeRotation(10, 2), check_interval=0)
+    origin = Origin("web", 1, 100, "stdout")
+    try:
+        for line in (b"first line\n", b"second line\n"):
+            writer.write([Chunk([line], len(line), origin)])
+        assert os.read(reader, 100) == b"first line\nsecond line\n"
+    finally:
+        writer.close()
+        os.close(reader)
+    assert sorted(p.name for p in base.iterdir()) == ["fifo", "stdout"]
+    warned = [r.getMessage() for r in caplog.records if "never rotated" in r.getMessage()]
+    assert len(warned) == 1 and "a device or a pipe" in warned[0], warned
+
+
+def test_rotation_through_an_admins_link_rotates_the_file_it_leads_to(base: Path) -> None:
+    (base / "current.log").symlink_to("app-2026.log")
+    writer = FileWriter(str(base / "current.log"), SizeRotation(12, 2), check_interval=0)
+    origin = Origin("web", 1, 100, "stdout")
+    try:
+        for line in (b"line one\n", b"line two\n"):
+            writer.write([Chunk([line], len(line), origin)])
+    finally:
+        writer.close()
+    assert (base / "current.log").is_symlink()
+    assert (base / "app-2026.log").read_text() == "line two\n"
+    assert (base / "app-2026.log.1").read_text() == "line one\n"
+
+
+def test_check_warns_of_a_refused_link_not_of_dev_stdout(base: Path) -> None:
+    from circus_sd.config.streams import parse_stream
+
+    shared = base / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "out.log").symlink_to(base / "elsewhere.log")
+    _, warnings = parse_stream({"class": "FileStream", "filename": "/dev/stdout"})
+    assert warnings == []
+    _, warnings = parse_stream({"class": "FileStream", "filename": str(shared / "out.log")})
+    assert any("is a symbolic link" in text for key, text in warnings if key == "filename")

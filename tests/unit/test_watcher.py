@@ -528,25 +528,78 @@ def test_shortages_count_toward_neither_max_retry_nor_flapping() -> None:
     assert h.watcher.result is WatcherResult.EXEC_FAILED
 
 
-def test_exec_failing_for_lack_of_memory_is_a_shortage_and_a_missing_program_is_not() -> None:
-    h = Harness(numprocesses=2, max_retry=1)
+def test_the_childs_own_exec_errors_are_failed_starts_even_with_a_shortage_errno() -> None:
+    """ENOMEM, EMFILE or EAGAIN from the child's setup or exec come after its rlimits and
+    identity apply (rlimit_as, rlimit_nofile, the user's RLIMIT_NPROC set too low): the
+    configuration cannot work, so max_retry gives the watcher up as before, instead of a
+    retry that never ends. Only the arbiter and the spawner report shortages."""
+    for code, text in [
+        (errno.ENOMEM, "exec: Cannot allocate memory (errno 12)"),
+        (errno.EAGAIN, "exec: Resource temporarily unavailable (errno 11)"),
+        (errno.EMFILE, "exec: Too many open files (errno 24)"),
+    ]:
+        # Reaped before its status was read: `exited` with the exec error.
+        h = Harness(numprocesses=2, max_retry=1)
+        h.start()
+        _kept, short = h.answer_spawns()
+        h.advance(5)
+        h.exit(short, 127, exec_error=text)
+        assert h.watcher.state is WatcherState.STOPPING, code
+        assert h.watcher.result is WatcherResult.EXEC_FAILED
+        assert h.watcher.deferred_spawns == 0
+        # Read from the status pipe before the watcher heard of it: a failed spawn, no errno.
+        h = Harness(numprocesses=1, max_retry=1)
+        h.start()
+        for _ in range(2):
+            _fail_spawns(h, 1, None, text)
+            if h.watcher.state is WatcherState.FAILED:
+                break
+            h.advance(h.timers[(RESTART, 1)] - h.now)
+        assert h.watcher.state is WatcherState.FAILED, code
+        assert h.watcher.deferred_spawns == 0
+
+
+def test_a_lost_spawner_defers_and_never_counts_toward_max_retry_or_flapping() -> None:
+    """A spawner OOM-killed, or past its answer deadline, again and again under load: its
+    unanswered requests are deferred (and asked of the next spawner at once), never failed
+    starts, whatever max_retry and flapping say; what runs is kept."""
+    h = Harness(numprocesses=4, max_retry=0, flapping_attempts=2, backoff_initial=0.01)
     h.start()
-    kept, short = h.answer_spawns()
-    h.advance(5)
-    h.exit(short, 127, exec_error="exec: Cannot allocate memory (errno 12)")
-    # Without the errno, as before: a failed exec, and max_retry = 1 gives the watcher up.
-    assert h.watcher.state is WatcherState.STOPPING
-    h = Harness(numprocesses=2, max_retry=1)
-    h.start()
-    kept, short = h.answer_spawns()
-    h.advance(5)
-    h.apply(
-        h.watcher.exited(
-            short, 127, h.now, "exec: Cannot allocate memory (errno 12)", errno.ENOMEM
-        )
+    running = _answer(h, 2)
+    for loss in range(10):
+        assert [s.wid for s in h.pending_spawns] == [3, 4], loss
+        for _ in range(2):
+            spawn = h.pending_spawns.pop(0)
+            h.apply(
+                h.watcher.spawn_failed(
+                    spawn.spawn_id, "spawn: the spawner was lost: it exited", h.now, errno.EPIPE,
+                    spawner_lost=True,
+                )
+            )
+        assert not h.pending_spawns, "held until the loss's failures are all in"
+        assert h.timers[(SHORTAGE,)] == h.now, "asked again at once: the spawner paces itself"
+        h.advance(0)
+    assert h.watcher.state is WatcherState.STARTING and h.watcher.pids == running
+    assert h.watcher.result is WatcherResult.SUCCESS and h.watcher.reason == ""
+    assert h.watcher.deferred_spawns == 20 and h.watcher.restarts == 0 and not h.signals
+    assert h.watcher.shortage is None, "not a shortage of the machine's resources"
+    deferred = [payload for name, payload in h.events if name == "spawn_deferred"]
+    assert len(deferred) == 10, "one event per loss, not one per request"
+    assert {d["cause"] for d in deferred} == {"spawner_lost"}
+    assert deferred[0]["reason"] == "spawn: the spawner was lost: it exited"
+    (warning,) = _warnings(h)
+    assert "was not started: spawn: the spawner was lost: it exited; not a failed start" in warning
+    h.answer_spawns()
+    assert h.watcher.state is WatcherState.ACTIVE and len(h.watcher.pids) == 4
+    assert any(
+        "all 4 processes run again after the loss of the spawner" in log.message for log in h.logs
     )
-    assert h.watcher.state is WatcherState.ACTIVE and h.watcher.pids == [kept]
-    assert h.watcher.deferred_spawns == 1 and not h.signals
+    # A real failed start still counts (max_retry = 0: the first gives up).
+    h.advance(10)
+    h.exit(h.watcher.pids[-1], 0)
+    assert h.watcher.state is WatcherState.ACTIVE
+    _fail_spawns(h, 1, errno.ENOENT, "exec: No such file or directory")
+    assert h.watcher.result is WatcherResult.EXEC_FAILED
 
 
 def test_a_stop_during_a_shortage_ends_it() -> None:
