@@ -103,6 +103,25 @@ class PendingSpawn:
             self.output.discard()
 
 
+def _quiet_signal_wakeup() -> None:
+    """Keep asyncio's signal wakeup fd, without CPython's report of a write to it that failed.
+
+    A thousand children exiting at once fill that socket with SIGCHLD bytes. Nothing is lost
+    by it (exits come from pidfds, strays are reaped at the next SIGCHLD that gets through),
+    but for each failed write CPython's C signal handler queues a report through a lock that
+    the interrupted thread may hold: the arbiter deadlocked in its stop of 1,000 (and printed
+    thousands of tracebacks before). The same fd is set again with the report off, at start-up
+    before any watcher runs; the signals are held in this thread meanwhile (another thread
+    taking one in those microseconds would find no wakeup fd)."""
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class Arbiter:
     """Runs watchers: spawns through the spawner, reaps through pidfds, keeps their timers."""
 
@@ -194,6 +213,7 @@ class Arbiter:
             loop.add_signal_handler(signum, self.request, Request.STOP)
         loop.add_signal_handler(signal.SIGHUP, self.request, Request.RELOAD)
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        _quiet_signal_wakeup()
         try:
             if not self._open_sockets():
                 return self._exit_status

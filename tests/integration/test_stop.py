@@ -242,3 +242,25 @@ def test_sigterm_during_start_up_stops_at_once(circus: Circus) -> None:
     log = arbiter.log()
     assert "circus-sd running" not in log
     assert "next: starting" not in log
+
+
+@pytest.mark.timeout(120)
+def test_a_thousand_processes_stop_at_once_without_a_hang_or_a_traceback(circus: Circus) -> None:
+    """1,000 children exiting together overflow asyncio's signal wakeup socket with SIGCHLD
+    bytes. CPython then reported each failed write (hundreds of tracebacks on stderr), through a
+    lock its signal handler could take again while held: about one stop in three hung for good."""
+    config = circus.write_config("""
+        [watcher:many]
+        cmd = sleep 100000
+        numprocesses = 1000
+        """)
+    for _round in range(3):
+        arbiter = circus.start(config)
+        wait_until(lambda a=arbiter: a.count(r"many: active") == 1, 60, "1000 processes",
+                   arbiter.log_tail)
+        children = psutil.Process(arbiter.pid).children()
+        assert len(children) > 1000  # and the spawner
+        arbiter.send(signal.SIGTERM)
+        assert arbiter.wait_exit(20) == 0, arbiter.log_tail()
+        assert "Exception ignored" not in arbiter.log(), arbiter.log_tail(20)
+        assert not [c for c in children if alive_process(c)], "processes left behind"
