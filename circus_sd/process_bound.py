@@ -46,12 +46,13 @@ class Limits:
         return cls(
             nofile=finite(resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
             nproc=nproc if os.geteuid() != 0 else None,
-            pid_max=_read_number("/proc/sys/kernel/pid_max"),
-            threads_max=_read_number("/proc/sys/kernel/threads-max"),
+            pid_max=kernel_number("/proc/sys/kernel/pid_max"),
+            threads_max=kernel_number("/proc/sys/kernel/threads-max"),
         )
 
 
-def _read_number(path: str) -> int | None:
+def kernel_number(path: str) -> int | None:
+    """A number the kernel shows in /proc/sys (None where it cannot be read)."""
     try:
         with open(path, encoding="ascii") as file:
             return int(file.read().strip())

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from circus_sd.access import Tier
+from circus_sd.process_bound import kernel_number
 
 T = TypeVar("T")
 
@@ -407,11 +408,7 @@ RLIMITS: dict[str, int] = {
 
 def _nr_open() -> int:
     """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open; 1048576 unless raised)."""
-    try:
-        with open("/proc/sys/fs/nr_open") as file:
-            return int(file.read())
-    except (OSError, ValueError):
-        return 1 << 20
+    return kernel_number("/proc/sys/fs/nr_open") or 1 << 20
 
 
 def rlimit_setting(key: str, raw: str) -> tuple[int, int, int]:

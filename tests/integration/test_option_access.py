@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arbiter_harness import Circus, wait_until
-from control_helpers import Clients, clients
+from arbiter_harness import Arbiter, Circus, wait_until
+from control_helpers import Clients, ControlClient, clients
 from test_control_access import (
     ACCESS_DENIED,
     _as_user,
@@ -82,15 +82,28 @@ def _config(circus: Circus, world: Path, group: str) -> Path:
     return path
 
 
+def _running(
+    circus: Circus, zmq_clients: Clients, group: str
+) -> tuple[Arbiter, Path, ControlClient]:
+    """An arbiter on `_config` with its sleeper running; its world directory and root's client."""
+    world = circus.world_dir()
+    arbiter = circus.start(_config(circus, world, group))
+    ctl = zmq_clients.control(f"ipc://{world}/run/control.sock")
+    wait_until(lambda: len(ctl.ok("list", name="sleeper")["pids"]) == 1, 5, "sleeper running")
+    return arbiter, world, ctl
+
+
+def _member(user: str) -> list[str]:
+    """setpriv arguments: `user`, with the groups it is a member of (endpoint_group among them)."""
+    return [f"--reuid={user}", "--regid=nogroup", "--init-groups"]
+
+
 @needs_system_zmq
 def test_no_spelling_of_an_admin_option_lets_a_member_change_it(
     circus: Circus, operators: tuple[str, str], zmq_clients: Clients  # noqa: F811
 ) -> None:
     user, group = operators
-    world = circus.world_dir()
-    arbiter = circus.start(_config(circus, world, group))
-    ctl = zmq_clients.control(f"ipc://{world}/run/control.sock")
-    wait_until(lambda: len(ctl.ok("list", name="sleeper")["pids"]) == 1, 5, "sleeper running")
+    arbiter, world, ctl = _running(circus, zmq_clients, group)
     before = ctl.ok("options", name="sleeper")["options"]
     pids = ctl.ok("list", name="sleeper")["pids"]
     marker = world / "pwned"
@@ -104,8 +117,7 @@ def test_no_spelling_of_an_admin_option_lets_a_member_change_it(
     # One admin key hidden among operate ones refuses the whole request.
     requests.append({"command": "set", "properties": {"name": "sleeper", "options": {
         "graceful_timeout": 3, "Cmd": f"/bin/sh -c 'touch {marker}'", "numprocesses": 2}}})
-    member = [f"--reuid={user}", "--regid=nogroup", "--init-groups"]
-    out = _as_user(circus, world, member, *requests, timeout=3.0)
+    out = _as_user(circus, world, _member(user), *requests, timeout=3.0)
 
     for request, reply in zip(requests, out["replies"], strict=True):
         assert reply is not None, request
@@ -121,11 +133,9 @@ def test_a_member_does_not_read_the_environment(
     circus: Circus, operators: tuple[str, str], zmq_clients: Clients  # noqa: F811
 ) -> None:
     user, group = operators
-    world = circus.world_dir()
-    circus.start(_config(circus, world, group))
-    member = [f"--reuid={user}", "--regid=nogroup", "--init-groups"]
+    _arbiter, world, ctl = _running(circus, zmq_clients, group)
     out = _as_user(
-        circus, world, member,
+        circus, world, _member(user),
         {"command": "options", "properties": {"name": "sleeper"}},
         {"command": "get", "properties": {"name": "sleeper", "keys": ["env"]}},
         {"command": "get", "properties": {"name": "sleeper", "keys": ["graceful_timeout"]}},
@@ -136,7 +146,6 @@ def test_a_member_does_not_read_the_environment(
     assert (get_env["status"], get_env["errno"]) == ("error", ACCESS_DENIED), get_env
     assert get_timeout["options"] == {"graceful_timeout": 30.0}
     # Root still sees it.
-    ctl = zmq_clients.control(f"ipc://{world}/run/control.sock")
     env = ctl.ok("options", name="sleeper")["options"]["env"]
     assert env == {"DATABASE_PASSWORD": "hunter2"}
 
@@ -153,10 +162,7 @@ def _ids(pid: int) -> dict[str, list[int]]:
 def test_set_uid_gives_the_user_its_own_groups_not_roots(
     circus: Circus, zmq_clients: Clients
 ) -> None:
-    world = circus.world_dir()
-    circus.start(_config(circus, world, "root"))
-    ctl = zmq_clients.control(f"ipc://{world}/run/control.sock")
-    wait_until(lambda: len(ctl.ok("list", name="sleeper")["pids"]) == 1, 5, "sleeper running")
+    _arbiter, _world, ctl = _running(circus, zmq_clients, "root")
     old = ctl.ok("list", name="sleeper")["pids"]
 
     ctl.ok("set", name="sleeper", options={"uid": "nobody"}, waiting=True)
@@ -183,10 +189,7 @@ def test_set_uid_gives_the_user_its_own_groups_not_roots(
 def test_a_kill_with_a_timeout_that_cannot_fire_is_refused(
     circus: Circus, zmq_clients: Clients, timeout: object
 ) -> None:
-    world = circus.world_dir()
-    circus.start(_config(circus, world, "root"))
-    ctl = zmq_clients.control(f"ipc://{world}/run/control.sock")
-    wait_until(lambda: len(ctl.ok("list", name="sleeper")["pids"]) == 1, 5, "sleeper running")
+    _arbiter, _world, ctl = _running(circus, zmq_clients, "root")
     pids = ctl.ok("list", name="sleeper")["pids"]
 
     reason = ctl.error("kill", MESSAGE_ERROR, name="sleeper", graceful_timeout=timeout,
