@@ -549,19 +549,35 @@ class Arbiter:
         return pids
 
     def _signal(self, pid: int, signum: int, tree: bool = False) -> None:
-        """Send a signal, through the watcher's before_signal/after_signal hooks if it has any.
+        """Send a signal to a process, through its watcher's signal hooks if it has any."""
+        name = self._owner.get(pid)
+        if name is None or name not in self.watchers:
+            self._deliver(pid, signum, tree)
+            return
+        self._signal_through_hooks(name, pid, signum, lambda: self._deliver(pid, signum, tree))
+
+    def _signal_descendant(self, name: str, pid: int, signum: int) -> None:
+        def deliver() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+        self._signal_through_hooks(name, pid, signum, deliver)
+
+    def _signal_through_hooks(
+        self, name: str, pid: int, signum: int, deliver: Callable[[], None]
+    ) -> None:
+        """`deliver` the signal between the watcher's before_signal and after_signal hooks.
 
         before_signal returning False keeps the signal from being sent, as in Circus; SIGKILL is
         never held back, nor delayed, by a hook.
         """
-        name = self._owner.get(pid)
-        watcher = self.watchers.get(name) if name is not None else None
-        hooks = watcher.config.hooks if watcher is not None else {}
-        if watcher is None or not {"before_signal", "after_signal"} & set(hooks):
-            self._deliver(pid, signum, tree)
+        watcher = self.watchers[name]
+        hooks = watcher.config.hooks
+        if not {"before_signal", "after_signal"} & set(hooks):
+            deliver()
             return
         if signum == signal.SIGKILL:
-            self._deliver(pid, signum, tree)
+            deliver()
         view = self._watcher_view(watcher)
         arguments = {"pid": pid, "signum": signum}
 
@@ -569,7 +585,7 @@ class Arbiter:
             outcome = await self._run_hook(watcher, "before_signal", arguments, view)
             if signum != signal.SIGKILL:
                 if outcome.approved:
-                    self._deliver(pid, signum, tree)
+                    deliver()
                 else:
                     log.info(
                         "%s: the before_signal hook said no: signal %d not sent to pid %d",
@@ -655,6 +671,32 @@ class Arbiter:
         return [
             self._started_wall[pid] for pid in self.watchers[name].pids if pid in self._started_wall
         ]
+
+    def dropped_output(self, name: str) -> tuple[int, int]:
+        """Lines and bytes of a watcher's output dropped since the arbiter started."""
+        lines, size = self.output.drops.totals.get(name, (0, 0))
+        return lines, size
+
+    def cgroup_stats(self, name: str) -> dict[str, Any] | None:
+        """The kernel's figures for a watcher's cgroup; None when cgroups are off."""
+        if self.cgroups is None:
+            return None
+        return self.cgroups.cgroups.stats(name)
+
+    def signal_descendant(self, name: str, pid: int | None, child: int, signum: int) -> bool:
+        """Signal `child`, a descendant of one of the watcher's processes (of `pid` if given),
+        through the watcher's signal hooks; False if it is not one."""
+        for parent in self.watchers[name].pids:
+            if pid not in (None, parent):
+                continue
+            try:
+                descendants = {c.pid for c in psutil.Process(parent).children(recursive=True)}
+            except psutil.Error:
+                continue
+            if child in descendants:
+                self._signal_descendant(name, child, signum)
+                return True
+        return False
 
     def global_options(self) -> dict[str, Any]:
         return {

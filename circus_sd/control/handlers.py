@@ -16,8 +16,6 @@ import shlex
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import psutil
-
 from circus_sd.access import Tier
 from circus_sd.arbiter import Arbiter, Request
 from circus_sd.config.model import WatcherConfig
@@ -290,17 +288,9 @@ def signal_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
 
 
 def _signal_child(arbiter: Arbiter, name: str, pid: int | None, child: int, signum: int) -> Result:
-    for parent in arbiter.watchers[name].pids:
-        if pid not in (None, parent):
-            continue
-        try:
-            descendants = {c.pid for c in psutil.Process(parent).children(recursive=True)}
-        except psutil.Error:
-            continue
-        if child in descendants:
-            os.kill(child, signum)
-            return None
-    raise CommandError(f"child {child} not found under {name}")
+    if not arbiter.signal_descendant(name, pid, child, signum):
+        raise CommandError(f"child {child} not found under {name}")
+    return None
 
 
 def _signum(value: Any) -> int:
@@ -504,8 +494,9 @@ def stats(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
         processes = _watcher_stats(arbiter, name, extended)
         reply: dict[str, Any] = {"name": name, "dropped": _dropped(arbiter, name)}
         # circus-sd: the watcher's cgroup figures from the kernel, when cgroups are on.
-        if arbiter.cgroups is not None:
-            reply["cgroup"] = arbiter.cgroups.cgroups.stats(name)
+        cgroup = arbiter.cgroup_stats(name)
+        if cgroup is not None:
+            reply["cgroup"] = cgroup
         return _extended(
             arbiter, extended, {name: processes}, lambda i: {**reply, "info": i[name]}
         )
@@ -520,7 +511,7 @@ def stats(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
 
 def _dropped(arbiter: Arbiter, name: str) -> dict[str, int]:
     """Lines (and bytes) of a watcher's output dropped since the arbiter started."""
-    lines, size = arbiter.output.drops.totals.get(name, (0, 0))
+    lines, size = arbiter.dropped_output(name)
     return {"lines": lines, "bytes": size}
 
 
