@@ -65,10 +65,10 @@ def _run(config_path: str, n: int, profile: bool) -> int:
 
     from circus_sd.arbiter import Arbiter, Request
     from circus_sd.cli import _raise_nofile_limit
+    from circus_sd.config.process_env import ChildDefaults
     from circus_sd.control.server import ControlServer
     from circus_sd.process import become_subreaper
-    from circus_sd.spawn_client import Spawner
-    from circus_sd.spawn_plan import ChildDefaults
+    from circus_sd.spawner import Spawner
 
     logging.basicConfig(level=logging.WARNING)
     defaults = ChildDefaults.capture()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import enum
-import errno
 import functools
 import itertools
 import logging
@@ -15,11 +13,12 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import psutil
 
+from circus_sd import reload_plan
 from circus_sd.actions import (
     Action,
     CallHook,
@@ -32,44 +31,34 @@ from circus_sd.actions import (
 )
 from circus_sd.cgroup_supervision import CgroupSupervision
 from circus_sd.cgroups import Cgroups
-from circus_sd.child_notify import NotifySocket, NotifySockets
+from circus_sd.config.changes import changed_options, needs_restart
 from circus_sd.config.loader import ConfigError, ConfigWarning
-from circus_sd.config.model import Config, WatcherConfig
-from circus_sd.config.options import option_of
-from circus_sd.control.watcher_options import option_values
-from circus_sd.endpoints import runtime_dir
-from circus_sd.fd_reserve import FdReserve
-from circus_sd.hooks import (
-    PROCESS_GONE,
-    ArbiterView,
-    HookOutcome,
-    HookRunner,
-    WatcherView,
-    watcher_view,
-)
-from circus_sd.leftovers import Leftover, Leftovers, clones_of_a_lost_spawner
+from circus_sd.config.model import Config, WatcherConfig, hook_search_path
+from circus_sd.config.process_env import ChildDefaults
+from circus_sd.hooks import ArbiterView, HookRunner
+from circus_sd.launcher import Launcher
+from circus_sd.leftovers import Leftovers
+from circus_sd.orphans import Orphans
 from circus_sd.output.lines import Buffer
 from circus_sd.output.ready_line import ReadyLineSearch
-from circus_sd.output.router import OutputRouter, ProcessOutput
+from circus_sd.output.router import OutputRouter
 from circus_sd.output.sink import Origin
-from circus_sd.process import ProcessHandle, own_children, reap_strays
 from circus_sd.process_bound import process_bound
 from circus_sd.process_stats import ProcessStats
 from circus_sd.sockets import ListeningSockets, SocketError
-from circus_sd.spawn_client import Spawner
-from circus_sd.spawn_plan import ChildDefaults, SpawnPlanError, build_request, socket_layout
-from circus_sd.spawner import SpawnerLost, SpawnError
+from circus_sd.spawner import Spawner
 from circus_sd.start_order import start_order
 from circus_sd.states import (
     HALTED_STATES,
     RUNNING_STATES,
-    STOPPING_PROCESS_STATES,
     ProcessState,
     Want,
     WatcherState,
 )
+from circus_sd.status_line import status_line
 from circus_sd.systemd_notify import SystemdNotifier
 from circus_sd.watcher import Watcher
+from circus_sd.watcher_hooks import WatcherHooks
 
 log = logging.getLogger("circus_sd")
 
@@ -87,20 +76,6 @@ class Request(enum.Enum):
 def topic_name(watcher: str) -> str:
     """Circus's event topic spelling of a watcher name."""
     return watcher.lower().replace(" ", "_")
-
-
-@dataclasses.dataclass
-class PendingSpawn:
-    """What a process being spawned holds until its pid is known; closed if the spawn fails."""
-
-    notify: NotifySocket | None = None
-    output: ProcessOutput | None = None
-
-    def discard(self) -> None:
-        if self.notify is not None:
-            self.notify.close()
-        if self.output is not None:
-            self.output.discard()
 
 
 def _quiet_signal_wakeup() -> None:
@@ -123,7 +98,8 @@ def _quiet_signal_wakeup() -> None:
 
 
 class Arbiter:
-    """Runs watchers: spawns through the spawner, reaps through pidfds, keeps their timers."""
+    """Runs watchers: executes their decisions (spawn, signal, timers, hooks, events) and feeds
+    them what happens (spawned, exited, notified, timers, hooks' answers)."""
 
     def __init__(
         self,
@@ -138,45 +114,49 @@ class Arbiter:
         sockets: ListeningSockets | None = None,
     ) -> None:
         self.config = config
-        self.spawner = spawner
-        spawner.after_loss = self._kill_lost_clones
+        self._loader = loader
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.notifier = notifier or SystemdNotifier({})
+        self.listeners: list[EventListener] = []
         # [socket:NAME] sections: bound (or adopted from systemd) at start, held until exit.
         self.sockets = sockets or ListeningSockets()
         # Per-watcher cgroups when a delegated cgroup v2 tree was found (None: process groups).
         self.cgroups = (
             CgroupSupervision(cgroups, self._on_leaf_empty, self._on_oom) if cgroups else None
         )
+        # Child output (circus_sd/output): pipes and sinks.
+        self.output = OutputRouter(self.publish)
+        self.output.taps.append(self._match_ready_line)
+        self._ready_search = ReadyLineSearch()
         # Without cgroups: orphans adopted from workers' sessions, stopped with their watcher.
-        self._leftovers = None if self.cgroups else Leftovers()
-        self._leftover_scan_due = False
-        # Processes whose main pid was reaped while their leaf still held descendants.
-        self._exit_pending: dict[int, tuple[str, int, str | None]] = {}
-        # Spawned children that have not exec'd yet (pid -> spawn id).
-        self._not_execed: dict[int, int] = {}
-        # Children whose exec succeeded this loop turn, told to their watchers at its end.
-        self._execed_batch: list[int] = []
-        self.listeners: list[EventListener] = []
-        self.hooks = HookRunner(self.publish)
-        self._loader = loader
-        self._defaults = defaults or ChildDefaults.capture()
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self.notifier = notifier or SystemdNotifier({})
+        leftovers = None if self.cgroups else Leftovers()
+        self.launcher = Launcher(
+            spawner,
+            self.output,
+            self.sockets,
+            self.cgroups,
+            leftovers,
+            defaults or ChildDefaults.capture(),
+            self,
+        )
+        self._stats = ProcessStats()
+        self.launcher.forgotten += [self._ready_search.forget, self._stats.forget]
+        self.spawner = spawner
+        self.orphans = Orphans(
+            leftovers, self.launcher.table.pids, lambda: spawner.pids, self.publish
+        )
+        spawner.after_loss = self.orphans.kill_lost_clones
+        self.hooks = WatcherHooks(HookRunner(self.publish), self._arbiter_view, self._search_path)
         self.last_error = ""
         self._status_scheduled = False
         self.watchers: dict[str, Watcher] = {}
         for watcher_config in config.watchers:
             self._add_watcher(watcher_config)
-        self._handles: dict[int, ProcessHandle] = {}
-        self._owner: dict[int, str] = {}
         self._timers: dict[tuple[str, Hashable], asyncio.TimerHandle] = {}
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._locks: dict[str, asyncio.Lock] = {}
         self._requests: asyncio.Queue[Request] = asyncio.Queue()
-        self._strays_pending = False
-        # Spawn answers whose _on_spawned has not run yet: the spawner no longer counts them in
-        # flight, but their children are not in _handles either (see _reap_strays).
-        self._unclaimed_spawns = 0
         self._child_exited = asyncio.Event()
         self._stop_asked = asyncio.Event()
         self._exit_status = 0
@@ -185,19 +165,6 @@ class Arbiter:
         self.started_at = time.time()
         # Filled by the control server: the endpoints it bound.
         self.endpoints: dict[str, str] = {}
-        self._stats = ProcessStats()
-        self._started_wall: dict[int, float] = {}
-        self._notify_sockets = NotifySockets(runtime_dir())
-        # What each process being spawned holds until its pid is known (its sd_notify socket,
-        # its output pipes), by (watcher, spawn id).
-        self._pending_spawns: dict[tuple[str, int], PendingSpawn] = {}
-        # Child output (circus_sd/output): pipes and sinks; by spawn until the pid is known.
-        self.output = OutputRouter(self.publish)
-        self.output.taps.append(self._match_ready_line)
-        self._ready_search = ReadyLineSearch()
-        # Per-process sd_notify sockets, by pid.
-        self._notify: dict[int, NotifySocket] = {}
-        self._fd_reserve = FdReserve()
         # The most processes of all watchers together; computed once, at start.
         self.process_bound = process_bound(config.arbiter.max_processes)
 
@@ -206,7 +173,8 @@ class Arbiter:
     async def run(self) -> int:
         """Start the watchers, serve signals until told to stop, stop everything. Exit status."""
         loop = self._loop = asyncio.get_running_loop()
-        self.spawner.attach(loop)
+        self.launcher.attach(loop)
+        self.orphans.attach(loop)
         if self.cgroups is not None:
             self.cgroups.attach(loop)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -231,11 +199,17 @@ class Arbiter:
             log.info("stopping")
             self.notifier.stopping()
             await self.stop_all()
-            # What no watcher could claim (daemons that made a session of their own).
-            await self._drain_orphans()
+            # What no watcher could claim (daemons that made a session of their own): SIGTERM,
+            # with the longest grace a `stop_children` watcher gives its descendants (else 1 s).
+            grace = max(
+                (w.config.graceful_timeout for w in self.watchers.values()
+                 if w.config.stop_children),
+                default=1.0,
+            )
+            await self.orphans.drain(grace, self.launcher.reap_strays, self._child_exited)
             # Hooks already due (after_stop...) finish, each within its deadline.
             longest = max((w.config.hook_timeout for w in self.watchers.values()), default=0.0)
-            await self.hooks.drain(longest)
+            await self.hooks.runner.drain(longest)
         finally:
             self.notifier.stop_watchdog()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
@@ -301,71 +275,21 @@ class Arbiter:
 
     async def stop_all(self) -> None:
         """Stop watchers in reverse priority order; those of equal priority together."""
-        ordered = list(reversed(self._by_priority(self.watchers.values())))
-        for _priority, group in itertools.groupby(ordered, key=lambda w: w.config.priority):
+        configs = reload_plan.by_priority(w.config for w in self.watchers.values())
+        for _priority, group in itertools.groupby(reversed(configs), key=lambda c: c.priority):
             members = list(group)
             # Graceful stops (and stop hooks) may outlast the unit's TimeoutStopSec: ask for
             # what they may take.
-            self.notifier.extend_timeout(max(_stop_time(w.config) for w in members) + 5)
-            await asyncio.gather(*(self.stop_watcher(w.name) for w in members))
-
-    def _orphans(self) -> set[int]:
-        """Our children that no watcher owns: descendants adopted (as subreaper) from exits."""
-        spawners = self.spawner.pids
-        return {p for p in own_children() if p not in spawners and p not in self._handles}
-
-    async def _drain_orphans(self) -> None:
-        """Orphans left by stopped processes get SIGTERM and a grace period, then SIGKILL.
-
-        The grace is the longest `graceful_timeout` of a `stop_children` watcher (whose
-        descendants already got its stop signal), else 1 s. Exits wake us through SIGCHLD.
-        """
-        assert self._loop is not None
-        grace = max(
-            (w.config.graceful_timeout for w in self.watchers.values() if w.config.stop_children),
-            default=1.0,
-        )
-        deadline = self._loop.time() + grace
-        signalled: set[int] = set()
-        while True:
-            self._child_exited.clear()
-            self._reap_strays()
-            orphans = self._orphans()
-            remaining = deadline - self._loop.time()
-            if not orphans or remaining <= 0:
-                return
-            for pid in orphans - signalled:
-                log.info("stopping %s, orphaned by a stopped process", _describe_pid(pid))
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            signalled |= orphans
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._child_exited.wait(), remaining)
+            self.notifier.extend_timeout(max(_stop_time(c) for c in members) + 5)
+            await asyncio.gather(*(self.stop_watcher(c.name) for c in members))
 
     def _leave_nothing_behind(self) -> None:
         """Last: SIGKILL whatever is still our child, end the spawner, reap all."""
         # Ended first (SIGKILL if it does not exit at once: stopped, hung): nothing it could
         # still clone escapes the kills below.
         self.spawner.stop()
-        if self._leftovers is not None:
-            for leftover in self._leftovers.found():
-                self._drop_leftover(leftover)
-        # A killed orphan's own children are re-parented to us as it dies: go again until none.
-        for _round in range(20):
-            leftovers = own_children()
-            if not leftovers:
-                break
-            for pid in leftovers:
-                if pid not in self._handles:
-                    log.info("killing %s, left after the stop", _describe_pid(pid))
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for pid in leftovers:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-        for pid in list(self._handles):
-            self._forget(pid)
-        self._notify_sockets.close()
+        self.orphans.kill_all(lambda pid: pid in self.launcher.table)
+        self.launcher.close()
         if self.cgroups is not None:
             self.cgroups.close()
             for name in self.watchers:
@@ -388,11 +312,6 @@ class Arbiter:
             errors = [str(exc)]
         for error in errors:
             log.warning("%s: cgroup: %s", config.name, error)
-
-    @staticmethod
-    def _by_priority(watchers: Iterable[Watcher]) -> list[Watcher]:
-        # Highest priority first, as in Circus; file order among equals (sort is stable).
-        return sorted(watchers, key=lambda w: -w.config.priority)
 
     def lock(self, name: str) -> asyncio.Lock:
         """Serializes multi-step work on one watcher; different watchers run concurrently."""
@@ -430,13 +349,18 @@ class Arbiter:
         watcher = self.watchers[name]
         self._feed(name, watcher.stop(self._clock()))
         await self.wait_for(lambda: watcher.state in HALTED_STATES)
-        await self._stop_leftovers(name)
+        await self._stop_leftovers(watcher)
+
+    async def _stop_leftovers(self, watcher: Watcher) -> None:
+        # At exit, beyond what stop_all asked of systemd for the watcher's own processes.
+        extend = self.notifier.extend_timeout if self._stopping else None
+        await self.orphans.stop(watcher.config, extend)
 
     async def restart_watcher(self, name: str) -> None:
         watcher = self.watchers[name]
         self._feed(name, watcher.restart(self._clock()))
         await self.wait_for(lambda: watcher.state not in (WatcherState.STOPPING,))
-        await self._stop_leftovers(name)
+        await self._stop_leftovers(watcher)
         await self.wait_for(lambda: watcher.start_settled)
 
     async def reload_watcher(
@@ -458,22 +382,9 @@ class Arbiter:
         batches = [{wid} for wid in sorted(watcher.wids)] if sequential else [None]
         for wids in batches:
             # Only this batch's processes: the others are not replaced now (sequential).
-            old = {
-                p.pid
-                for p in watcher.processes.values()
-                if p.pid is not None and (wids is None or p.wid in wids)
-            }
+            old = watcher.pids_of_wids(wids)
             self._feed(name, watcher.replace_processes(self._clock(), wids))
-            # The replacements are up when no process is spawning and the old ones are gone.
-            await self.wait_for(
-                lambda old=old: (
-                    watcher.start_settled
-                    and not any(  # type: ignore[misc]
-                        p.state is ProcessState.SPAWNING for p in watcher.processes.values()
-                    )
-                    and not old & set(watcher.pids)
-                )
-            )
+            await self.wait_for(functools.partial(watcher.replaced, old))
             if sequential and watcher.config.warmup_delay:
                 await asyncio.sleep(watcher.config.warmup_delay)
         self.publish(name, "reload", {})
@@ -495,12 +406,7 @@ class Arbiter:
         config = dataclasses.replace(watcher.config, numprocesses=max(0, numprocesses))
         self.check_process_bound(config)
         self._feed(name, watcher.update_config(config, self._clock()))
-        await self.wait_for(
-            lambda: (
-                watcher.start_settled
-                and not any(p.state is ProcessState.SPAWNING for p in watcher.processes.values())
-            )
-        )
+        await self.wait_for(watcher.resize_settled)
 
     async def change_watcher(self, config: WatcherConfig) -> None:
         """`set`: live options at once, others by restarting the watcher with them."""
@@ -527,8 +433,8 @@ class Arbiter:
         if not stop:
             # Left running as Circus's --nostop does: no longer ours to supervise.
             for pid in watcher.pids:
-                self._forget(pid)
-        self._forget_leftovers(name)
+                self.launcher.forget(pid)
+        self.orphans.forget_watcher(name)
         self.publish(name, "remove", {})
 
     async def kill_processes(
@@ -548,118 +454,46 @@ class Arbiter:
             self._signal(target, signum, tree)
         return pids
 
+    def signal_descendant(self, name: str, pid: int | None, child: int, signum: int) -> bool:
+        """Signal `child`, a descendant of one of the watcher's processes (of `pid` if given),
+        through the watcher's signal hooks; False if it is not one."""
+        for parent in self.watchers[name].pids:
+            if pid not in (None, parent):
+                continue
+            try:
+                descendants = {c.pid for c in psutil.Process(parent).children(recursive=True)}
+            except psutil.Error:
+                continue
+            if child in descendants:
+
+                def deliver() -> None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signum)
+
+                self.hooks.around_signal(self.watchers[name], child, signum, deliver)
+                return True
+        return False
+
     def _signal(self, pid: int, signum: int, tree: bool = False) -> None:
         """Send a signal to a process, through its watcher's signal hooks if it has any."""
-        name = self._owner.get(pid)
-        if name is None or name not in self.watchers:
-            self._deliver(pid, signum, tree)
-            return
-        self._signal_through_hooks(name, pid, signum, lambda: self._deliver(pid, signum, tree))
-
-    def _signal_descendant(self, name: str, pid: int, signum: int) -> None:
-        def deliver() -> None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-        self._signal_through_hooks(name, pid, signum, deliver)
-
-    def _signal_through_hooks(
-        self, name: str, pid: int, signum: int, deliver: Callable[[], None]
-    ) -> None:
-        """`deliver` the signal between the watcher's before_signal and after_signal hooks.
-
-        before_signal returning False keeps the signal from being sent, as in Circus; SIGKILL is
-        never held back, nor delayed, by a hook.
-        """
-        watcher = self.watchers[name]
-        hooks = watcher.config.hooks
-        if not {"before_signal", "after_signal"} & set(hooks):
+        name = self.launcher.table.owner(pid)
+        watcher = self.watchers.get(name) if name is not None else None
+        deliver = functools.partial(self.launcher.deliver, pid, signum, tree)
+        if watcher is None:
             deliver()
-            return
-        if signum == signal.SIGKILL:
-            deliver()
-        view = self._watcher_view(watcher)
-        arguments = {"pid": pid, "signum": signum}
+        else:
+            self.hooks.around_signal(watcher, pid, signum, deliver)
 
-        async def around_the_signal() -> None:
-            outcome = await self._run_hook(watcher, "before_signal", arguments, view)
-            if signum != signal.SIGKILL:
-                if outcome.approved:
-                    deliver()
-                else:
-                    log.info(
-                        "%s: the before_signal hook said no: signal %d not sent to pid %d",
-                        watcher.name, signum, pid,
-                    )
-            await self._run_hook(watcher, "after_signal", arguments, view)
-
-        self.hooks.queue(watcher.name, around_the_signal)
-
-    def _deliver(self, pid: int, signum: int, tree: bool = False) -> None:
-        handle = self._handles.get(pid)
-        if handle is None:
-            return
-        # With cgroups the leaf is exact (cgroup.kill for SIGKILL), and it may be all that is left
-        # of a process whose main pid was already reaped.
-        exact = pid in self._exit_pending or tree
-        if exact and self.cgroups is not None and self.cgroups.signal(pid, signum, tree=True):
-            return
-        handle.send_signal(signum, tree=tree)
-
-    def _on_notify(self, pid: int) -> None:
-        notify = self._notify.get(pid)
-        name = self._owner.get(pid)
-        if notify is None or name is None or name not in self.watchers:
-            return
-        if pid in self._not_execed:
-            # Only the exec'd program can talk: its exec succeeded, whatever the pipe says yet.
-            self._execed(pid)
-        for message in notify.receive():
-            self._feed(name, self.watchers[name].notified(pid, message, self._clock()))
-
-    def _match_ready_line(self, origin: Origin, lines: list[Buffer]) -> None:
-        """`ready_log_line`: a process not ready yet whose output matches is ready now."""
-        watcher = self.watchers.get(origin.watcher)
-        if watcher is None or watcher.config.ready_log_line is None:
-            return
-        pid = origin.pid
-        record = watcher.process_by_pid(pid)
-        # Searched until ready, stopped (a failed start) or gone; a pid not exec'd yet has no
-        # record, and a match is its first sign of life.
-        if record is None and pid not in self._not_execed:
-            return
-        if record is not None and (record.ready or record.state is not ProcessState.RUNNING):
-            return
-        if not self._ready_search.search(origin, watcher.config.ready_log_line, lines):
-            return
-        self._ready_search.forget(pid)
-        if pid in self._not_execed:
-            # Only the exec'd program writes its output: its exec succeeded.
-            self._execed(pid)
-        self._feed(watcher.name, watcher.output_matched(pid, self._clock()))
-
-    def _forget(self, pid: int) -> None:
-        self._not_execed.pop(pid, None)
-        self._ready_search.forget(pid)
-        notify = self._notify.pop(pid, None)
-        if notify is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(notify.fileno())
-            notify.close()
-        handle = self._handles.pop(pid, None)
-        self._owner.pop(pid, None)
-        self._started_wall.pop(pid, None)
-        self._stats.forget(pid)
-        if handle is not None and self._loop is not None:
-            self._loop.remove_reader(handle.pidfd)
-            if handle.status_fd is not None:
-                self._loop.remove_reader(handle.status_fd)
-            handle.close()
+    def freeze(self, name: str, frozen: bool) -> None:
+        if self.cgroups is None:
+            raise OSError("freezing needs per-watcher cgroups, which are off here")
+        self.cgroups.freeze(name, frozen)
+        self.publish(name, "freeze" if frozen else "thaw", {})
 
     # -- what the control commands read ----------------------------------------------------------
 
     def process_info(self, pid: int, extended: bool = False) -> Any:
-        name = self._owner.get(pid)
+        name = self.launcher.table.owner(pid)
         wid = None
         if name is not None and name in self.watchers:
             record = self.watchers[name].process_by_pid(pid)
@@ -668,9 +502,9 @@ class Arbiter:
 
     def process_start_times(self, name: str) -> list[float]:
         """Wall-clock start time of each process of a watcher."""
-        return [
-            self._started_wall[pid] for pid in self.watchers[name].pids if pid in self._started_wall
-        ]
+        table = self.launcher.table
+        entries = [table.get(pid) for pid in self.watchers[name].pids]
+        return [entry.started_wall for entry in entries if entry is not None]
 
     def dropped_output(self, name: str) -> tuple[int, int]:
         """Lines and bytes of a watcher's output dropped since the arbiter started."""
@@ -683,20 +517,12 @@ class Arbiter:
             return None
         return self.cgroups.cgroups.stats(name)
 
-    def signal_descendant(self, name: str, pid: int | None, child: int, signum: int) -> bool:
-        """Signal `child`, a descendant of one of the watcher's processes (of `pid` if given),
-        through the watcher's signal hooks; False if it is not one."""
-        for parent in self.watchers[name].pids:
-            if pid not in (None, parent):
-                continue
-            try:
-                descendants = {c.pid for c in psutil.Process(parent).children(recursive=True)}
-            except psutil.Error:
-                continue
-            if child in descendants:
-                self._signal_descendant(name, child, signum)
-                return True
-        return False
+    async def extended_stats(self, name: str, pid: int, stats: Any) -> Any:
+        """Circus's `extended_stats` hook: it may add to a process's `stats --extended`."""
+        watcher = self.watchers.get(name)
+        if watcher is None:
+            return stats
+        return await self.hooks.extended_stats(watcher, pid, stats)
 
     def global_options(self) -> dict[str, Any]:
         return {
@@ -709,6 +535,10 @@ class Arbiter:
             "pidfile": self.config.arbiter.pidfile,
             "loglevel": self.config.arbiter.loglevel,
         }
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: watchers, processes, trouble, last error."""
+        return status_line(self.watchers, self.last_error)
 
     def watchers_stopped(self) -> asyncio.Future[None]:
         """Done once a stop of the whole arbiter has stopped every watcher."""
@@ -763,68 +593,60 @@ class Arbiter:
         except SocketError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return str(exc)
-        sockets = self.sockets.changes(new.sockets)
-        self.hooks.forget_imports()
+        self.hooks.runner.forget_imports()
         if new.arbiter != self.config.arbiter:
             log.warning("the [circus] section changed: restart circus-sd to apply it")
-        old = {w.name: w for w in self.config.watchers}
-        fresh = {w.name: w for w in new.watchers}
-        old_sockets = [s.name for s in self.config.sockets]
+        wanted_up = {n for n, w in self.watchers.items() if w.want is Want.UP}
+        steps = reload_plan.plan(
+            self.config, new, self.sockets.changes(new.sockets), wanted_up, self.watchers.keys()
+        )
         self.config = new
-        removed = [self.watchers[n] for n in old if n not in fresh and n in self.watchers]
-        for watcher in reversed(self._by_priority(removed)):
-            log.info("%s: removed from the configuration", watcher.name)
-            await self.stop_watcher(watcher.name)
-            del self.watchers[watcher.name]
-            self._forget_leftovers(watcher.name)
-            if self.cgroups is not None:
-                self.cgroups.remove(watcher.name)
-            self.publish(watcher.name, "remove", {})
-        # A changed socket is closed and bound again: the watchers using it stop before (the old
-        # socket must let go of its address) and start after.
-        moved = set(sockets.changed) | set(sockets.removed)
-        users = [
-            name
-            for name, config in fresh.items()
-            if name in old
-            and self.watchers[name].want is Want.UP
-            and moved & (_sockets_of(old[name], old_sockets) | _sockets_of(config, old_sockets))
-        ]
-        for name in users:
-            log.info("%s: restarting it, a socket it uses changed", name)
-            async with self.lock(name):
-                await self.stop_watcher(name)
-        new_sockets = {s.name: s for s in new.sockets}
-        for socket_name in sockets.changed:
-            try:
-                self.sockets.rebind(new_sockets[socket_name])
-                log.info("[socket:%s] bound again with its new options", socket_name)
-            except SocketError as exc:
-                log.error("%s", exc)
-                self.last_error = str(exc)
-        for socket_name in sockets.removed:
-            self.sockets.close(socket_name)
-        for name, config in fresh.items():
-            if name in old and old[name] != config:
-                async with self.lock(name):
-                    await self._apply_changed(self.watchers[name], config)
-        for name in users:
-            async with self.lock(name):
-                await self.start_watcher(name)
-        added = [self._add_watcher(c) for n, c in fresh.items() if n not in old]
-        for watcher in self._by_priority(added):
-            log.info("%s: added", watcher.name)
-            self.publish(watcher.name, "add", {})
-            if watcher.config.autostart:
-                await self.start_watcher(watcher.name)
+        await self._execute_reload(steps, {s.name: s for s in new.sockets})
         log.info("configuration reloaded from %s", new.path)
         return None
 
+    async def _execute_reload(
+        self, steps: list[reload_plan.Step], sockets: dict[str, Any]
+    ) -> None:
+        added: list[tuple[Watcher, bool]] = []
+        for step in steps:
+            match step:
+                case reload_plan.RemoveWatcher(name):
+                    log.info("%s: removed from the configuration", name)
+                    await self.remove_watcher(name)
+                case reload_plan.StopForSocket(name):
+                    log.info("%s: restarting it, a socket it uses changed", name)
+                    async with self.lock(name):
+                        await self.stop_watcher(name)
+                case reload_plan.RebindSocket(name):
+                    try:
+                        self.sockets.rebind(sockets[name])
+                        log.info("[socket:%s] bound again with its new options", name)
+                    except SocketError as exc:
+                        log.error("%s", exc)
+                        self.last_error = str(exc)
+                case reload_plan.CloseSocket(name):
+                    self.sockets.close(name)
+                case reload_plan.ChangeWatcher(config):
+                    async with self.lock(config.name):
+                        await self._apply_changed(self.watchers[config.name], config)
+                case reload_plan.StartAfterSocket(name):
+                    async with self.lock(name):
+                        await self.start_watcher(name)
+                case reload_plan.AddWatcher(config, start):
+                    # All added first, then started in order: `after` finds its peers.
+                    added.append((self._add_watcher(config), start))
+        for watcher, start in sorted(added, key=lambda a: -a[0].config.priority):
+            log.info("%s: added", watcher.name)
+            self.publish(watcher.name, "add", {})
+            if start:
+                await self.start_watcher(watcher.name)
+
     async def _apply_changed(self, watcher: Watcher, config: WatcherConfig) -> None:
         """Apply a changed config; the caller holds the watcher's lock."""
-        changed = _changed_options(watcher.config, config)
+        changed = changed_options(watcher.config, config)
         self._configure_cgroup(config)
-        if all(_is_live(name) for name in changed):
+        if not needs_restart(watcher.config, config):
             log.info("%s: applying %s without a restart", watcher.name, ", ".join(changed))
             self._feed(watcher.name, watcher.update_config(config, self._clock()))
         else:
@@ -841,7 +663,7 @@ class Arbiter:
     def _feed(self, name: str, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Spawn):
-                self._spawn(name, action)
+                self.launcher.spawn(self.watchers[name].config, action)
             elif isinstance(action, Signal):
                 self._signal(action.pid, action.signum, action.tree)
             elif isinstance(action, StartTimer):
@@ -867,23 +689,6 @@ class Arbiter:
         self._status_scheduled = False
         self.notifier.status(self.status_line())
 
-    def status_line(self) -> str:
-        """One line for `systemctl status`: watchers, processes, trouble, last error."""
-        active = sum(w.state in RUNNING_STATES for w in self.watchers.values())
-        processes = sum(len(w.pids) for w in self.watchers.values())
-        parts = [f"{active}/{len(self.watchers)} watchers active, {processes} processes"]
-        for state in (WatcherState.PAUSED, WatcherState.FAILED):
-            names = sorted(n for n, w in self.watchers.items() if w.state is state)
-            if names:
-                label = "flapping" if state is WatcherState.PAUSED else "failed"
-                parts.append(f"{label}: {', '.join(names)}")
-        short = sorted(n for n, w in self.watchers.items() if w.shortage is not None)
-        if short:
-            parts.append(f"short of resources: {', '.join(short)}")
-        if self.last_error:
-            parts.append(f"last error: {self.last_error}")
-        return "; ".join(parts)
-
     def publish(self, watcher: str, event: str, payload: dict[str, Any]) -> None:
         self.emit(f"watcher.{topic_name(watcher)}.{event}", payload)
 
@@ -906,498 +711,98 @@ class Arbiter:
         if watcher is not None:
             self._feed(name, watcher.timer(key, self._clock()))
 
-    def _spawn(self, name: str, action: Spawn) -> None:
-        assert self._loop is not None
-        watcher = self.watchers[name]
-        config = watcher.config
-        extra_env = {}
-        refusal = self._fd_reserve.refusal()
-        if refusal is not None:
-            # Short of descriptors, as if a pipe had failed with EMFILE: a shortage, not a failure.
-            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, refusal, errno.EMFILE)
-            return
-        pending = self._pending_spawns[(name, action.spawn_id)] = PendingSpawn()
-        try:
-            if config.notify:
-                notify = self._notify_sockets.open(name, action.wid, config.uid, config.gid)
-                pending.notify = notify
-                extra_env["NOTIFY_SOCKET"] = notify.path
-            output = pending.output = self.output.prepare(config, action.wid)
-            cgroup = (
-                self.cgroups.prepare(name, action.wid, action.spawn_id) if self.cgroups else None
-            )
-            layout = socket_layout(config, self.sockets.names())
-            socket_fds, own_sockets = self.sockets.for_process([n for n, _fd in layout])
-            request = build_request(
-                config,
-                action.wid,
-                self._defaults,
-                extra_env,
-                [*output.fd_targets, *(fd for _name, fd in layout)],
-                output.journal_streams,
-                cgroup=cgroup,
-                sockets=layout,
-            )
-        except (SpawnPlanError, SocketError, OSError) as exc:
-            # Answer on the next turn, like a real spawn, so this batch of actions finishes first.
-            code = exc.errno if isinstance(exc, OSError) else None
-            self._loop.call_soon(self._spawn_failed, name, action.spawn_id, str(exc), code)
-            return
-        future = self.spawner.spawn(request, [*output.child_fds, *socket_fds])
-        for sock in own_sockets:
-            sock.close()  # the spawner holds its copy; so_reuseport ones are the child's alone
-        self._unclaimed_spawns += 1
-        output.sent()
-        future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
-
-    def _spawn_failed(
-        self,
-        name: str,
-        spawn_id: int,
-        reason: str,
-        code: int | None = None,
-        spawner_lost: bool = False,
-    ) -> None:
-        """The spawn made no process. `code`: the errno of a failure here or in the spawner,
-        which tells a shortage apart (never the child's own: Watcher.spawn_failed);
-        `spawner_lost`: the spawner was lost before it answered (deferred, not failed)."""
-        pending = self._pending_spawns.pop((name, spawn_id), None)
-        if pending is not None:
-            pending.discard()
-        if self.cgroups is not None:
-            self.cgroups.discard(name, spawn_id)
+    def _call_hook(self, name: str, action: CallHook) -> None:
+        """A hook the watcher asked for; a gate's outcome goes back to the watcher as
+        `hook_done` (unless the watcher was replaced meanwhile)."""
         watcher = self.watchers.get(name)
-        if watcher is not None:
-            self._feed(
-                name, watcher.spawn_failed(spawn_id, reason, self._clock(), code, spawner_lost)
-            )
-
-    def _on_spawned(
-        self, name: str, spawn_id: int, future: asyncio.Future[tuple[int, int]]
-    ) -> None:
-        assert self._loop is not None
-        self._unclaimed_spawns -= 1
-        try:
-            pid, status_fd = future.result()
-        except SpawnError as exc:
-            lost = isinstance(exc, SpawnerLost)
-            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}", exc.errno, lost)
+        if watcher is None:
             return
-        try:
-            handle = ProcessHandle(pid, status_fd)
-        except OSError as exc:
-            # No pidfd (EMFILE): a child we cannot watch is killed; it is still our unreaped
-            # child, so its pid cannot have been reused. _reap_strays collects it.
-            os.close(status_fd)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            self._spawn_failed(name, spawn_id, f"spawn: {exc.strerror or exc}", exc.errno)
-            return
-        self._handles[pid] = handle
-        self._owner[pid] = name
-        if self._leftovers is not None:
-            self._leftovers.session_started(pid, name)  # it calls setsid: its session is its pid
-        self._started_wall[pid] = time.time()
-        self._loop.add_reader(handle.pidfd, self._on_exit, pid)
-        pending = self._pending_spawns.pop((name, spawn_id), PendingSpawn())
-        if pending.notify is not None:
-            self._notify[pid] = pending.notify
-            self._loop.add_reader(pending.notify.fileno(), self._on_notify, pid)
-        if pending.output is not None:
-            pending.output.attach(pid)
-        if self.cgroups is not None:
-            self.cgroups.claimed(name, spawn_id, pid)
-        if name not in self.watchers:
-            handle.send_signal(signal.SIGKILL, tree=True)
-        else:
-            # The watcher hears of it once exec succeeded (_on_status): a process "exists" for
-            # status, READY=1 and the spawn event only as the program it was started for. This
-            # also means nothing signals it before exec, while it still is a copy of the spawner
-            # (whose handlers swallow TERM, INT, HUP and QUIT).
-            self._not_execed[pid] = spawn_id
-        # A batch is answered after its last clone: its first children have often exec'd by
-        # now, and their status pipes need no round through the loop.
-        if handle.drain_status():
-            self._status_done(pid, handle)
-        else:
-            self._loop.add_reader(status_fd, self._on_status, pid)
-        if self._strays_pending and not self._spawns_unsettled():
-            self._reap_strays()
 
-    def _on_status(self, pid: int) -> None:
-        handle = self._handles[pid]
-        if handle.drain_status():
-            assert self._loop is not None and handle.status_fd is not None
-            self._loop.remove_reader(handle.status_fd)
-            self._status_done(pid, handle)
+        def answer(approved: bool) -> None:
+            if self.watchers.get(name) is watcher:
+                self._feed(name, watcher.hook_done(action.token, approved, self._clock()))
 
-    def _status_done(self, pid: int, handle: ProcessHandle) -> None:
-        """The exec-status pipe is at EOF: exec succeeded, or the child said why it did not."""
-        assert self._loop is not None
-        # Exec failed: keep what the child said until its exit is reaped.
-        if not handle.exec_error():
-            handle.close_status()
-            # The children of a batch exec together: their watchers hear of them in one go
-            # (one round of waiter checks, not one per process).
-            if not self._execed_batch:
-                self._loop.call_soon(self._execed_all)
-            self._execed_batch.append(pid)
-
-    def _execed_all(self) -> None:
-        pids, self._execed_batch = self._execed_batch, []
-        self._execed(*pids)
-
-    def _execed(self, *pids: int) -> None:
-        """The processes exec'd their programs (those not told already, not forgotten)."""
-        spawns: dict[str, list[tuple[int, int]]] = {}
-        for pid in pids:
-            spawn_id = self._not_execed.pop(pid, None)
-            name = self._owner.get(pid)
-            if spawn_id is not None and name in self.watchers:
-                assert name is not None
-                spawns.setdefault(name, []).append((spawn_id, pid))
-        for name, batch in spawns.items():
-            self._feed(name, self.watchers[name].spawned_all(batch, self._clock()))
-
-    def _on_exit(self, pid: int) -> None:
-        assert self._loop is not None
-        handle = self._handles[pid]
-        exit_code = handle.reap()
-        if exit_code is None:
-            return
-        exec_error = handle.exec_error()
-        name = self._owner[pid]
-        if pid in self._not_execed:
-            if exec_error is not None:
-                # Never became its program: a failed spawn, not a process that exited.
-                spawn_id = self._not_execed.pop(pid)
-                if self.cgroups is not None:
-                    self.cgroups.main_exited(pid, stopping=False)
-                self._forget(pid)
-                # No errno: what the child says of its own setup or exec is a failed start,
-                # never a shortage (its rlimits, identity and cwd applied: restart_policy).
-                self._spawn_failed(name, spawn_id, exec_error)
-                return
-            self._execed(pid)  # exec'd, then exited before we read its status pipe
-        if self.cgroups is not None and self.cgroups.main_exited(pid, self._is_stopping(name, pid)):
-            # Descendants remain in its leaf: the process ends when the leaf is empty.
-            self._loop.remove_reader(handle.pidfd)
-            self._exit_pending[pid] = (name, exit_code, exec_error)
-            return
-        self._finish_exit(pid, name, exit_code, exec_error)
-
-    def _is_stopping(self, name: str, pid: int) -> bool:
-        watcher = self.watchers.get(name)
-        record = watcher.process_by_pid(pid) if watcher is not None else None
-        return record is not None and record.state in STOPPING_PROCESS_STATES
-
-    def _on_leaf_empty(self, pid: int) -> None:
-        pending = self._exit_pending.pop(pid, None)
-        if pending is not None:
-            self._finish_exit(pid, *pending)
-
-    def _finish_exit(self, pid: int, name: str, exit_code: int, exec_error: str | None) -> None:
-        self._forget(pid)
-        # Its children, if any are left, are ours now.
-        self._scan_leftovers_soon()
-        watcher = self.watchers.get(name)
-        if watcher is not None:
-            self._reap_hooks(watcher, pid, exit_code)
-            self._feed(name, watcher.exited(pid, exit_code, self._clock(), exec_error))
-
-    def _reap_hooks(self, watcher: Watcher, pid: int, exit_code: int) -> None:
-        """before_reap and after_reap, queued before the watcher decides what follows the exit
-        (so that, e.g., after_stop comes after them). They never delay a respawn."""
-        if not {"before_reap", "after_reap"} & set(watcher.config.hooks):
-            return
-        view = self._watcher_view(watcher)
-        reaped_at = time.time()
-
-        async def reap_hooks() -> None:
-            arguments: dict[str, Any] = {"process_pid": pid, "time": reaped_at}
-            await self._run_hook(watcher, "before_reap", arguments, view)
-            arguments.update(exit_code=exit_code, process_status=PROCESS_GONE)
-            await self._run_hook(watcher, "after_reap", arguments, view)
-
-        self.hooks.queue(watcher.name, reap_hooks)
-
-    # -- hooks -----------------------------------------------------------------------------------
-
-    def _watcher_view(self, watcher: Watcher) -> WatcherView:
-        """What a hook sees of the watcher: a snapshot taken when the hook is due."""
-        return watcher_view(
-            watcher.name,
-            option_values(watcher.config),
-            watcher.pids,
-            watcher.config.target_processes,
-            watcher.state.circus_status,
-        )
+        self.hooks.gate(watcher, action, answer)
 
     def _arbiter_view(self) -> ArbiterView:
         return ArbiterView(sorted(self.watchers), self.endpoints.get("endpoint"))
 
-    async def _run_hook(
-        self, watcher: Watcher, hook: str, arguments: dict[str, Any], view: WatcherView
-    ) -> HookOutcome:
-        """Call `hook` if the watcher (still) has it; a missing hook approves."""
-        spec = watcher.config.hooks.get(hook)
-        if spec is None:
-            return HookOutcome(approved=True)
-        return await self.hooks.call(
-            spec,
-            hook,
-            arguments,
-            watcher.config.hook_timeout,
-            view,
-            self._arbiter_view(),
-            _hook_search_path(self.config.path, watcher.config),
-        )
+    def _search_path(self, watcher: Watcher) -> list[str]:
+        return hook_search_path(os.path.dirname(self.config.path), watcher.config)
 
-    def _call_hook(self, name: str, action: CallHook) -> None:
-        """A hook the watcher asked for: queued behind its earlier hooks; a gate's outcome goes
-        back to the watcher as `hook_done` (unless the watcher was replaced meanwhile)."""
-        watcher = self.watchers.get(name)
-        if watcher is None:
-            return
-        view = self._watcher_view(watcher)
-        arguments = dict(action.kwargs)
-        future = self.hooks.queue(
-            name, lambda: self._run_hook(watcher, action.hook, arguments, view)
-        )
-        if action.token is None:
-            return
+    # -- what happens to processes (reported by the launcher and the outside) --------------------
 
-        def answer(done: asyncio.Future[HookOutcome]) -> None:
-            if done.cancelled() or self.watchers.get(name) is not watcher:
-                return
-            approved = done.exception() is None and done.result().approved
-            self._feed(name, watcher.hook_done(action.token, approved, self._clock()))
+    def _on_sigchld(self) -> None:
+        self._child_exited.set()
+        self.launcher.reap_strays()
 
-        future.add_done_callback(answer)
-
-    async def extended_stats(self, name: str, pid: int, stats: Any) -> Any:
-        """Circus's `extended_stats` hook: it may add to a process's `stats --extended`."""
-        watcher = self.watchers.get(name)
-        if watcher is None or "extended_stats" not in watcher.config.hooks:
-            return stats
-        mine = copy.deepcopy(stats)  # a hook that times out may still write into it
-        outcome = await self._run_hook(
-            watcher, "extended_stats", {"pid": pid, "stats": mine}, self._watcher_view(watcher)
-        )
-        return mine if outcome.error is None else stats
+    def _on_leaf_empty(self, pid: int) -> None:
+        self.launcher.leaf_empty(pid)
 
     def _on_oom(self, name: str, kills: int) -> None:
         log.warning("%s: the kernel's OOM killer killed %d process(es) at memory_max", name, kills)
         self.publish(name, "oom", {"oom_kill": kills})
 
-    def freeze(self, name: str, frozen: bool) -> None:
-        if self.cgroups is None:
-            raise OSError("freezing needs per-watcher cgroups, which are off here")
-        self.cgroups.freeze(name, frozen)
-        self.publish(name, "freeze" if frozen else "thaw", {})
-
-    def _on_sigchld(self) -> None:
-        self._child_exited.set()
-        self._reap_strays()
-
-    def _spawns_unsettled(self) -> bool:
-        return bool(self.spawner.in_flight or self._unclaimed_spawns)
-
-    def _reap_strays(self) -> None:
-        # Children cloned by the spawner are ours before we learn their pid: reaping an unknown
-        # zombie now could steal a fresh child's status, so wait for the spawner's answers, and
-        # for _on_spawned to take each in (a future's callbacks run a loop turn after it is set).
-        if self._spawns_unsettled():
-            self._strays_pending = True
+    def _match_ready_line(self, origin: Origin, lines: list[Buffer]) -> None:
+        """`ready_log_line`: a process not ready yet whose output matches is ready now."""
+        watcher = self.watchers.get(origin.watcher)
+        if watcher is None or watcher.config.ready_log_line is None:
             return
-        self._strays_pending = False
-        # The spawner's processes are its handle's to reap (it replaces a lost one).
-        for pid, status in reap_strays(set(self._handles) | self.spawner.pids):
-            log.debug("reaped orphan %d (status %d)", pid, status)
-            # Its children, if any, are ours now.
-            self._scan_leftovers_soon()
-
-    # -- children of a lost spawner ------------------------------------------------------------
-
-    def _kill_lost_clones(self, since: float) -> None:
-        """A lost spawner may have cloned children for requests it never answered: ours
-        (CLONE_PARENT), of pids we never learned, they would run unsupervised beside the
-        replacements their watchers spawn. Called by the spawner's handle once the lost spawner
-        is gone and before the next one clones anything, after the answers received before the
-        loss were taken in (_on_spawned): our children that are neither known processes, nor
-        spawners, nor attributed orphans, and that started since `since` in their own session
-        (or still in ours, before their setsid) are those clones (leftovers.py).
-
-        They are SIGKILLed, their process group with them (they lead it once past setsid), not
-        adopted: they never became known workers, their watchers already count them as deferred
-        spawns and ask for others, and whether they exec'd (their status pipe went with the
-        spawner) or for which watcher (/proc/PID/environ holds the spawner's environment before
-        exec, and may be unreadable or rewritten after) cannot be told reliably."""
-        spawners = self.spawner.pids
-        attributed = (
-            {leftover.pid for leftover in self._leftovers.found()}
-            if self._leftovers is not None
-            else set()
-        )
-        candidates = [
-            pid
-            for pid in own_children()
-            if pid not in self._handles and pid not in spawners and pid not in attributed
-        ]
-        clones = clones_of_a_lost_spawner(candidates, since, os.getsid(0))
-        for pid, leads_session in clones:
-            log.warning(
-                "killing %s: cloned by the lost spawner, its pid never answered", _describe_pid(pid)
-            )
-            # Our unreaped child: its pid (and, once it leads one, its group's) is not reused.
-            if leads_session:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    # -- orphans of workers, without cgroups (circus_sd/leftovers.py) ----------------------------
-
-    def _scan_leftovers_soon(self) -> None:
-        """Look for workers' orphans once this loop turn is done (exits come in batches)."""
-        if self._leftovers is None or self._leftover_scan_due or self._loop is None:
+        pid = origin.pid
+        record = watcher.process_by_pid(pid)
+        cloned = self.launcher.is_cloned(pid)
+        # Searched until ready, stopped (a failed start) or gone; a pid not exec'd yet has no
+        # record, and a match is its first sign of life.
+        if record is None and not cloned:
             return
-        self._leftover_scan_due = True
-        self._loop.call_soon(self._scan_leftovers)
-
-    def _scan_leftovers(self) -> None:
-        """Attribute our children that are neither workers nor spawners to watchers, by the
-        worker session they are in."""
-        self._leftover_scan_due = False
-        if self._leftovers is None or self._loop is None:
+        if record is not None and (record.ready or record.state is not ProcessState.RUNNING):
             return
-        spawners = self.spawner.pids
-        candidates = [p for p in own_children() if p not in self._handles and p not in spawners]
-        for leftover in self._leftovers.scan(candidates, self._handles.keys()):
-            self._loop.add_reader(leftover.pidfd, self._leftover_exited, leftover.pid)
-            log.info(
-                "%s: %s was left behind by its process %d; it is stopped with the watcher",
-                leftover.watcher, _describe_pid(leftover.pid), leftover.session,
-            )
-            self.publish(
-                leftover.watcher, "orphan", {"pid": leftover.pid, "session": leftover.session}
-            )
-        self._check_waiters()
-
-    def _leftover_exited(self, pid: int) -> None:
-        assert self._leftovers is not None
-        leftover = self._leftovers.get(pid)
-        if leftover is not None:
-            self._drop_leftover(leftover)
-        self._check_waiters()
-        self._scan_leftovers_soon()  # its own children are ours now
-
-    def _drop_leftover(self, leftover: Leftover) -> None:
-        assert self._leftovers is not None
-        if self._loop is not None:
-            self._loop.remove_reader(leftover.pidfd)
-        self._leftovers.gone(leftover.pid)
-
-    def _forget_leftovers(self, name: str) -> None:
-        """A watcher removed: orphans of its workers are no longer its (a stop stopped them)."""
-        if self._leftovers is None:
+        if not self._ready_search.search(origin, watcher.config.ready_log_line, lines):
             return
-        self._leftovers.forget_sessions(name)
-        for leftover in self._leftovers.of(name):
-            self._drop_leftover(leftover)
-
-    def _leftovers_changed(self, name: str, before: frozenset[int]) -> bool:
-        return self._leftovers is not None and self._leftovers.pids(name) != before
-
-    async def _stop_leftovers(self, name: str) -> None:
-        """Stop the orphans of a watcher's workers as its processes are stopped: its
-        `stop_signal`, then SIGKILL after its `graceful_timeout`. Their own children, adopted
-        as each exits, are stopped too."""
-        if self._leftovers is None:
-            return
-        assert self._loop is not None
-        self._scan_leftovers()
-        if not self._leftovers.of(name):
-            return
-        config = self.watchers[name].config
-        if self._stopping:
-            # Beyond what stop_all asked of systemd for the watcher's own processes.
-            self.notifier.extend_timeout(config.graceful_timeout + _KILLED_WAIT)
-        signum = config.stop_signal
-        deadline = self._loop.time() + config.graceful_timeout
-        signalled: set[int] = set()
-        while left := self._leftovers.pids(name):
-            if signum != signal.SIGKILL and self._loop.time() >= deadline:
-                signum, signalled = signal.SIGKILL, set()
-                deadline = self._loop.time() + _KILLED_WAIT
-            for leftover in self._leftovers.of(name):
-                if leftover.pid in signalled:
-                    continue
-                signalled.add(leftover.pid)
-                what = f"{name}: {_describe_pid(leftover.pid)}, left behind by its process"
-                if signum == signal.SIGKILL and signum != config.stop_signal:
-                    log.warning("%s %d, still running after graceful_timeout: SIGKILL",
-                                what, leftover.session)
-                else:
-                    log.info("%s %d: stopping it", what, leftover.session)
-                leftover.send_signal(signum)
-            changed = self.wait_for(functools.partial(self._leftovers_changed, name, left))
-            try:
-                await asyncio.wait_for(changed, max(0.0, deadline - self._loop.time()))
-            except TimeoutError:
-                if signum == signal.SIGKILL:
-                    log.error("%s: pids %s, left behind by its processes, survive SIGKILL",
-                              name, sorted(self._leftovers.pids(name)))
-                    return
+        self._ready_search.forget(pid)
+        # Only the exec'd program writes its output: its exec succeeded.
+        self.launcher.confirm_exec(pid)
+        self._feed(watcher.name, watcher.output_matched(pid, self._clock()))
 
 
-# How long processes may take to vanish once SIGKILLed (unless stuck in the kernel: D state).
-_KILLED_WAIT = 5.0
+    # -- the launcher's reports (launcher.LaunchReports), passed on to the watchers -------------
 
+    def on_spawned(self, name: str, batch: list[tuple[int, int]]) -> None:
+        watcher = self.watchers.get(name)
+        if watcher is not None:
+            self._feed(name, watcher.spawned_all(batch, self._clock()))
 
-def _changed_options(old: WatcherConfig, new: WatcherConfig) -> list[str]:
-    return [
-        field.name
-        for field in dataclasses.fields(WatcherConfig)
-        if field.compare and getattr(old, field.name) != getattr(new, field.name)
-    ]
+    def on_spawn_failed(
+        self, name: str, spawn_id: int, reason: str, code: int | None, spawner_lost: bool
+    ) -> None:
+        watcher = self.watchers.get(name)
+        if watcher is not None:
+            actions = watcher.spawn_failed(spawn_id, reason, self._clock(), code, spawner_lost)
+            self._feed(name, actions)
 
+    def on_exited(self, name: str, pid: int, exit_code: int, exec_error: str | None) -> None:
+        watcher = self.watchers.get(name)
+        if watcher is not None:
+            self.hooks.around_reap(watcher, pid, exit_code)
+            self._feed(name, watcher.exited(pid, exit_code, self._clock(), exec_error))
 
-def _is_live(field_name: str) -> bool:
-    for field in dataclasses.fields(WatcherConfig):
-        if field.name == field_name:
-            declared = option_of(field)
-            if declared is None:
-                return bool(field.metadata.get("live"))
-            return declared.live
-    return False
+    def on_notified(self, name: str, pid: int, message: dict[str, str]) -> None:
+        watcher = self.watchers.get(name)
+        if watcher is not None:
+            self._feed(name, watcher.notified(pid, message, self._clock()))
 
+    def on_orphans_reaped(self) -> None:
+        self.orphans.scan_soon()
 
-def _sockets_of(config: WatcherConfig, all_sockets: Iterable[str]) -> set[str]:
-    """The sockets a watcher's processes get."""
-    names = set(config.listen_fds)
-    if config.stdin_socket is not None:
-        names.add(config.stdin_socket)
-    if config.use_sockets:
-        names.update(all_sockets)
-    return names
+    def is_stopping(self, name: str, pid: int) -> bool:
+        watcher = self.watchers.get(name)
+        return watcher is not None and watcher.is_stopping(pid)
 
+    def is_watched(self, name: str) -> bool:
+        return name in self.watchers
 
 def _stop_time(config: WatcherConfig) -> float:
     """How long stopping a watcher may take: graceful timeout, and its stop hooks'."""
     hooks = sum(name in config.hooks for name in ("before_stop", "after_stop"))
     return config.graceful_timeout + hooks * config.hook_timeout
 
-
-def _hook_search_path(config_path: str, config: WatcherConfig) -> list[str]:
-    """Where hooks are imported from: the watcher's PYTHONPATH (as Circus) and the config's
-    directory."""
-    search = [p for p in config.env.get("PYTHONPATH", "").split(os.pathsep) if p and "$(" not in p]
-    return [*search, os.path.dirname(config_path)]
-
-
-def _describe_pid(pid: int) -> str:
-    try:
-        return f"pid {pid} ({psutil.Process(pid).name()})"
-    except psutil.Error:
-        return f"pid {pid}"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from circus_sd.cgroups import Cgroups
     from circus_sd.config.loader import ConfigWarning
     from circus_sd.config.model import Config
-    from circus_sd.spawn_client import Spawner
+    from circus_sd.spawner import Spawner
 
 EX_CONFIG = 78  # sysexits.h: a bad configuration; the systemd unit does not restart on it.
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
         return 1
     with _without_tls():
         import asyncio  # noqa: F401  (its first import)
-    from circus_sd.spawn_client import Spawner
+    from circus_sd.spawner import Spawner
 
     # fork_spawner again whenever the spawner is lost (killed, stopped, hung).
     spawner = Spawner(spawner_pid, spawner_socket, start=fork_spawner)
@@ -178,11 +178,11 @@ def _run(
 
     from circus_sd.arbiter import Arbiter
     from circus_sd.cgroups import CgroupUnavailable
+    from circus_sd.config.process_env import ChildDefaults
     from circus_sd.logging_setup import configure_logging
     from circus_sd.pidfile import PidFile, PidFileError, PidFileLocked
     from circus_sd.process import become_subreaper
     from circus_sd.sockets import ListeningSockets, SystemdSockets
-    from circus_sd.spawn_plan import ChildDefaults
     from circus_sd.systemd_notify import SystemdNotifier
 
     # First: what systemd handed us leaves the environment children are made from: NOTIFY_SOCKET

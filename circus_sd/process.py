@@ -10,7 +10,7 @@ import signal
 
 import psutil
 
-from circus_sd.spawner import exec_status_errno, parse_exec_status
+from circus_sd.spawn_protocol import exec_status_errno, parse_exec_status
 
 
 class ProcessHandle:

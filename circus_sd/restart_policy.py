@@ -27,7 +27,7 @@ SHORTAGE_MIN_DELAY = 0.1
 # Why spawns were deferred (the `cause` of spawn_deferred events).
 SHORTAGE_CAUSE = "shortage"
 # The spawner was lost before it answered: whether it cloned the child is unknown, and the
-# request goes to the next spawner (spawn_client.Spawner paces their starts).
+# request goes to the next spawner (spawner.Spawner paces their starts).
 SPAWNER_LOST_CAUSE = "spawner_lost"
 
 

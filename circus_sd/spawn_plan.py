@@ -2,105 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
 import pwd
-import re
 import resource
 import shlex
-import shutil
-import sys
 from collections.abc import Mapping, Sequence
 
 from circus_sd.config.model import WatcherConfig
-from circus_sd.spawner import JournalStreamSetup, SpawnRequest
-
-# `$(circus.wid)`, `$(circus.env.HOME)`, `$(circus.sockets.web)`; case-insensitive as in Circus.
-_PLACEHOLDER = re.compile(r"\$\(circus\.([\w.]+)\)", re.IGNORECASE)
-# Variables that describe the arbiter's own relation to systemd: never a child's.
-_PRIVATE_ENV = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
+from circus_sd.config.process_env import (
+    LISTEN_FDS_START,
+    ChildDefaults,
+    ChildSetupError,
+    child_environment,
+    find_program,
+    substitute,
 )
-# sd_listen_fds(3): passed sockets start at fd 3.
-LISTEN_FDS_START = 3
+from circus_sd.spawn_protocol import JournalStreamSetup, SpawnRequest
+
+# What cannot be worked out for a process (a socket it is not given, no program): a failed spawn.
+SpawnPlanError = ChildSetupError
 # The spawner takes at most 64 fds with a request; two are the output pipes.
 MAX_SOCKETS = 60
 _NO_SOCKETS: Mapping[str, int] = {}
-
-
-class SpawnPlanError(Exception):
-    """The request cannot be built (e.g. the program vanished); reported as a failed spawn."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ChildDefaults:
-    """What the arbiter itself contributes to every child."""
-
-    environ: Mapping[str, str]
-    # The soft/hard RLIMIT_NOFILE the arbiter started with, before raising its own.
-    nofile: tuple[int, int]
-    is_root: bool
-
-    @classmethod
-    def capture(cls) -> ChildDefaults:
-        return cls(
-            environ=dict(os.environ),
-            nofile=resource.getrlimit(resource.RLIMIT_NOFILE),
-            is_root=os.geteuid() == 0,
-        )
-
-
-def substitute(
-    text: str, wid: int, env: Mapping[str, str], sockets: Mapping[str, int] = _NO_SOCKETS
-) -> str:
-    """Replace `$(circus.wid)`, `$(circus.env.NAME)` and `$(circus.sockets.NAME)` (the socket's
-    fd number in the process). A variable the environment lacks, or an unknown name, stays as
-    written, as Circus leaves it (the loader warns about both: `unresolved`)."""
-
-    def replace(match: re.Match[str]) -> str:
-        found = _placeholder_value(match.group(1), wid, env, sockets)
-        return match.group(0) if found is None else found
-
-    return _PLACEHOLDER.sub(replace, text)
-
-
-def unresolved(
-    text: str, wid: int, env: Mapping[str, str], sockets: Mapping[str, int] = _NO_SOCKETS
-) -> list[str]:
-    """The placeholders of `text` that `substitute` leaves as written."""
-    return [
-        match.group(0)
-        for match in _PLACEHOLDER.finditer(text)
-        if _placeholder_value(match.group(1), wid, env, sockets) is None
-    ]
-
-
-def _placeholder_value(
-    name: str, wid: int, env: Mapping[str, str], sockets: Mapping[str, int]
-) -> str | None:
-    lowered = name.lower()
-    if lowered == "wid":
-        return str(wid)
-    if lowered.startswith("sockets."):
-        socket_name = name[len("sockets.") :]
-        if socket_name not in sockets:
-            # Checked by the loader: reaching here means the config changed under us.
-            raise SpawnPlanError(
-                f"$(circus.sockets.{socket_name}): the processes do not get this socket"
-            )
-        return str(sockets[socket_name])
-    if lowered.startswith("env."):
-        variable = name[4:]
-        for candidate in (variable, variable.upper()):
-            if candidate in env:
-                return env[candidate]
-    return None
 
 
 def socket_layout(config: WatcherConfig, available: Sequence[str]) -> list[tuple[str, int]]:
@@ -129,41 +52,6 @@ def socket_numbers(layout: Sequence[tuple[str, int]]) -> dict[str, int]:
     return numbers
 
 
-def child_environment(
-    config: WatcherConfig,
-    wid: int,
-    defaults: ChildDefaults,
-    sockets: Mapping[str, int] = _NO_SOCKETS,
-) -> dict[str, str]:
-    env: dict[str, str] = {}
-    if config.copy_env:
-        env.update(defaults.environ)
-    elif config.copy_path:
-        if "PATH" in defaults.environ:
-            env["PATH"] = defaults.environ["PATH"]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    for name in _PRIVATE_ENV:
-        env.pop(name, None)
-    for name, value in config.env.items():
-        env[name] = substitute(value, wid, env, sockets)
-    if config.virtualenv:
-        _apply_virtualenv(env, config.virtualenv)
-    env["CIRCUS_WID"] = str(wid)
-    return env
-
-
-def _apply_virtualenv(env: dict[str, str], venv: str) -> None:
-    env["VIRTUAL_ENV"] = venv
-    env["PATH"] = os.pathsep.join(filter(None, [os.path.join(venv, "bin"), env.get("PATH")]))
-    lib = os.path.join(venv, "lib")
-    site = [
-        os.path.join(lib, entry, "site-packages")
-        for entry in (sorted(os.listdir(lib)) if os.path.isdir(lib) else [])
-        if entry.startswith("python")
-    ]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*site, env.get("PYTHONPATH")]))
-
-
 def command_line(
     config: WatcherConfig,
     wid: int,
@@ -189,16 +77,8 @@ def _split(line: str) -> tuple[str, ...]:
 
 
 def resolve_program(name: str, env: Mapping[str, str], cwd: str | None) -> str:
-    """An executable's path as execve needs it: searched on the child's PATH if bare."""
-    if "/" in name:
-        path = name if os.path.isabs(name) or cwd is None else os.path.join(cwd, name)
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-        raise SpawnPlanError(f"{path}: not an executable file")
-    found = shutil.which(name, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise SpawnPlanError(f"{name}: not found on PATH {env.get('PATH', os.defpath)!r}")
-    return found
+    """An executable's path as execve needs it, found as the config check finds it."""
+    return find_program(name, env, cwd)
 
 
 def build_request(

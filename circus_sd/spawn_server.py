@@ -2,25 +2,21 @@
 
 Why a separate process: Python 3.11 offers only `preexec_fn` for work between fork and exec,
 which forks the whole (large, threaded: pyzmq) arbiter for every child and is unsafe once threads
-exist. Why a fresh interpreter (`python -IS`, this file as its program, started by
-`circus_sd.spawner.fork_spawner`) rather than a fork of the arbiter: every clone copies the page
-tables of the spawner's memory, every child pays a page fault for each page it writes before its
-exec, and exec tears all of it down again. A bare interpreter holds less than half the private
-memory (5 MB against 11 MB) and a third of the mappings of an arbiter that has read its config;
-measured, 500 spawns through it took 0.36 s against 0.53 s. So this module imports nothing beyond
-the interpreter's own modules (no `circus_sd`, no `dataclasses`, no `pickle.py`).
+exist. Why a fresh interpreter (`python -IS`, this file and circus_sd/spawn_protocol.py as its
+program, started by `circus_sd.spawner.fork_spawner`) rather than a fork of the arbiter: every
+clone copies the page tables of the spawner's memory, every child pays a page fault for each page
+it writes before its exec, and exec tears all of it down again. A bare interpreter holds less
+than half the private memory (5 MB against 11 MB) and a third of the mappings of an arbiter that
+has read its config; measured, 500 spawns through it took 0.36 s against 0.53 s. So this module
+imports nothing beyond the interpreter's own modules (no `dataclasses`, no `pickle.py`) but the
+protocol, whose source the spawner is given along with this one.
 
 Each child is created with `clone(CLONE_PARENT)`, so its parent is the arbiter itself: the arbiter
 gets SIGCHLD, owns the exit status (pidfd + waitid) and loses nothing if the spawner ever dies.
 
-Protocol, over a SOCK_SEQPACKET socketpair: the arbiter sends a pickled `SpawnRequest` with the
-child's fds attached (SCM_RIGHTS), or a pickled list of them (a batch: the fds of each request in
-turn); the spawner answers each message, in order: ("ok", pid) plus the read end of the child's
-exec-status pipe, or ("error", errno, message) when it could not fork; for a batch, one pickled
-list of those answers with the pipes of the "ok" ones, in order. A batch is cloned in one tight
-loop: after each clone every page the spawner writes is copied, so it does its Python work
-(decoding, planning each child's steps) for the whole batch before the first clone.
-The pipe gives EOF when exec succeeded, or a line "stage:errno:message" when setup or exec failed.
+The messages are circus_sd/spawn_protocol.py's. A batch is cloned in one tight loop: after each
+clone every page the spawner writes is copied, so it does its Python work (decoding, planning
+each child's steps) for the whole batch before the first clone.
 """
 
 from __future__ import annotations
@@ -29,12 +25,22 @@ import _pickle
 import ctypes
 import errno
 import gc
-import io
 import os
 import resource
 import signal
 import socket
 import sys
+
+# Run in the spawner from its source too, under this same name (see fork_spawner).
+from circus_sd.spawn_protocol import (
+    EXEC_FAILED_STATUS,
+    MAX_FDS_PER_MESSAGE,
+    MAX_MESSAGE,
+    JournalStreamSetup,
+    SpawnRequest,
+    decode,
+    exec_status_report,
+)
 
 # typing and collections.abc would double the modules this process holds; annotations here are
 # never evaluated (`from __future__ import annotations`), so mypy alone needs these.
@@ -49,69 +55,12 @@ if TYPE_CHECKING:
     ExecArguments = tuple[bytes, ctypes.Array[ctypes.c_char_p], ctypes.Array[ctypes.c_char_p]]
     Planned = tuple[tuple[Step, ...], ExecArguments | None]
 
-# The child reports a setup/exec failure with this status (as a shell does for "cannot execute").
-EXEC_FAILED_STATUS = 127
-MAX_MESSAGE = 1 << 20
-# The kernel passes at most this many fds with one message (SCM_MAX_FD).
-MAX_FDS_PER_MESSAGE = 253
-# Where the arbiter's classes are decoded here (circus_sd.spawner's dataclasses, by name).
-_REQUEST = ("circus_sd.spawner", "SpawnRequest")
-_JOURNAL_STREAM = ("circus_sd.spawner", "JournalStreamSetup")
-
 # The spawner's /dev/null, opened once, for children's unset stdio.
 _devnull = -1
 # The spawner's own umask and limits (what a child has unless told otherwise): steps that would
 # set them to what they already are are skipped in the child.
 _umask = -1
 _limits: dict[int, tuple[int, int]] = {}
-
-
-class Request:
-    """A decoded `circus_sd.spawner.SpawnRequest` (same fields, set by the unpickler)."""
-
-    executable: str
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    cwd: str | None
-    uid: int | None
-    gid: int | None
-    groups: Sequence[int] | None
-    user: str | None
-    umask: int | None
-    rlimits: Sequence[tuple[int, int, int]]
-    fd_targets: Sequence[int]
-    inherit: frozenset[int]
-    new_session: bool
-    env_own_pid: Sequence[str]
-    journal_streams: Sequence[JournalStream]
-    cgroup: str | None
-
-
-class JournalStream:
-    """A decoded `circus_sd.spawner.JournalStreamSetup`."""
-
-    target: int
-    identifier: str
-    priority: int
-    level_prefix: bool
-    socket_path: str
-
-
-class _Unpickler(_pickle.Unpickler):
-    """Knows the two classes of the protocol and nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == _REQUEST:
-            return Request
-        if (module, name) == _JOURNAL_STREAM:
-            return JournalStream
-        if (module, name) == ("builtins", "frozenset"):
-            return frozenset
-        raise _pickle.UnpicklingError(f"{module}.{name} is not part of the spawn protocol")
-
-
-def decode(data: bytes) -> Any:
-    return _Unpickler(io.BytesIO(data)).load()
 
 
 # -- creating the child --------------------------------------------------------------------------
@@ -136,7 +85,9 @@ def _clone_as_sibling() -> int:
     return pid
 
 
-def plan(request: Request, passed: Sequence[int], others: Sequence[int] = ()) -> tuple[Step, ...]:
+def plan(
+    request: SpawnRequest, passed: Sequence[int], others: Sequence[int] = ()
+) -> tuple[Step, ...]:
     """What the child does between its clone and its exec, in order: (stage, call, arguments).
 
     Decided here, before the clone, because the child pays a page copy for every page it
@@ -178,7 +129,7 @@ def plan(request: Request, passed: Sequence[int], others: Sequence[int] = ()) ->
     return tuple(steps)
 
 
-def exec_arguments(request: Request) -> ExecArguments | None:
+def exec_arguments(request: SpawnRequest) -> ExecArguments | None:
     """execve's own arguments, made before the clone: os.execve would encode each argument and
     variable in the child, a page copy each. None where os.execve must do it (a variable set in
     the child, or anything it would refuse: its error is then the child's report)."""
@@ -200,7 +151,7 @@ def exec_arguments(request: Request) -> ExecArguments | None:
 
 
 def _become_child(
-    request: Request, steps: tuple[Step, ...], execute: ExecArguments | None, status_fd: int
+    request: SpawnRequest, steps: tuple[Step, ...], execute: ExecArguments | None, status_fd: int
 ) -> None:
     """Runs in the new child: its planned steps, then exec. Never returns."""
     # No signal work here: the spawner has no ignored or blocked signal (see main), and exec
@@ -220,12 +171,12 @@ def _become_child(
         code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         try:
-            os.write(status_fd, f"{stage}:{code}:{text}".encode(errors="replace")[:4000])
+            os.write(status_fd, exec_status_report(stage, code, text))
         finally:
             os._exit(EXEC_FAILED_STATUS)
 
 
-def _fd_steps(request: Request, passed: Sequence[int]) -> list[Step]:
+def _fd_steps(request: SpawnRequest, passed: Sequence[int]) -> list[Step]:
     """Passed fds to their targets (dup2 clears CLOEXEC), /dev/null on unset stdio."""
     targets = request.fd_targets
     nulled = [t for t in (0, 1, 2) if t not in targets and t not in request.inherit]
@@ -292,7 +243,7 @@ def _dupfd_cloexec(fd: int, lowest: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest)
 
 
-def _connect_journal_stream(setup: JournalStream) -> None:
+def _connect_journal_stream(setup: JournalStreamSetup) -> None:
     """Replace fd `setup.target` by a journald stream connection; keep it if that fails.
 
     As sd_journal_stream_fd does, in the child just before exec, so that journald records the
@@ -309,18 +260,12 @@ def _connect_journal_stream(setup: JournalStream) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         except OSError:
             pass
-        sock.sendall(journal_header(setup.identifier, setup.priority, setup.level_prefix))
+        sock.sendall(setup.header())
         os.dup2(sock.fileno(), setup.target, inheritable=True)
     except OSError:
         pass  # the pipe to the arbiter stays at `target`
     finally:
         sock.close()
-
-
-def journal_header(identifier: str, priority: int, level_prefix: bool) -> bytes:
-    """What journald's stream socket expects first: identifier, unit id (empty), priority, level
-    prefix, forwarding to syslog, kmsg, console."""
-    return f"{identifier}\n\n{priority}\n{int(level_prefix)}\n0\n0\n0\n".encode()
 
 
 # -- the spawner's loop --------------------------------------------------------------------------
@@ -348,7 +293,7 @@ def serve(sock: socket.socket) -> None:
             if isinstance(decoded, list):
                 owned = []
                 reply, reply_fds = _spawn_batch(decoded, fds)
-            elif isinstance(decoded, Request):
+            elif isinstance(decoded, SpawnRequest):
                 reply, reply_fds = _spawn_one(decoded, fds)
             else:
                 raise ValueError("not a spawn request")
@@ -373,7 +318,7 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _spawn_one(request: Request, passed: Sequence[int]) -> tuple[tuple[Any, ...], list[int]]:
+def _spawn_one(request: SpawnRequest, passed: Sequence[int]) -> tuple[tuple[Any, ...], list[int]]:
     status_fds: list[int] = []
     try:
         pid = _clone_for(request, plan(request, passed), exec_arguments(request), status_fds)
@@ -392,11 +337,11 @@ def _spawn_batch(
     """
     remaining = list(fds)
     try:
-        if not all(isinstance(r, Request) for r in requests) or sum(
+        if not all(isinstance(r, SpawnRequest) for r in requests) or sum(
             len(r.fd_targets) for r in requests
         ) != len(fds):
             raise ValueError("a batch whose descriptors do not match its requests")
-        planned: list[tuple[Request, list[int], Planned | Exception]] = []
+        planned: list[tuple[SpawnRequest, list[int], Planned | Exception]] = []
         start = 0
         for request in requests:
             end = start + len(request.fd_targets)
@@ -427,7 +372,7 @@ def _spawn_batch(
 
 
 def _clone_for(
-    request: Request,
+    request: SpawnRequest,
     steps: tuple[Step, ...],
     execute: ExecArguments | None,
     status_fds: list[int],

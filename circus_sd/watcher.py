@@ -1,23 +1,27 @@
 """The watcher state machine: what to do with a watcher's processes, given an event and the time.
 
-Pure logic: no I/O, no clock of its own. Every method takes the current monotonic time and returns
-actions (spawn, signal, timers, events, log lines) for the arbiter to execute.
+Pure logic: no I/O, no clock of its own. Every public method takes the current monotonic time,
+builds a typed event (watcher_events) and dispatches it through WATCHER_TABLE, keyed on the
+watcher's phase; what concerns one process goes on through PROCESS_TABLE, keyed on that process's
+phase. Handlers return actions (spawn, signal, timers, events, log lines) for the arbiter.
 
 Hooks (Circus's `hooks.NAME`) that can change what happens are gates here: the watcher asks for
-the call (a `CallHook` action with a token) and waits for `hook_done` before going on (spawning,
-becoming active, stopping processes). Running the hook is the arbiter's business (threads,
-deadlines); the hooks tied to one signal or one exit (before/after_signal, before/after_reap)
-are run by the arbiter around that I/O and never reach the state machine.
+the call (a `CallHook` action with a token) and waits in a named phase for `hook_done` before
+going on (spawning, becoming active, stopping processes). Running the hook is the arbiter's
+business (threads, deadlines); the hooks tied to one signal or one exit (before/after_signal,
+before/after_reap) are run by the arbiter around that I/O and never reach the state machine.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 import itertools
 import logging
 import random
 import signal
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 from circus_sd.actions import (
     Action,
@@ -39,27 +43,89 @@ from circus_sd.restart_policy import (
     shortage_delay,
 )
 from circus_sd.states import (
-    HALTED_STATES,
-    LIVE_PROCESS_STATES,
+    FAILED_START_PHASES,
+    HALTED_PHASES,
+    HOLDS_WORKER_PHASES,
+    PLAIN_STOP_PHASES,
+    PROCESS_PHASE_TRANSITIONS,
+    PROCESS_STATE_OF,
     PROCESS_TRANSITIONS,
-    RUNNING_STATES,
+    RUNNING_PHASES,
+    STOP_PROCESS_PHASES,
+    STOPPING_PHASES,
+    STOPPING_PROCESS_STATES,
+    UNBORN_PHASES,
+    UP_PROCESS_PHASES,
+    WATCHER_PHASE_TRANSITIONS,
+    WATCHER_STATE_OF,
     WATCHER_TRANSITIONS,
+    WITH_PID_PHASES,
+    ProcessPhase,
     ProcessState,
+    SpawnGate,
     Want,
+    WatcherPhase,
     WatcherResult,
     WatcherState,
 )
+from circus_sd.watcher_events import (
+    AFTER_SPAWN,
+    AFTER_START,
+    AFTER_STOP,
+    BEFORE_SPAWN,
+    BEFORE_START,
+    BEFORE_STOP,
+    HEALTHY,
+    KILL,
+    MAX_AGE,
+    READY_TIMEOUT,
+    RESTART,
+    RETRY,
+    SHORTAGE,
+    WARMUP,
+    WATCHDOG,
+    AfterSpawnDone,
+    AfterStartDone,
+    BeforeSpawnDone,
+    BeforeStartDone,
+    BeforeStopDone,
+    ConfigReplaced,
+    ConfigUpdated,
+    Event,
+    Exited,
+    KillAsked,
+    KillTimeout,
+    MaxAgeReached,
+    MinUptimeReached,
+    Notified,
+    OutputMatched,
+    ReadyTimeout,
+    ReplaceAsked,
+    RestartAsked,
+    RestartDue,
+    RetryDue,
+    ShortageWaitOver,
+    Spawned,
+    SpawnedAll,
+    SpawnFailed,
+    SpawnNoMore,
+    StartAsked,
+    StopAsked,
+    StopProcess,
+    WarmupOver,
+    WatchdogTimeout,
+    hook_event,
+    timer_event,
+)
+from circus_sd.watcher_table import Ignored, Impossible, Table
 
-# Timer keys. A process's timers carry its spawn id, a worker's its wid.
-KILL = "kill"  # graceful_timeout ran out: SIGKILL
-MAX_AGE = "max_age"  # time to replace the process
-HEALTHY = "healthy"  # the process outlived min_uptime: failure counters reset
-RESTART = "restart"  # a worker's backoff is over
-WARMUP = "warmup"  # warmup_delay since the last spawn is over
-RETRY = "retry"  # a flapping pause is over
-READY_TIMEOUT = "ready_timeout"  # a notify process did not send READY=1 in time
-WATCHDOG = "watchdog"  # a notify process stopped sending WATCHDOG=1
-SHORTAGE = "shortage"  # the wait after deferred spawns (a shortage, a lost spawner) is over
+# Re-exported: callers and tests name timer keys and hooks from here.
+__all__ = [
+    "AFTER_SPAWN", "AFTER_START", "AFTER_STOP", "BEFORE_SPAWN", "BEFORE_START", "BEFORE_STOP",
+    "HEALTHY", "KILL", "MAX_AGE", "PROCESS_TABLE", "READY_TIMEOUT", "RESTART", "RETRY",
+    "SHORTAGE", "SPAWN_WINDOW", "WARMUP", "WATCHDOG", "WATCHER_TABLE", "Observer",
+    "ProcessRecord", "Watcher",
+]
 
 # The most processes of one watcher being spawned at a time (asked of the spawner, or exec'ing).
 # A start of N processes goes in steps of this many: each step is planned when the previous
@@ -67,48 +133,54 @@ SHORTAGE = "shortage"  # the wait after deferred spawns (a shortage, a lost spaw
 # most this many spawns to wind down. Large enough to keep the spawner's pipeline full.
 SPAWN_WINDOW = 128
 
-# Hooks the watcher waits for (tokens carry the start/stop number or the spawn id), and the
-# after_stop notification.
-BEFORE_START = "before_start"
-AFTER_START = "after_start"
-BEFORE_SPAWN = "before_spawn"
-AFTER_SPAWN = "after_spawn"
-BEFORE_STOP = "before_stop"
-AFTER_STOP = "after_stop"
+# From the stop signal to SIGKILL, keeping why the process is stopped.
+_SIGKILL_AFTER = {
+    ProcessPhase.STOP_SIGNAL: ProcessPhase.STOP_SIGKILL,
+    ProcessPhase.READY_TIMEOUT_SIGNAL: ProcessPhase.READY_TIMEOUT_SIGKILL,
+}
 
 
-@dataclasses.dataclass
+class Observer(Protocol):
+    """Sees every dispatch and phase change (the tests check them against the tables)."""
+
+    def dispatched(self, table: str, phase: enum.Enum, event: Event, cell: object) -> None: ...
+
+    def moved(self, table: str, before: enum.Enum | None, after: enum.Enum) -> None: ...
+
+
+@dataclass
 class ProcessRecord:
     """One process of a watcher, from the spawn request until it has been reaped."""
 
     spawn_id: int
     wid: int
-    state: ProcessState
+    phase: ProcessPhase
     pid: int | None = None
     started_at: float = 0.0
-    # A stop asked for while the spawner had not yet answered with a pid.
-    stop_requested: bool = False
-    # sd_notify from the process (watchers with `notify`): READY=1 seen, last STATUS=.
-    ready: bool = False
+    # The last STATUS= from sd_notify (watchers with `notify`).
     status: str = ""
-    # Stopped for not becoming ready in time: its exit counts as a failed start.
-    failed_start: bool = False
-    # Waiting for its before_spawn (no pid yet) or after_spawn hook.
-    hook_pending: bool = False
 
-    def move_to(self, state: ProcessState) -> None:
-        if state not in PROCESS_TRANSITIONS[self.state]:
-            raise AssertionError(f"process {self.pid}: {self.state} -> {state} not allowed")
-        self.state = state
+    @property
+    def state(self) -> ProcessState:
+        """What clients see of the phase."""
+        return PROCESS_STATE_OF[self.phase]
+
+    @property
+    def ready(self) -> bool:
+        """READY=1 (or `ready_log_line`) seen and the process not stopped since."""
+        return self.phase is ProcessPhase.READY
 
 
 class Watcher:
     """Decides, for one watcher, when processes are spawned, restarted, paused and stopped."""
 
+    # Set (by tests) to see every dispatch and phase change of every watcher.
+    observer: ClassVar[Observer | None] = None
+
     def __init__(self, config: WatcherConfig, rng: random.Random | None = None) -> None:
         self.config = config
         self.want = Want.DOWN
-        self.state = WatcherState.STOPPED
+        self.phase = WatcherPhase.STOPPED
         self.result = WatcherResult.SUCCESS
         # Why the watcher is paused or failed, in words, for status and logs.
         self.reason = ""
@@ -122,33 +194,39 @@ class Watcher:
         self._retired: set[int] = set()  # wids not refilled (respawn = false)
         self._exec_failures = 0
         self._pauses = 0
-        self._warming_up = False
+        self._gates: set[SpawnGate] = set()
         # Spawns that failed for lack of resources (restart_policy.is_shortage) or because the
         # spawner was lost before it answered: deferred, counted apart, never toward max_retry
         # or flapping. An episode lasts from the first such failure until every wanted process
-        # runs (or the watcher stops); while `_holding`, nothing is spawned until the SHORTAGE
-        # timer.
+        # runs (or the watcher stops); while SpawnGate.SHORTAGE holds, nothing is spawned.
         self.deferred_spawns = 0
         self.shortage: str | None = None  # why, during an episode with a shortage
         self._deferred_causes: set[str] = set()  # restart_policy's *_CAUSE, this episode
         self._shortage_holds = 0
-        self._holding = False
-        # The arbiter is shutting down: nothing more is spawned, whatever comes first.
-        self._final = False
-        self._halt_to = WatcherState.STOPPED
+        # Where the current stop ends (stopped, paused, failed). Data of the stopping phases,
+        # not a phase: a start or stop asked meanwhile changes it, not what is being done
+        # (systemd likewise keeps a unit's result beside its state).
+        self._stop_destination = WatcherPhase.STOPPED
         self._flapping = FlappingDetector(config.flapping_attempts, config.flapping_window)
-        # Hook gates: which start/stop they belong to, and whether they are being waited for.
+        # Which start/stop a hook's answer belongs to (a late answer of an earlier one is
+        # ignored), and whether this stop calls before_stop/after_stop.
         self._start_number = 0
         self._stop_number = 0
-        self._before_start_pending = False
-        self._after_start_pending = False
-        self._after_start_approved = False
-        self._before_stop_pending = False
-        self._stop_hooks = False  # this stop calls before_stop/after_stop
+        self._stop_hooks = False
+        # after_spawn runs while its process lives (it may get ready, be stopped or exit
+        # meanwhile), so the wait is the watcher's, by spawn id: it holds the start back.
+        self._after_spawn_awaited: set[int] = set()
+
+    # -- queries ---------------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def state(self) -> WatcherState:
+        """What clients see of the phase."""
+        return WATCHER_STATE_OF[self.phase]
 
     @property
     def pids(self) -> list[int]:
@@ -160,9 +238,17 @@ class Watcher:
 
     def pid_of(self, wid: int) -> int | None:
         for process in self.processes.values():
-            if process.wid == wid and process.state is ProcessState.RUNNING:
+            if process.wid == wid and process.phase in UP_PROCESS_PHASES:
                 return process.pid
         return None
+
+    def pids_of_wids(self, wids: set[int] | None = None) -> set[int]:
+        """The pids of the processes (running or being stopped) of worker ids `wids`, or all."""
+        return {
+            p.pid
+            for p in self.processes.values()
+            if p.pid is not None and (wids is None or p.wid in wids)
+        }
 
     @property
     def start_settled(self) -> bool:
@@ -175,68 +261,71 @@ class Watcher:
         if self.state is not WatcherState.STARTING:
             return True
         pending = any(self._start_pending(p, readiness) for p in self.processes.values())
-        gated = self._before_start_pending or self._after_start_pending
-        return not pending and not self._warming_up and not gated
+        gated = self.phase in (WatcherPhase.BEFORE_START, WatcherPhase.AFTER_START)
+        return not pending and SpawnGate.WARMUP not in self._gates and not gated
 
-    def _start_pending(self, process: ProcessRecord, readiness: bool = True) -> bool:
-        """Spawning, waiting for a hook, or running but not ready yet (`awaits_readiness`)."""
-        if process.state is ProcessState.SPAWNING or process.hook_pending:
-            return True
-        return (
-            readiness
-            and self.config.awaits_readiness
-            and process.state is ProcessState.RUNNING
-            and not process.ready
-        )
+    def resize_settled(self) -> bool:
+        """After a change of numprocesses: the start is settled and no process is spawning."""
+        return self.start_settled and not self._spawning()
+
+    def replaced(self, old_pids: set[int]) -> bool:
+        """After replace_processes: the replacements are up (as resize_settled) and none of
+        `old_pids` is left."""
+        return self.resize_settled() and not old_pids & set(self.pids)
+
+    def is_stopping(self, pid: int) -> bool:
+        """The process was sent its stop signal, or SIGKILL, by this watcher."""
+        process = self.process_by_pid(pid)
+        return process is not None and process.state in STOPPING_PROCESS_STATES
 
     def process_by_pid(self, pid: int) -> ProcessRecord | None:
         spawn_id = self._pids.get(pid)
         return None if spawn_id is None else self.processes.get(spawn_id)
 
-    # -- commands --------------------------------------------------------------------------------
+    def _spawning(self) -> bool:
+        return any(p.state is ProcessState.SPAWNING for p in self.processes.values())
+
+    def _start_pending(self, process: ProcessRecord, readiness: bool = True) -> bool:
+        """Spawning, waiting for a hook, or running but not ready yet (`awaits_readiness`)."""
+        if process.phase in UNBORN_PHASES or process.spawn_id in self._after_spawn_awaited:
+            return True
+        return (
+            readiness and self.config.awaits_readiness and process.phase is ProcessPhase.RUNNING
+        )
+
+    def _all_running(self) -> bool:
+        """Every wanted worker has a running (and, if it must say so, ready) process."""
+        awaits = self.config.awaits_readiness
+        running = {
+            p.wid
+            for p in self.processes.values()
+            if p.phase in UP_PROCESS_PHASES
+            and (p.phase is ProcessPhase.READY or not awaits)
+            and p.spawn_id not in self._after_spawn_awaited
+        }
+        # Stops at the first missing worker: no set of every wanted wid (numprocesses may be big).
+        wanted = range(1, self.config.target_processes + 1)
+        return all(wid in running or wid in self._retired for wid in wanted)
+
+    # -- the arbiter's calls: each builds an event ----------------------------------------------
 
     def start(self, now: float) -> list[Action]:
-        self.want = Want.UP
-        if self.state in RUNNING_STATES:
-            return self._reconcile(now)
-        if self.state is WatcherState.STOPPING:
-            # Finish stopping, then start again (want is up); an operator's start overrides a
-            # flapping pause.
-            self._halt_to = WatcherState.STOPPED
-            return []
-        actions: list[Action] = [CancelTimer((RETRY,))]
-        self.result = WatcherResult.SUCCESS
-        self.reason = ""
-        self._pauses = 0
-        self._exec_failures = 0
-        self._failures.clear()
-        self._retired.clear()
-        self._flapping.reset()
-        self._end_shortage()
-        return actions + self._begin_start(now)
+        return self._dispatch(StartAsked(), now)
 
     def stop(self, now: float) -> list[Action]:
-        self.want = Want.DOWN
-        return self._halt(WatcherState.STOPPED, now)
+        return self._dispatch(StopAsked(), now)
 
     def spawn_no_more(self) -> None:
         """The arbiter is shutting down: plan no spawn from now on (a start in progress ends
         with the spawns already asked for, SPAWN_WINDOW at most); the stop comes in its turn."""
-        self._final = True
+        self._dispatch(SpawnNoMore(), 0.0)
 
     def restart(self, now: float) -> list[Action]:
-        if self.state in HALTED_STATES:
-            return self.start(now)
-        self.want = Want.UP
-        return self._halt(WatcherState.STOPPED, now)
+        return self._dispatch(RestartAsked(), now)
 
     def replace_processes(self, now: float, wids: set[int] | None = None) -> list[Action]:
         """Stop running processes (of `wids`, or all); their workers respawn at once."""
-        actions: list[Action] = []
-        for process in list(self.processes.values()):
-            if process.state is ProcessState.RUNNING and (wids is None or process.wid in wids):
-                actions += self._stop_process(process)
-        return actions + self._reconcile(now)
+        return self._dispatch(ReplaceAsked(None if wids is None else frozenset(wids)), now)
 
     def kill(
         self,
@@ -249,26 +338,15 @@ class Watcher:
 
         Unlike `stop`, the watcher stays up: its workers respawn as after any exit.
         """
-        actions: list[Action] = []
-        for process in list(self.processes.values()):
-            if process.state is ProcessState.RUNNING and pid in (None, process.pid):
-                actions += self._stop_process(process, signum, graceful_timeout)
-        return actions + self._reconcile(now)
+        return self._dispatch(KillAsked(pid, signum, graceful_timeout), now)
 
     def update_config(self, config: WatcherConfig, now: float) -> list[Action]:
         """Apply options that take effect without restarting processes (numprocesses, timeouts)."""
-        self.config = config
-        self._flapping.attempts = config.flapping_attempts
-        self._flapping.window = config.flapping_window
-        return self._reconcile(now)
+        return self._dispatch(ConfigUpdated(config), now)
 
     def replace_config(self, config: WatcherConfig) -> None:
         """Swap in a config that changes how processes are made; only while halted."""
-        assert self.state in HALTED_STATES, "replace_config needs a stopped watcher"
-        self.config = config
-        self._flapping = FlappingDetector(config.flapping_attempts, config.flapping_window)
-
-    # -- events ----------------------------------------------------------------------------------
+        self._dispatch(ConfigReplaced(config), 0.0)
 
     def spawned(self, spawn_id: int, pid: int, now: float) -> list[Action]:
         return self.spawned_all([(spawn_id, pid)], now)
@@ -276,36 +354,7 @@ class Watcher:
     def spawned_all(self, spawns: Iterable[tuple[int, int]], now: float) -> list[Action]:
         """Processes (spawn id, pid) exec'd their program: one reconciliation for all of them
         (a start of N processes would otherwise scan N records N times)."""
-        actions: list[Action] = []
-        for spawn_id, pid in spawns:
-            actions += self._record_spawn(spawn_id, pid, now)
-        return actions + self._reconcile(now)
-
-    def _record_spawn(self, spawn_id: int, pid: int, now: float) -> list[Action]:
-        process = self.processes.get(spawn_id)
-        if process is None:
-            return [Signal(pid, signal.SIGKILL, tree=True)]
-        process.pid = pid
-        process.started_at = now
-        process.move_to(ProcessState.RUNNING)
-        self._pids[pid] = spawn_id
-        actions: list[Action] = [
-            Publish("spawn", {"process_pid": pid}),
-            Log(logging.DEBUG, f"{self._label(process)} spawned"),
-        ]
-        if self.config.awaits_readiness and self.config.ready_timeout > 0:
-            actions.append(StartTimer((READY_TIMEOUT, spawn_id), self.config.ready_timeout))
-        if self.config.max_age > 0:
-            lifetime = self.config.max_age + self._rng.uniform(0, self.config.max_age_variance)
-            actions.append(StartTimer((MAX_AGE, spawn_id), lifetime))
-        if self._failures.get(process.wid) or self._pauses or self._exec_failures:
-            actions.append(StartTimer((HEALTHY, spawn_id), self.config.min_uptime))
-        if process.stop_requested:
-            actions += self._stop_process(process)
-        elif AFTER_SPAWN in self.config.hooks and self.state in RUNNING_STATES:
-            process.hook_pending = True
-            actions.append(CallHook(AFTER_SPAWN, (AFTER_SPAWN, spawn_id), {"pid": pid}))
-        return actions
+        return self._dispatch(SpawnedAll(tuple(spawns)), now)
 
     def spawn_failed(
         self,
@@ -319,14 +368,7 @@ class Watcher:
         in the arbiter or the spawner (a shortage if restart_policy.is_shortage), never the
         errno the child reports from its setup or exec (always a failed start). `spawner_lost`:
         the spawner was lost before it answered (deferred, not a failed start either)."""
-        process = self.processes.pop(spawn_id, None)
-        if process is None:
-            return []
-        if spawner_lost:
-            return self._defer(process, reason, now, SPAWNER_LOST_CAUSE)
-        if is_shortage(code):
-            return self._defer(process, reason, now, SHORTAGE_CAUSE)
-        return self._after_exec_failure(process, reason, now)
+        return self._dispatch(SpawnFailed(spawn_id, reason, code, spawner_lost), now)
 
     def exited(
         self,
@@ -339,25 +381,342 @@ class Watcher:
 
         `exec_error`: it never became its program (setup or exec failed): a failed start,
         whatever the errno (restart_policy.SHORTAGE_ERRNOS says why)."""
-        spawn_id = self._pids.pop(pid, None)
-        if spawn_id is None:
+        return self._dispatch(Exited(pid, exit_code, exec_error), now)
+
+    def notified(self, pid: int, message: dict[str, str], now: float) -> list[Action]:
+        """An sd_notify datagram from a process's own NOTIFY_SOCKET."""
+        return self._dispatch(Notified(pid, message), now)
+
+    def output_matched(self, pid: int, now: float) -> list[Action]:
+        """A line of the process's output matched `ready_log_line`."""
+        return self._dispatch(OutputMatched(pid), now)
+
+    def hook_done(self, token: Hashable, approved: bool, now: float) -> list[Action]:
+        """The outcome of a `CallHook` with a token: `approved` is False when the hook returned
+        False, or failed (raised, timed out) and its errors are not ignored."""
+        return self._dispatch(hook_event(token, approved), now)
+
+    def timer(self, key: Hashable, now: float) -> list[Action]:
+        return self._dispatch(timer_event(key), now)
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _dispatch(self, event: Event, now: float) -> list[Action]:
+        cell = WATCHER_TABLE[(self.phase, type(event))]
+        if self.observer is not None:
+            self.observer.dispatched(WATCHER_TABLE.name, self.phase, event, cell)
+        if isinstance(cell, Ignored | Impossible):
             return []
-        process = self.processes.pop(spawn_id)
-        actions: list[Action] = [
-            CancelTimer((KILL, spawn_id)),
-            CancelTimer((MAX_AGE, spawn_id)),
-            CancelTimer((HEALTHY, spawn_id)),
-            *self._cancel_notify_timers(spawn_id),
-            Publish("reap", {"process_pid": pid, "exit_code": exit_code}),
+        return cell(self, event, now)
+
+    def _on_process(self, process: ProcessRecord, event: Event, now: float) -> list[Action]:
+        cell = PROCESS_TABLE[(process.phase, type(event))]
+        if self.observer is not None:
+            self.observer.dispatched(PROCESS_TABLE.name, process.phase, event, cell)
+        if isinstance(cell, Ignored | Impossible):
+            return []
+        return cell(self, process, event, now)
+
+    def _enter(self, phase: WatcherPhase) -> None:
+        if phase not in WATCHER_PHASE_TRANSITIONS[self.phase]:
+            raise AssertionError(f"watcher {self.name}: {self.phase} -> {phase} not allowed")
+        seen, will_see = self.state, WATCHER_STATE_OF[phase]
+        if seen is not will_see and will_see not in WATCHER_TRANSITIONS[seen]:
+            raise AssertionError(f"watcher {self.name}: {seen} -> {will_see} not allowed")
+        if self.observer is not None:
+            self.observer.moved(WATCHER_TABLE.name, self.phase, phase)
+        self.phase = phase
+
+    def _move(self, process: ProcessRecord, phase: ProcessPhase) -> None:
+        if phase not in PROCESS_PHASE_TRANSITIONS[process.phase]:
+            raise AssertionError(f"process {process.pid}: {process.phase} -> {phase} not allowed")
+        seen, will_see = process.state, PROCESS_STATE_OF[phase]
+        if seen is not will_see and will_see not in PROCESS_TRANSITIONS[seen]:
+            raise AssertionError(f"process {process.pid}: {seen} -> {will_see} not allowed")
+        if self.observer is not None:
+            self.observer.moved(PROCESS_TABLE.name, process.phase, phase)
+        process.phase = phase
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def _start_from_rest(self, event: StartAsked | RestartAsked, now: float) -> list[Action]:
+        self.want = Want.UP
+        actions: list[Action] = [CancelTimer(RetryDue().key)]
+        self.result = WatcherResult.SUCCESS
+        self.reason = ""
+        self._pauses = 0
+        self._exec_failures = 0
+        self._failures.clear()
+        self._retired.clear()
+        self._flapping.reset()
+        self._end_shortage()
+        return actions + self._begin_start(now)
+
+    def _start_again(self, event: StartAsked, now: float) -> list[Action]:
+        self.want = Want.UP
+        return self._reconcile(now)
+
+    def _start_after_stop(self, event: StartAsked, now: float) -> list[Action]:
+        # Finish stopping, then start again (want is up); an operator's start overrides a
+        # flapping pause or a failure the stop was headed for.
+        self.want = Want.UP
+        self._stop_destination = WatcherPhase.STOPPED
+        return []
+
+    def _stop(self, event: StopAsked, now: float) -> list[Action]:
+        self.want = Want.DOWN
+        return self._halt(WatcherPhase.STOPPED, now)
+
+    def _restart(self, event: RestartAsked, now: float) -> list[Action]:
+        self.want = Want.UP
+        return self._halt(WatcherPhase.STOPPED, now)
+
+    def _replace(self, event: ReplaceAsked, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for process in list(self.processes.values()):
+            if process.phase in UP_PROCESS_PHASES and (
+                event.wids is None or process.wid in event.wids
+            ):
+                actions += self._stop_process(process, now)
+        return actions + self._reconcile(now)
+
+    def _kill(self, event: KillAsked, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for process in list(self.processes.values()):
+            if process.phase in UP_PROCESS_PHASES and event.pid in (None, process.pid):
+                actions += self._stop_process(
+                    process, now, event.signum, event.graceful_timeout
+                )
+        return actions + self._reconcile(now)
+
+    def _update_config(self, event: ConfigUpdated, now: float) -> list[Action]:
+        self.config = event.config
+        self._flapping.attempts = event.config.flapping_attempts
+        self._flapping.window = event.config.flapping_window
+        return self._reconcile(now)
+
+    def _replace_config(self, event: ConfigReplaced, now: float) -> list[Action]:
+        self.config = event.config
+        self._flapping = FlappingDetector(
+            event.config.flapping_attempts, event.config.flapping_window
+        )
+        return []
+
+    def _refuse_replace_config(self, event: ConfigReplaced, now: float) -> list[Action]:
+        raise AssertionError("replace_config needs a stopped watcher")
+
+    def _spawn_no_more(self, event: SpawnNoMore, now: float) -> list[Action]:
+        self._gates.add(SpawnGate.SHUTDOWN)
+        return []
+
+    # -- the watcher's hooks and timers ----------------------------------------------------------
+
+    def _before_start_done(self, event: BeforeStartDone, now: float) -> list[Action]:
+        if event.key != self._start_number:
+            return []
+        if not event.approved:
+            return self._abort(BEFORE_START, now)
+        self._enter(WatcherPhase.STARTING)
+        return self._reconcile(now)
+
+    def _after_start_done(self, event: AfterStartDone, now: float) -> list[Action]:
+        if event.key != self._start_number:
+            return []
+        if not event.approved:
+            return self._abort(AFTER_START, now)
+        self._enter(WatcherPhase.START_APPROVED)
+        return self._reconcile(now)
+
+    def _before_stop_done(self, event: BeforeStopDone, now: float) -> list[Action]:
+        if event.key != self._stop_number:
+            return []
+        self._enter(WatcherPhase.STOPPING)
+        actions: list[Action] = []
+        for process in list(self.processes.values()):
+            actions += self._stop_process(process, now)
+        return actions + self._reconcile(now)
+
+    def _restart_due(self, event: RestartDue, now: float) -> list[Action]:
+        self._backoff.discard(event.wid)
+        return self._reconcile(now)
+
+    def _warmup_over(self, event: WarmupOver, now: float) -> list[Action]:
+        self._gates.discard(SpawnGate.WARMUP)
+        return self._reconcile(now)
+
+    def _shortage_wait_over(self, event: ShortageWaitOver, now: float) -> list[Action]:
+        self._gates.discard(SpawnGate.SHORTAGE)
+        return self._reconcile(now)
+
+    def _retry_due(self, event: RetryDue, now: float) -> list[Action]:
+        if self.want is not Want.UP:
+            return []
+        self._flapping.reset()
+        self._failures.clear()
+        return [
+            Log(logging.INFO, f"{self.name}: flapping pause over, starting again"),
+            *self._begin_start(now),
         ]
-        if process.state not in LIVE_PROCESS_STATES and not process.failed_start:
-            actions.append(Log(logging.DEBUG, f"{self._label(process)} stopped ({exit_code})"))
-            return actions + self._reconcile(now)
-        if exec_error is not None:
-            return actions + self._after_exec_failure(process, exec_error, now)
+
+    # -- to the process concerned ----------------------------------------------------------------
+
+    def _route_spawned(self, event: SpawnedAll, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for spawn_id, pid in event.spawns:
+            process = self.processes.get(spawn_id)
+            if process is None:  # given up meanwhile: nobody wants it
+                actions.append(Signal(pid, signal.SIGKILL, tree=True))
+            else:
+                actions += self._on_process(process, Spawned(spawn_id, pid), now)
+        return actions + self._reconcile(now)
+
+    def _route_by_spawn_id(
+        self,
+        event: SpawnFailed | KillTimeout | MaxAgeReached | MinUptimeReached | ReadyTimeout
+        | WatchdogTimeout,
+        now: float,
+    ) -> list[Action]:
+        process = self.processes.get(event.spawn_id)
+        return [] if process is None else self._on_process(process, event, now)
+
+    def _route_hook_answer(
+        self, event: BeforeSpawnDone | AfterSpawnDone, now: float
+    ) -> list[Action]:
+        process = self.processes.get(event.key)
+        return [] if process is None else self._on_process(process, event, now)
+
+    def _route_by_pid(self, event: Exited | Notified | OutputMatched, now: float) -> list[Action]:
+        process = self.process_by_pid(event.pid)
+        return [] if process is None else self._on_process(process, event, now)
+
+    # -- one process -----------------------------------------------------------------------------
+
+    def _stop_process(
+        self,
+        process: ProcessRecord,
+        now: float,
+        signum: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Action]:
+        return self._on_process(process, StopProcess(signum, timeout), now)
+
+    def _cancel_before_spawn(
+        self, process: ProcessRecord, event: StopProcess, now: float
+    ) -> list[Action]:
+        self._move(process, ProcessPhase.BEFORE_SPAWN_CANCELLED)
+        return []
+
+    def _cancel_spawn(self, process: ProcessRecord, event: StopProcess, now: float) -> list[Action]:
+        self._move(process, ProcessPhase.SPAWNING_CANCELLED)
+        return []
+
+    def _stop_running(self, process: ProcessRecord, event: StopProcess, now: float) -> list[Action]:
+        return self._signal_stop(process, event.signum, event.timeout)
+
+    def _signal_stop(
+        self,
+        process: ProcessRecord,
+        signum: int | None,
+        timeout: float | None,
+        failed_start: bool = False,
+    ) -> list[Action]:
+        """Stop signal (SIGKILL after `timeout`), or SIGKILL at once if there is no timeout."""
+        signum = self.config.stop_signal if signum is None else signum
+        timeout = self.config.graceful_timeout if timeout is None else timeout
+        assert process.pid is not None
+        actions: list[Action] = [
+            CancelTimer(MaxAgeReached(process.spawn_id).key),
+            CancelTimer(MinUptimeReached(process.spawn_id).key),
+            *self._cancel_notify_timers(process.spawn_id),
+        ]
+        if timeout <= 0:
+            self._move(
+                process,
+                ProcessPhase.READY_TIMEOUT_SIGKILL if failed_start else ProcessPhase.STOP_SIGKILL,
+            )
+            return [
+                *actions,
+                Signal(process.pid, signal.SIGKILL, tree=True),
+                Publish("kill", {"process_pid": process.pid}),
+            ]
+        self._move(
+            process,
+            ProcessPhase.READY_TIMEOUT_SIGNAL if failed_start else ProcessPhase.STOP_SIGNAL,
+        )
+        return [
+            *actions,
+            Signal(process.pid, signum, tree=self.config.stop_children),
+            Publish("kill", {"process_pid": process.pid}),
+            StartTimer(KillTimeout(process.spawn_id).key, timeout),
+        ]
+
+    def _spawned(self, process: ProcessRecord, event: Spawned, now: float) -> list[Action]:
+        actions = self._life_begins(process, event.pid, now)
+        self._move(process, ProcessPhase.RUNNING)
+        if AFTER_SPAWN in self.config.hooks and self.phase in RUNNING_PHASES:
+            self._after_spawn_awaited.add(process.spawn_id)
+            token = (AFTER_SPAWN, process.spawn_id)
+            actions.append(CallHook(AFTER_SPAWN, token, {"pid": event.pid}))
+        return actions
+
+    def _spawned_unwanted(self, process: ProcessRecord, event: Spawned, now: float) -> list[Action]:
+        # Its timers are started and cancelled at once: the same actions as for any stop.
+        return self._life_begins(process, event.pid, now) + self._signal_stop(process, None, None)
+
+    def _life_begins(self, process: ProcessRecord, pid: int, now: float) -> list[Action]:
+        process.pid = pid
+        process.started_at = now
+        self._pids[pid] = process.spawn_id
+        actions: list[Action] = [
+            Publish("spawn", {"process_pid": pid}),
+            Log(logging.DEBUG, f"{self._label(process)} spawned"),
+        ]
+        spawn_id = process.spawn_id
+        if self.config.awaits_readiness and self.config.ready_timeout > 0:
+            actions.append(StartTimer(ReadyTimeout(spawn_id).key, self.config.ready_timeout))
+        if self.config.max_age > 0:
+            lifetime = self.config.max_age + self._rng.uniform(0, self.config.max_age_variance)
+            actions.append(StartTimer(MaxAgeReached(spawn_id).key, lifetime))
+        if self._failures.get(process.wid) or self._pauses or self._exec_failures:
+            actions.append(StartTimer(MinUptimeReached(spawn_id).key, self.config.min_uptime))
+        return actions
+
+    def _spawn_failed(self, process: ProcessRecord, event: SpawnFailed, now: float) -> list[Action]:
+        del self.processes[process.spawn_id]
+        if event.spawner_lost:
+            return self._defer(process, event.reason, now, SPAWNER_LOST_CAUSE)
+        if is_shortage(event.code):
+            return self._defer(process, event.reason, now, SHORTAGE_CAUSE)
+        return self._after_exec_failure(process, event.reason, now)
+
+    def _reaped(self, process: ProcessRecord, event: Exited) -> list[Action]:
+        spawn_id = process.spawn_id
+        del self._pids[event.pid]
+        del self.processes[spawn_id]
+        self._after_spawn_awaited.discard(spawn_id)
+        return [
+            CancelTimer(KillTimeout(spawn_id).key),
+            CancelTimer(MaxAgeReached(spawn_id).key),
+            CancelTimer(MinUptimeReached(spawn_id).key),
+            *self._cancel_notify_timers(spawn_id),
+            Publish("reap", {"process_pid": event.pid, "exit_code": event.exit_code}),
+        ]
+
+    def _exited_stopped(self, process: ProcessRecord, event: Exited, now: float) -> list[Action]:
+        actions = self._reaped(process, event)
+        actions.append(Log(logging.DEBUG, f"{self._label(process)} stopped ({event.exit_code})"))
+        return actions + self._reconcile(now)
+
+    def _exited_unexpectedly(
+        self, process: ProcessRecord, event: Exited, now: float
+    ) -> list[Action]:
+        actions = self._reaped(process, event)
+        if event.exec_error is not None:
+            return actions + self._after_exec_failure(process, event.exec_error, now)
         uptime = now - process.started_at
-        how = _describe_exit(exit_code)
-        if uptime >= self.config.min_uptime and not process.failed_start:
+        how = _describe_exit(event.exit_code)
+        failed_start = process.phase in FAILED_START_PHASES
+        if uptime >= self.config.min_uptime and not failed_start:
             self._failures.pop(process.wid, None)
             self._exec_failures = 0
             self._pauses = 0
@@ -369,177 +728,144 @@ class Watcher:
             return actions + self._flap(process, what, now)
         return actions + self._after_exit(process, what, now)
 
-    def notified(self, pid: int, message: dict[str, str], now: float) -> list[Action]:
-        """An sd_notify datagram from a process's own NOTIFY_SOCKET."""
-        process = self.process_by_pid(pid)
-        if process is None or process.state is not ProcessState.RUNNING:
-            return []
+    def _notified(self, process: ProcessRecord, event: Notified, now: float) -> list[Action]:
+        message = event.message
         actions: list[Action] = []
         if "STATUS" in message:
             process.status = message["STATUS"]
-        if message.get("READY") == "1" and not process.ready:
+        if message.get("READY") == "1" and process.phase is ProcessPhase.RUNNING:
             actions += self._become_ready(process, "READY=1")
-        if message.get("WATCHDOG") == "1" and process.ready and self.config.watchdog_sec > 0:
-            actions.append(StartTimer((WATCHDOG, process.spawn_id), self.config.watchdog_sec))
+        if (
+            message.get("WATCHDOG") == "1"
+            and process.phase is ProcessPhase.READY
+            and self.config.watchdog_sec > 0
+        ):
+            actions.append(
+                StartTimer(WatchdogTimeout(process.spawn_id).key, self.config.watchdog_sec)
+            )
         if "ERRNO" in message:
             actions.append(
                 Log(logging.WARNING, f"{self._label(process)} reports errno {message['ERRNO']}")
             )
         return actions + self._reconcile(now)
 
-    def output_matched(self, pid: int, now: float) -> list[Action]:
-        """A line of the process's output matched `ready_log_line`."""
-        process = self.process_by_pid(pid)
-        if process is None or process.state is not ProcessState.RUNNING or process.ready:
-            return []
+    def _output_matched(
+        self, process: ProcessRecord, event: OutputMatched, now: float
+    ) -> list[Action]:
         return self._become_ready(process, "ready_log_line") + self._reconcile(now)
 
     def _become_ready(self, process: ProcessRecord, how: str) -> list[Action]:
-        process.ready = True
+        self._move(process, ProcessPhase.READY)
         actions: list[Action] = [
-            CancelTimer((READY_TIMEOUT, process.spawn_id)),
+            CancelTimer(ReadyTimeout(process.spawn_id).key),
             Publish("ready", {"process_pid": process.pid, "wid": process.wid}),
             Log(logging.INFO, f"{self._label(process)} ready ({how})"),
         ]
         if self.config.notify and self.config.watchdog_sec > 0:
-            actions.append(StartTimer((WATCHDOG, process.spawn_id), self.config.watchdog_sec))
+            actions.append(
+                StartTimer(WatchdogTimeout(process.spawn_id).key, self.config.watchdog_sec)
+            )
         return actions
 
-    def hook_done(self, token: Hashable, approved: bool, now: float) -> list[Action]:
-        """The outcome of a `CallHook` with a token: `approved` is False when the hook returned
-        False, or failed (raised, timed out) and its errors are not ignored."""
-        assert isinstance(token, tuple)
-        kind, key = token
-        if kind == BEFORE_START:
-            if not self._before_start_pending or key != self._start_number:
-                return []
-            self._before_start_pending = False
-            return self._reconcile(now) if approved else self._abort(kind, now)
-        if kind == AFTER_START:
-            if not self._after_start_pending or key != self._start_number:
-                return []
-            self._after_start_pending = False
-            if not approved:
-                return self._abort(kind, now)
-            self._after_start_approved = True
+    def _before_spawn_done(
+        self, process: ProcessRecord, event: BeforeSpawnDone, now: float
+    ) -> list[Action]:
+        running = self.phase in RUNNING_PHASES
+        if not event.approved and running:
+            del self.processes[process.spawn_id]
+            return self._abort(BEFORE_SPAWN, now)
+        if not running or process.wid > self.config.target_processes:
+            del self.processes[process.spawn_id]
             return self._reconcile(now)
-        if kind == BEFORE_STOP:
-            if not self._before_stop_pending or key != self._stop_number:
-                return []
-            self._before_stop_pending = False
-            actions: list[Action] = []
-            for running in list(self.processes.values()):
-                actions += self._stop_process(running)
-            return actions + self._reconcile(now)
-        process = self.processes.get(key)
-        if process is None or not process.hook_pending:
-            return []
-        process.hook_pending = False
-        if kind == BEFORE_SPAWN:
-            if not approved and self.state in RUNNING_STATES:
-                del self.processes[key]
-                return self._abort(kind, now)
-            if (
-                process.stop_requested
-                or self.state not in RUNNING_STATES
-                or process.wid > self.config.target_processes
-            ):
-                del self.processes[key]
-                return self._reconcile(now)
-            return [Spawn(process.spawn_id, process.wid)]
-        if kind == AFTER_SPAWN and not approved and self.state in RUNNING_STATES:
-            return self._abort(kind, now)
+        self._move(process, ProcessPhase.SPAWNING)
+        return [Spawn(process.spawn_id, process.wid)]
+
+    def _before_spawn_done_cancelled(
+        self, process: ProcessRecord, event: BeforeSpawnDone, now: float
+    ) -> list[Action]:
+        del self.processes[process.spawn_id]
+        if not event.approved and self.phase in RUNNING_PHASES:
+            return self._abort(BEFORE_SPAWN, now)
         return self._reconcile(now)
 
-    def timer(self, key: Hashable, now: float) -> list[Action]:
-        assert isinstance(key, tuple)
-        kind = key[0]
-        if kind in (READY_TIMEOUT, WATCHDOG):
-            return self._notify_timeout(kind, key[1], now)
-        if kind == KILL:
-            process = self.processes.get(key[1])
-            if process is None or process.pid is None:
-                return []
-            process.move_to(ProcessState.STOP_SIGKILL)
-            return [
-                Signal(process.pid, signal.SIGKILL, tree=True),
-                Publish("kill", {"process_pid": process.pid}),
-                Log(
-                    logging.WARNING,
-                    f"{self._label(process)} still running when its graceful timeout ran out: "
-                    "SIGKILL",
-                ),
-            ]
-        if kind == MAX_AGE:
-            process = self.processes.get(key[1])
-            if process is None or process.state is not ProcessState.RUNNING:
-                return []
-            message = f"{self._label(process)} reached max_age: replacing it"
-            return [Log(logging.INFO, message), *self._stop_process(process), *self._reconcile(now)]
-        if kind == HEALTHY:
-            process = self.processes.get(key[1])
-            if process is not None and process.state is ProcessState.RUNNING:
-                self._failures.pop(process.wid, None)
-                self._exec_failures = 0
-                self._pauses = 0
+    def _after_spawn_done(
+        self, process: ProcessRecord, event: AfterSpawnDone, now: float
+    ) -> list[Action]:
+        if process.spawn_id not in self._after_spawn_awaited:
             return []
-        if kind == RESTART:
-            self._backoff.discard(key[1])
-        elif kind == SHORTAGE:
-            self._holding = False
-        elif kind == WARMUP:
-            self._warming_up = False
-        elif kind == RETRY:
-            if self.state is not WatcherState.PAUSED or self.want is not Want.UP:
-                return []
-            self._flapping.reset()
-            self._failures.clear()
-            return [
-                Log(logging.INFO, f"{self.name}: flapping pause over, starting again"),
-                *self._begin_start(now),
-            ]
+        self._after_spawn_awaited.discard(process.spawn_id)
+        if not event.approved and self.phase in RUNNING_PHASES:
+            return self._abort(AFTER_SPAWN, now)
         return self._reconcile(now)
+
+    def _kill_timeout(self, process: ProcessRecord, event: KillTimeout, now: float) -> list[Action]:
+        assert process.pid is not None
+        self._move(process, _SIGKILL_AFTER[process.phase])
+        return [
+            Signal(process.pid, signal.SIGKILL, tree=True),
+            Publish("kill", {"process_pid": process.pid}),
+            Log(
+                logging.WARNING,
+                f"{self._label(process)} still running when its graceful timeout ran out: "
+                "SIGKILL",
+            ),
+        ]
+
+    def _max_age_reached(
+        self, process: ProcessRecord, event: MaxAgeReached, now: float
+    ) -> list[Action]:
+        message = f"{self._label(process)} reached max_age: replacing it"
+        return [
+            Log(logging.INFO, message),
+            *self._stop_process(process, now),
+            *self._reconcile(now),
+        ]
+
+    def _min_uptime_reached(
+        self, process: ProcessRecord, event: MinUptimeReached, now: float
+    ) -> list[Action]:
+        self._failures.pop(process.wid, None)
+        self._exec_failures = 0
+        self._pauses = 0
+        return []
+
+    def _ready_timeout(
+        self, process: ProcessRecord, event: ReadyTimeout, now: float
+    ) -> list[Action]:
+        label = self._label(process)
+        message = f"{label} not ready {self.config.ready_timeout:g} s after its start"
+        stop = self._signal_stop(process, None, None, failed_start=True)
+        return [Log(logging.WARNING, f"{message}: restarting it"), *stop, *self._reconcile(now)]
+
+    def _watchdog_timeout(
+        self, process: ProcessRecord, event: WatchdogTimeout, now: float
+    ) -> list[Action]:
+        label = self._label(process)
+        message = f"{label} sent no WATCHDOG=1 for {self.config.watchdog_sec:g} s"
+        stop = self._stop_process(process, now, signal.SIGABRT)
+        return [Log(logging.WARNING, f"{message}: restarting it"), *stop, *self._reconcile(now)]
 
     # -- inner workings --------------------------------------------------------------------------
 
     def _cancel_notify_timers(self, spawn_id: int) -> list[Action]:
         if not self.config.awaits_readiness:
             return []
-        return [CancelTimer((READY_TIMEOUT, spawn_id)), CancelTimer((WATCHDOG, spawn_id))]
-
-    def _notify_timeout(self, kind: str, spawn_id: int, now: float) -> list[Action]:
-        process = self.processes.get(spawn_id)
-        if process is None or process.state is not ProcessState.RUNNING:
-            return []
-        label = self._label(process)
-        if kind == READY_TIMEOUT:
-            if process.ready:
-                return []
-            process.failed_start = True
-            message = f"{label} not ready {self.config.ready_timeout:g} s after its start"
-            stop = self._stop_process(process)
-        else:
-            message = f"{label} sent no WATCHDOG=1 for {self.config.watchdog_sec:g} s"
-            stop = self._stop_process(process, signal.SIGABRT)
-        return [Log(logging.WARNING, f"{message}: restarting it"), *stop, *self._reconcile(now)]
-
-    def _set_state(self, state: WatcherState) -> None:
-        if state not in WATCHER_TRANSITIONS[self.state]:
-            raise AssertionError(f"watcher {self.name}: {self.state} -> {state} not allowed")
-        self.state = state
+        return [
+            CancelTimer(ReadyTimeout(spawn_id).key),
+            CancelTimer(WatchdogTimeout(spawn_id).key),
+        ]
 
     def _label(self, process: ProcessRecord) -> str:
         return f"{self.name}[{process.wid}] pid {process.pid}"
 
     def _begin_start(self, now: float) -> list[Action]:
-        self._set_state(WatcherState.STARTING)
         self._start_number += 1
-        self._after_start_approved = False
         count = self.config.target_processes
         actions: list[Action] = [Log(logging.INFO, f"{self.name}: starting {count} process(es)")]
         if BEFORE_START in self.config.hooks:
-            self._before_start_pending = True
+            self._enter(WatcherPhase.BEFORE_START)
             return [*actions, CallHook(BEFORE_START, (BEFORE_START, self._start_number))]
+        self._enter(WatcherPhase.STARTING)
         return actions + self._reconcile(now)
 
     def _abort(self, hook: str, now: float) -> list[Action]:
@@ -549,73 +875,41 @@ class Watcher:
         message = f"{self.name}: the {hook} hook returned False or failed: stopping the watcher"
         # Circus calls no stop hook when before_start refuses: nothing was started.
         stop_hooks = hook != BEFORE_START
-        return [Log(logging.ERROR, message), *self._halt(WatcherState.FAILED, now, stop_hooks)]
+        return [Log(logging.ERROR, message), *self._halt(WatcherPhase.FAILED, now, stop_hooks)]
 
     def _halt(
-        self, destination: WatcherState, now: float, stop_hooks: bool = True
+        self, destination: WatcherPhase, now: float, stop_hooks: bool = True
     ) -> list[Action]:
         """Stop every process, then rest in `destination` (stopped, paused or failed).
 
         With a before_stop hook, the processes are stopped once it has returned.
         """
-        actions: list[Action] = [CancelTimer((RESTART, wid)) for wid in sorted(self._backoff)]
+        actions: list[Action] = [CancelTimer(RestartDue(wid).key) for wid in sorted(self._backoff)]
         self._backoff.clear()
-        if self._holding:
-            actions.append(CancelTimer((SHORTAGE,)))
+        if SpawnGate.SHORTAGE in self._gates:
+            actions.append(CancelTimer(ShortageWaitOver().key))
         self._end_shortage()
-        self._before_start_pending = self._after_start_pending = False
-        if self._warming_up:
-            self._warming_up = False
-            actions.append(CancelTimer((WARMUP,)))
-        if self.state in HALTED_STATES:
-            if self.state is not destination and destination is WatcherState.STOPPED:
-                actions.append(CancelTimer((RETRY,)))
-                self._set_state(destination)
+        if SpawnGate.WARMUP in self._gates:
+            self._gates.discard(SpawnGate.WARMUP)
+            actions.append(CancelTimer(WarmupOver().key))
+        if self.phase in HALTED_PHASES:
+            if self.phase is not destination and destination is WatcherPhase.STOPPED:
+                actions.append(CancelTimer(RetryDue().key))
+                self._enter(destination)
             return actions
-        self._halt_to = destination
-        if self.state is not WatcherState.STOPPING:
-            self._set_state(WatcherState.STOPPING)
+        self._stop_destination = destination
+        if self.phase in RUNNING_PHASES:
             self._stop_number += 1
             self._stop_hooks = stop_hooks
             if stop_hooks and BEFORE_STOP in self.config.hooks:
-                self._before_stop_pending = True
+                self._enter(WatcherPhase.BEFORE_STOP)
                 return [*actions, CallHook(BEFORE_STOP, (BEFORE_STOP, self._stop_number))]
-        elif self._before_stop_pending:
+            self._enter(WatcherPhase.STOPPING)
+        elif self.phase is WatcherPhase.BEFORE_STOP:
             return actions
         for process in list(self.processes.values()):
-            actions += self._stop_process(process)
+            actions += self._stop_process(process, now)
         return actions + self._reconcile(now)
-
-    def _stop_process(
-        self, process: ProcessRecord, signum: int | None = None, timeout: float | None = None
-    ) -> list[Action]:
-        signum = self.config.stop_signal if signum is None else signum
-        timeout = self.config.graceful_timeout if timeout is None else timeout
-        if process.state is ProcessState.SPAWNING:
-            process.stop_requested = True
-            return []
-        if process.state is not ProcessState.RUNNING:
-            return []
-        assert process.pid is not None
-        actions: list[Action] = [
-            CancelTimer((MAX_AGE, process.spawn_id)),
-            CancelTimer((HEALTHY, process.spawn_id)),
-            *self._cancel_notify_timers(process.spawn_id),
-        ]
-        if timeout <= 0:
-            process.move_to(ProcessState.STOP_SIGKILL)
-            return [
-                *actions,
-                Signal(process.pid, signal.SIGKILL, tree=True),
-                Publish("kill", {"process_pid": process.pid}),
-            ]
-        process.move_to(ProcessState.STOP_SIGNAL)
-        return [
-            *actions,
-            Signal(process.pid, signum, tree=self.config.stop_children),
-            Publish("kill", {"process_pid": process.pid}),
-            StartTimer((KILL, process.spawn_id), timeout),
-        ]
 
     def _after_exit(self, process: ProcessRecord, what: str, now: float) -> list[Action]:
         """An unexpected exit that is not flapping: restart the worker, maybe after a backoff."""
@@ -623,7 +917,7 @@ class Watcher:
         if not self.config.respawn:
             self._retired.add(process.wid)
             return [Log(logging.INFO, f"{label} {what}; not restarted (respawn = false)")]
-        if self.state not in RUNNING_STATES:
+        if self.phase not in RUNNING_PHASES:
             return [Log(logging.INFO, f"{label} {what}"), *self._reconcile(now)]
         return self._schedule_restart(process.wid, f"{label} {what}", now)
 
@@ -639,7 +933,7 @@ class Watcher:
         return [
             Log(logging.WARNING, f"{what}; restarting in {delay:.2f} s"),
             Publish("backoff", {"wid": wid, "failures": failures, "delay": round(delay, 3)}),
-            StartTimer((RESTART, wid), delay),
+            StartTimer(RestartDue(wid).key, delay),
         ]
 
     def _after_exec_failure(self, process: ProcessRecord, reason: str, now: float) -> list[Action]:
@@ -655,9 +949,9 @@ class Watcher:
                     f"{label} could not start: {reason}; giving up after "
                     f"{self._exec_failures} failures (max_retry = {limit})",
                 ),
-                *self._halt(WatcherState.FAILED, now),
+                *self._halt(WatcherPhase.FAILED, now),
             ]
-        if self.state not in RUNNING_STATES:
+        if self.phase not in RUNNING_PHASES:
             return self._reconcile(now)
         return self._schedule_restart(process.wid, f"{label} could not start: {reason}", now)
 
@@ -671,17 +965,17 @@ class Watcher:
         start of hundreds that runs out of descriptors waits once, not once per process, and a
         lost spawner's unanswered requests make one event. After a shortage the hold backs
         off; after a lost spawner it is a loop turn: the spawns then wait for the next spawner,
-        whose start the spawner's handle paces (spawn_client.Spawner)."""
+        whose start the spawner's handle paces (spawner.Spawner)."""
         self.deferred_spawns += 1
-        if self.state not in RUNNING_STATES:
+        if self.phase not in RUNNING_PHASES:
             return self._reconcile(now)
         first = cause not in self._deferred_causes
         self._deferred_causes.add(cause)
         if cause == SHORTAGE_CAUSE:
             self.shortage = reason
-        if self._holding:
+        if SpawnGate.SHORTAGE in self._gates:
             return self._reconcile(now)
-        self._holding = True
+        self._gates.add(SpawnGate.SHORTAGE)
         if cause == SHORTAGE_CAUSE:
             self._shortage_holds += 1
             delay = shortage_delay(
@@ -729,7 +1023,7 @@ class Watcher:
                     "retry_in": round(delay, 3),
                 },
             ),
-            StartTimer((SHORTAGE,), delay),
+            StartTimer(ShortageWaitOver().key, delay),
         ]
         return actions + self._reconcile(now)
 
@@ -737,7 +1031,7 @@ class Watcher:
         self.shortage = None
         self._deferred_causes.clear()
         self._shortage_holds = 0
-        self._holding = False
+        self._gates.discard(SpawnGate.SHORTAGE)
 
     def _flap(self, process: ProcessRecord, what: str, now: float) -> list[Action]:
         config = self.config
@@ -761,7 +1055,7 @@ class Watcher:
             return [
                 Log(logging.ERROR, message),
                 Publish("flapping", payload),
-                *self._halt(WatcherState.FAILED, now),
+                *self._halt(WatcherPhase.FAILED, now),
             ]
         self._pauses += 1
         self.reason = (
@@ -771,15 +1065,19 @@ class Watcher:
         return [
             Log(logging.WARNING, f"{label} {what}; {self.name} is {self.reason}"),
             Publish("flapping", payload),
-            *self._halt(WatcherState.PAUSED, now),
+            *self._halt(WatcherPhase.PAUSED, now),
         ]
 
     def _reconcile(self, now: float) -> list[Action]:
-        """Bring the processes toward what the state asks for; settle finished transitions."""
+        """Bring the processes toward what the phase asks for; settle finished transitions."""
         actions: list[Action] = []
-        if self.state in RUNNING_STATES:
+        if self.phase in RUNNING_PHASES:
             actions += self._fill_and_trim(now)
-            if self._deferred_causes and not self._holding and self._all_running():
+            if (
+                self._deferred_causes
+                and SpawnGate.SHORTAGE not in self._gates
+                and self._all_running()
+            ):
                 over = (
                     ", the resource shortage is over"
                     if SHORTAGE_CAUSE in self._deferred_causes
@@ -793,34 +1091,26 @@ class Watcher:
                     )
                 )
                 self._end_shortage()
-            started = (
-                self.state is WatcherState.STARTING
-                and not self._before_start_pending
-                and self._all_running()
-            )
-            if started and AFTER_START in self.config.hooks and not self._after_start_approved:
-                if not self._after_start_pending:
-                    self._after_start_pending = True
+            settling = (WatcherPhase.STARTING, WatcherPhase.START_APPROVED)
+            if self.phase in settling and self._all_running():
+                if self.phase is WatcherPhase.STARTING and AFTER_START in self.config.hooks:
+                    self._enter(WatcherPhase.AFTER_START)
                     actions.append(CallHook(AFTER_START, (AFTER_START, self._start_number)))
-            elif started:
-                self._set_state(WatcherState.ACTIVE)
-                actions += [Publish("start"), Log(logging.INFO, f"{self.name}: active")]
-        elif (
-            self.state is WatcherState.STOPPING
-            and not self.processes
-            and not self._before_stop_pending
-        ):
-            destination = self._halt_to
-            self._set_state(destination)
+                else:
+                    self._enter(WatcherPhase.ACTIVE)
+                    actions += [Publish("start"), Log(logging.INFO, f"{self.name}: active")]
+        elif self.phase is WatcherPhase.STOPPING and not self.processes:
+            destination = self._stop_destination
+            self._enter(destination)
             actions.append(Publish("stop"))
             if self._stop_hooks and AFTER_STOP in self.config.hooks:
                 actions.append(CallHook(AFTER_STOP))
-            if destination is WatcherState.PAUSED:
-                actions.append(StartTimer((RETRY,), self.config.flapping_retry_in))
-            elif destination is WatcherState.STOPPED:
+            if destination is WatcherPhase.PAUSED:
+                actions.append(StartTimer(RetryDue().key, self.config.flapping_retry_in))
+            elif destination is WatcherPhase.STOPPED:
                 actions.append(Log(logging.INFO, f"{self.name}: stopped"))
                 if self.want is Want.UP:
-                    actions += self.start(now)
+                    actions += self._dispatch(StartAsked(), now)
         return actions
 
     def _fill_and_trim(self, now: float) -> list[Action]:
@@ -830,46 +1120,41 @@ class Watcher:
         spawning = 0
         for process in list(self.processes.values()):
             spawning += process.state is ProcessState.SPAWNING
-            if process.state not in LIVE_PROCESS_STATES and not process.failed_start:
+            if process.phase not in HOLDS_WORKER_PHASES:
                 continue
             if process.wid > target:
-                actions += self._stop_process(process)
+                actions += self._stop_process(process, now)
             else:
                 live_wids.add(process.wid)
-        if self._holding or self._final:
+        if SpawnGate.SHORTAGE in self._gates or SpawnGate.SHUTDOWN in self._gates:
             return actions
         room = SPAWN_WINDOW - spawning
         for wid in range(1, target + 1):
-            if self._warming_up or self._before_start_pending or room <= 0:
+            if (
+                SpawnGate.WARMUP in self._gates
+                or self.phase is WatcherPhase.BEFORE_START
+                or room <= 0
+            ):
                 break
             if wid in live_wids or wid in self._backoff or wid in self._retired:
                 continue
             room -= 1
             spawn_id = next(self._spawn_ids)
-            record = ProcessRecord(spawn_id, wid, ProcessState.SPAWNING)
-            self.processes[spawn_id] = record
             if BEFORE_SPAWN in self.config.hooks:
-                record.hook_pending = True
+                self._born(ProcessRecord(spawn_id, wid, ProcessPhase.BEFORE_SPAWN))
                 actions.append(CallHook(BEFORE_SPAWN, (BEFORE_SPAWN, spawn_id)))
             else:
+                self._born(ProcessRecord(spawn_id, wid, ProcessPhase.SPAWNING))
                 actions.append(Spawn(spawn_id, wid))
             if self.config.warmup_delay > 0:
-                self._warming_up = True
-                actions.append(StartTimer((WARMUP,), self.config.warmup_delay))
+                self._gates.add(SpawnGate.WARMUP)
+                actions.append(StartTimer(WarmupOver().key, self.config.warmup_delay))
         return actions
 
-    def _all_running(self) -> bool:
-        """Every wanted worker has a running (and, if it must say so, ready) process."""
-        running = {
-            p.wid
-            for p in self.processes.values()
-            if p.state is ProcessState.RUNNING
-            and (p.ready or not self.config.awaits_readiness)
-            and not p.hook_pending
-        }
-        # Stops at the first missing worker: no set of every wanted wid (numprocesses may be big).
-        wanted = range(1, self.config.target_processes + 1)
-        return all(wid in running or wid in self._retired for wid in wanted)
+    def _born(self, process: ProcessRecord) -> None:
+        self.processes[process.spawn_id] = process
+        if self.observer is not None:
+            self.observer.moved(PROCESS_TABLE.name, None, process.phase)
 
 
 def _describe_exit(exit_code: int) -> str:
@@ -880,3 +1165,151 @@ def _describe_exit(exit_code: int) -> str:
             name = f"signal {-exit_code}"
         return f"killed by {name}"
     return f"exited with status {exit_code}"
+
+
+# -- the tables ------------------------------------------------------------------------------------
+
+WatcherHandler = Callable[[Watcher, Any, float], list[Action]]
+ProcessHandler = Callable[[Watcher, ProcessRecord, Any, float], list[Action]]
+
+# Every phase, from the named groups: a phase added to none of them fails the completeness test.
+_EVERY = HALTED_PHASES | RUNNING_PHASES | STOPPING_PHASES
+# No process exists: none is spawned before before_start approves, and a stop ends only once
+# every process (asked of the spawner or not) is gone.
+_NO_PROCESS = HALTED_PHASES | {WatcherPhase.BEFORE_START}
+_WITH_PROCESSES = _EVERY - _NO_PROCESS
+_SPAWNING_PHASES = RUNNING_PHASES - {WatcherPhase.BEFORE_START}
+_NOT_SPAWNING = _EVERY - _SPAWNING_PHASES
+_STALE_START = Ignored("the late answer of a start stopped meanwhile")
+_NONE_TO_REPORT = Ignored("no process: a late report about one reaped before")
+_NONE_TO_TIME = Ignored("no process: a stale timer of one reaped before")
+_NONE_UNANSWERED = Impossible("no process: a spawn or hook unanswered keeps the watcher stopping")
+_NOT_ARMED = Impossible("not spawning: a stop cancels the spawns' timers, a start has none")
+
+WATCHER_TABLE: Table[WatcherPhase, WatcherHandler] = (
+    Table[WatcherPhase, WatcherHandler]("watcher")
+    .on(StartAsked, HALTED_PHASES, Watcher._start_from_rest)
+    .on(StartAsked, RUNNING_PHASES, Watcher._start_again)
+    .on(StartAsked, STOPPING_PHASES, Watcher._start_after_stop)
+    .on(StopAsked, _EVERY, Watcher._stop)
+    .on(RestartAsked, HALTED_PHASES, Watcher._start_from_rest)
+    .on(RestartAsked, RUNNING_PHASES | STOPPING_PHASES, Watcher._restart)
+    .on(ReplaceAsked, _EVERY, Watcher._replace)
+    .on(KillAsked, _EVERY, Watcher._kill)
+    .on(ConfigUpdated, _EVERY, Watcher._update_config)
+    .on(ConfigReplaced, HALTED_PHASES, Watcher._replace_config)
+    .on(ConfigReplaced, RUNNING_PHASES | STOPPING_PHASES, Watcher._refuse_replace_config)
+    .on(SpawnNoMore, _EVERY, Watcher._spawn_no_more)
+    # What concerns one process goes on to PROCESS_TABLE. A spawn answered for a spawn id
+    # given up is killed, whatever the phase.
+    .on(SpawnedAll, _EVERY, Watcher._route_spawned)
+    .on(SpawnFailed, _WITH_PROCESSES, Watcher._route_by_spawn_id)
+    .on(SpawnFailed, _NO_PROCESS, _NONE_UNANSWERED)
+    .on(Exited, _WITH_PROCESSES, Watcher._route_by_pid)
+    .on(Exited, _NO_PROCESS, _NONE_TO_REPORT)
+    .on(Notified, _WITH_PROCESSES, Watcher._route_by_pid)
+    .on(Notified, _NO_PROCESS, _NONE_TO_REPORT)
+    .on(OutputMatched, _WITH_PROCESSES, Watcher._route_by_pid)
+    .on(OutputMatched, _NO_PROCESS, _NONE_TO_REPORT)
+    .on(BeforeSpawnDone, _WITH_PROCESSES, Watcher._route_hook_answer)
+    .on(BeforeSpawnDone, _NO_PROCESS, _NONE_UNANSWERED)
+    .on(AfterSpawnDone, _WITH_PROCESSES, Watcher._route_hook_answer)
+    .on(AfterSpawnDone, _NO_PROCESS, _NONE_TO_REPORT)
+    .on(KillTimeout, _WITH_PROCESSES, Watcher._route_by_spawn_id)
+    .on(KillTimeout, _NO_PROCESS, _NONE_TO_TIME)
+    .on(MaxAgeReached, _WITH_PROCESSES, Watcher._route_by_spawn_id)
+    .on(MaxAgeReached, _NO_PROCESS, _NONE_TO_TIME)
+    .on(MinUptimeReached, _WITH_PROCESSES, Watcher._route_by_spawn_id)
+    .on(MinUptimeReached, _NO_PROCESS, _NONE_TO_TIME)
+    .on(ReadyTimeout, _WITH_PROCESSES, Watcher._route_by_spawn_id)
+    .on(ReadyTimeout, _NO_PROCESS, _NONE_TO_TIME)
+    .on(WatchdogTimeout, _WITH_PROCESSES, Watcher._route_by_spawn_id)
+    .on(WatchdogTimeout, _NO_PROCESS, _NONE_TO_TIME)
+    # The watcher's own hooks.
+    .on(BeforeStartDone, {WatcherPhase.BEFORE_START}, Watcher._before_start_done)
+    .on(BeforeStartDone, _EVERY - {WatcherPhase.BEFORE_START}, _STALE_START)
+    .on(AfterStartDone, {WatcherPhase.AFTER_START}, Watcher._after_start_done)
+    .on(AfterStartDone, _EVERY - {WatcherPhase.AFTER_START}, _STALE_START)
+    .on(BeforeStopDone, {WatcherPhase.BEFORE_STOP}, Watcher._before_stop_done)
+    .on(
+        BeforeStopDone,
+        _EVERY - {WatcherPhase.BEFORE_STOP},
+        Impossible("BEFORE_STOP is left only by this answer"),
+    )
+    # The watcher's own timers.
+    .on(RestartDue, _SPAWNING_PHASES, Watcher._restart_due)
+    .on(RestartDue, _NOT_SPAWNING, _NOT_ARMED)
+    .on(WarmupOver, _SPAWNING_PHASES, Watcher._warmup_over)
+    .on(WarmupOver, _NOT_SPAWNING, _NOT_ARMED)
+    .on(ShortageWaitOver, _SPAWNING_PHASES, Watcher._shortage_wait_over)
+    .on(ShortageWaitOver, _NOT_SPAWNING, _NOT_ARMED)
+    .on(RetryDue, {WatcherPhase.PAUSED}, Watcher._retry_due)
+    .on(
+        RetryDue,
+        _EVERY - {WatcherPhase.PAUSED},
+        Impossible("leaving PAUSED cancels the flapping pause"),
+    )
+)
+
+_CANCELLED = frozenset({ProcessPhase.BEFORE_SPAWN_CANCELLED, ProcessPhase.SPAWNING_CANCELLED})
+_HOOKED = frozenset({ProcessPhase.BEFORE_SPAWN, ProcessPhase.BEFORE_SPAWN_CANCELLED})
+_ASKED = frozenset({ProcessPhase.SPAWNING, ProcessPhase.SPAWNING_CANCELLED})
+_NO_PID = Impossible("no pid yet: not found by a pid, no timer of its own")
+_ANSWERED = Impossible("a spawn is answered once")
+_CANCELLED_AT_STOP = Impossible("the stop cancels this timer")
+
+PROCESS_TABLE: Table[ProcessPhase, ProcessHandler] = (
+    Table[ProcessPhase, ProcessHandler]("process")
+    .on(StopProcess, {ProcessPhase.BEFORE_SPAWN}, Watcher._cancel_before_spawn)
+    .on(StopProcess, {ProcessPhase.SPAWNING}, Watcher._cancel_spawn)
+    .on(StopProcess, _CANCELLED, Ignored("already cancelled"))
+    .on(StopProcess, UP_PROCESS_PHASES, Watcher._stop_running)
+    .on(StopProcess, STOP_PROCESS_PHASES, Ignored("already being stopped"))
+    .on(Spawned, {ProcessPhase.SPAWNING}, Watcher._spawned)
+    .on(Spawned, {ProcessPhase.SPAWNING_CANCELLED}, Watcher._spawned_unwanted)
+    .on(Spawned, _HOOKED, Impossible("its spawn is asked once before_spawn approves"))
+    .on(Spawned, WITH_PID_PHASES, _ANSWERED)
+    .on(SpawnFailed, _ASKED, Watcher._spawn_failed)
+    .on(SpawnFailed, _HOOKED, Impossible("its spawn is asked once before_spawn approves"))
+    .on(SpawnFailed, WITH_PID_PHASES, _ANSWERED)
+    .on(Exited, UP_PROCESS_PHASES | FAILED_START_PHASES, Watcher._exited_unexpectedly)
+    .on(Exited, PLAIN_STOP_PHASES, Watcher._exited_stopped)
+    .on(Exited, UNBORN_PHASES, _NO_PID)
+    .on(Notified, UP_PROCESS_PHASES, Watcher._notified)
+    .on(Notified, STOP_PROCESS_PHASES, Ignored("sent before its stop"))
+    .on(Notified, UNBORN_PHASES, _NO_PID)
+    .on(OutputMatched, {ProcessPhase.RUNNING}, Watcher._output_matched)
+    .on(OutputMatched, {ProcessPhase.READY}, Ignored("already ready"))
+    .on(OutputMatched, STOP_PROCESS_PHASES, Ignored("written before its stop"))
+    .on(OutputMatched, UNBORN_PHASES, _NO_PID)
+    .on(BeforeSpawnDone, {ProcessPhase.BEFORE_SPAWN}, Watcher._before_spawn_done)
+    .on(
+        BeforeSpawnDone,
+        {ProcessPhase.BEFORE_SPAWN_CANCELLED},
+        Watcher._before_spawn_done_cancelled,
+    )
+    .on(BeforeSpawnDone, _ASKED | WITH_PID_PHASES, Impossible("before_spawn is answered once"))
+    .on(AfterSpawnDone, WITH_PID_PHASES, Watcher._after_spawn_done)
+    .on(AfterSpawnDone, UNBORN_PHASES, Impossible("after_spawn is asked once its pid is known"))
+    .on(KillTimeout, _SIGKILL_AFTER, Watcher._kill_timeout)
+    .on(
+        KillTimeout,
+        UNBORN_PHASES | UP_PROCESS_PHASES | {ProcessPhase.STOP_SIGKILL,
+                                              ProcessPhase.READY_TIMEOUT_SIGKILL},
+        Impossible("armed with the stop signal, and fires once"),
+    )
+    .on(MaxAgeReached, UP_PROCESS_PHASES, Watcher._max_age_reached)
+    .on(MaxAgeReached, STOP_PROCESS_PHASES, _CANCELLED_AT_STOP)
+    .on(MaxAgeReached, UNBORN_PHASES, _NO_PID)
+    .on(MinUptimeReached, UP_PROCESS_PHASES, Watcher._min_uptime_reached)
+    .on(MinUptimeReached, STOP_PROCESS_PHASES, _CANCELLED_AT_STOP)
+    .on(MinUptimeReached, UNBORN_PHASES, _NO_PID)
+    .on(ReadyTimeout, {ProcessPhase.RUNNING}, Watcher._ready_timeout)
+    .on(ReadyTimeout, {ProcessPhase.READY}, Impossible("cancelled when it gets ready"))
+    .on(ReadyTimeout, STOP_PROCESS_PHASES, _CANCELLED_AT_STOP)
+    .on(ReadyTimeout, UNBORN_PHASES, _NO_PID)
+    .on(WatchdogTimeout, {ProcessPhase.READY}, Watcher._watchdog_timeout)
+    .on(WatchdogTimeout, {ProcessPhase.RUNNING}, Impossible("armed once it is ready"))
+    .on(WatchdogTimeout, STOP_PROCESS_PHASES, _CANCELLED_AT_STOP)
+    .on(WatchdogTimeout, UNBORN_PHASES, _NO_PID)
+)

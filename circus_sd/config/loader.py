@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import os
 import re
-import shlex
 import socket as socket_module
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
@@ -19,29 +17,22 @@ from circus_sd.config.model import (
     HOOK_NAMES,
     ArbiterConfig,
     Config,
-    HookImportError,
-    HookSpec,
     Location,
     SocketConfig,
     WatcherConfig,
 )
-from circus_sd.config.options import (
-    OptionValueError,
-    boolean,
-    integer,
-    options_of,
-    primary_group,
-    rlimit_setting,
+from circus_sd.config.options import OptionValueError, boolean, integer, options_of
+from circus_sd.config.placeholders import UnsetVariable, substitute_env
+from circus_sd.config.watcher_changes import (
+    Notice,
+    WatcherOptionError,
+    apply_changes,
+    parse_changes,
 )
-from circus_sd.config.streams import JOURNAL, StreamConfig, StreamOptionError, parse_stream
+from circus_sd.config.watcher_checks import WatcherContext, cross_check
+from circus_sd.config.watcher_keys import OPTIONS as _WATCHER_OPTIONS
+from circus_sd.config.watcher_keys import WatcherKey, resolve_key
 from circus_sd.process_bound import process_bound
-from circus_sd.spawn_plan import (
-    LISTEN_FDS_START,
-    ChildDefaults,
-    SpawnPlanError,
-    child_environment,
-    unresolved,
-)
 from circus_sd.start_order import DependencyError, start_order
 
 
@@ -124,7 +115,6 @@ def load_config(
 
 # -- what the loader knows about Circus's keys ---------------------------------------------------
 
-_WATCHER_OPTIONS = options_of(WatcherConfig)
 _ARBITER_OPTIONS = options_of(ArbiterConfig)
 _SOCKET_OPTIONS = options_of(SocketConfig)
 
@@ -134,11 +124,6 @@ _WATCHER_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _NOT_YET = (
     "on_demand", "virtualenv_py_ver",
 )
-
-_STREAM_PREFIXES = ("stdout_stream.", "stderr_stream.")
-
-# The spawn path substitutes `$(circus.…)` in these per process, so the loader leaves them be.
-_SPAWN_TIME_KEYS = frozenset({"cmd", "args", "shell_args"})
 
 _STATS_ADVICE = "use `circusctl stats` or the Prometheus exporter plugin"
 _HTTPD_ADVICE = "circus-web is not supported; use circusctl"
@@ -165,60 +150,6 @@ _FLAPPING_KEYS: Mapping[str, str] = {
     "max_retry": "flapping.max_retry",
 }
 _PLUGIN_KEYS = frozenset({"use", "active", "priority"})
-
-# `$(circus.x.y)` and its older spelling `((circus.x.y))`, case-insensitive as in Circus.
-_PLACEHOLDER = re.compile(
-    r"\$\(circus\.([\w.-]+)\)|\(\(circus\.([\w.-]+)\)\)", re.IGNORECASE
-)
-
-
-def _has_placeholder(text: str) -> bool:
-    return _PLACEHOLDER.search(text) is not None
-
-
-def _lookup(name: str, env: Mapping[str, str]) -> str | None:
-    """Circus compares variable names case-insensitively; prefer an exact, then upper-case hit."""
-    for candidate in (name, name.upper()):
-        if candidate in env:
-            return env[candidate]
-    folded = name.casefold()
-    for key in sorted(env):
-        if key.casefold() == folded:
-            return env[key]
-    return None
-
-
-class _UnsetVariable(LookupError):
-    def __init__(self, name: str, placeholder: str) -> None:
-        super().__init__(name)
-        self.name = name
-        self.placeholder = placeholder
-
-
-def _substitute(text: str, env: Mapping[str, str]) -> str:
-    """Replace `$(circus.env.X)`; other `$(circus.…)` placeholders are the spawn path's."""
-
-    def replace(match: re.Match[str]) -> str:
-        prefix, _, variable = (match.group(1) or match.group(2)).partition(".")
-        if prefix.lower() != "env" or not variable:
-            return match.group(0)
-        found = _lookup(variable, env)
-        if found is None:
-            raise _UnsetVariable(variable, match.group(0))
-        return found
-
-    return _PLACEHOLDER.sub(replace, text)
-
-
-def _arbiter_reads_output(fields: Mapping[str, Any]) -> bool:
-    """Does any of a watcher's streams pass through the arbiter (for `ready_log_line`)?"""
-    for stream in ("stdout", "stderr"):
-        chosen = fields.get(f"{stream}_stream")
-        direct = chosen is not None and chosen.class_name == JOURNAL and chosen.direct
-        if not fields.get(f"close_child_{stream}", False) and not direct:
-            return True
-    return False
-
 
 def _is_env_section(name: str) -> bool:
     return name == "env" or name.startswith("env:")
@@ -284,6 +215,7 @@ class _Loader:
         self.sections: list[_Section] = []  # every section of every file, includes in place
         self.read_from: dict[str, str] = {}  # real path -> path shown, of every file read
         self.socket_names: list[str] = []  # [socket:NAME] sections, for the watchers' checks
+        self.config_dir: str | None = None  # the main file's, where hooks are imported from too
 
     def warn(
         self,
@@ -296,6 +228,7 @@ class _Loader:
 
     def load(self, path: str) -> Config:
         main = os.path.abspath(path)
+        self.config_dir = os.path.dirname(main)
         self.read_file(main, ())
         sections = self.merge()
         global_env = self.raw_env(sections.get("env"))
@@ -337,7 +270,15 @@ class _Loader:
             watcher = self.watcher(section, env, flapping)
             self.check_name_clash(watcher, by_folded_name)
             by_folded_name[watcher.name.lower()] = watcher
-            watchers.append(self.cross_checked(watcher))
+            context = WatcherContext(
+                self.socket_names, self.environ, self.euid == 0, self.config_dir
+            )
+            try:
+                watcher, notices = cross_check(watcher, context)
+            except WatcherOptionError as error:
+                raise self.option_error(section, error) from None
+            self.notify(section, notices)
+            watchers.append(watcher)
         for env_section in env_sections:
             if env_section.name not in matched:
                 self.warn(env_section.location, "matches no watcher", env_section.name)
@@ -496,8 +437,8 @@ class _Loader:
 
     def substitute(self, value: _Value, env: Mapping[str, str], section: str, key: str) -> str:
         try:
-            return _substitute(value.text, env)
-        except _UnsetVariable as unset:
+            return substitute_env(value.text, env)
+        except UnsetVariable as unset:
             raise ConfigError.at(
                 value.location,
                 f"environment variable {unset.name!r} is not set (in {unset.placeholder})",
@@ -564,8 +505,8 @@ class _Loader:
         if not sections:
             return {}, []
         # Imported only when needed: the plugins' option declarations import more.
-        from circus_sd.plugins import catalog
-        from circus_sd.plugins.launch import DEFAULT_PRIORITY, plugin_watcher
+        from circus_sd.config import plugin_catalog as catalog
+        from circus_sd.config.plugin_watchers import DEFAULT_PRIORITY, plugin_watcher
 
         defaults: dict[str, Any] = {}
         chosen: _Section | None = None
@@ -648,7 +589,7 @@ class _Loader:
         self, section: _Section, plugin_class: type, options: Mapping[str, str]
     ) -> None:
         """A shipped plugin's options, checked here so that a mistake stops the start-up."""
-        from circus_sd.plugins.options import PluginOptionError, parse_options
+        from circus_sd.config.plugin_options import PluginOptionError, parse_options
 
         declared = getattr(plugin_class, "options_class", None)
         if declared is None:
@@ -679,155 +620,64 @@ class _Loader:
                 section.name,
             )
         lookup = {**self.environ, **env}
-        fields: dict[str, Any] = {}
-        rlimits: list[tuple[int, int, int]] = []
         extra: dict[str, str] = {}
-        streams: dict[str, dict[str, tuple[str, _Value]]] = {}
-        hooks: dict[str, HookSpec] = {}
+        values: list[tuple[WatcherKey, str]] = []
         for key, value in section.values.items():
-            if key in _SPAWN_TIME_KEYS:
-                text = value.text
+            declared = _WATCHER_OPTIONS.get(key)
+            if declared is not None and declared[1].spawn_time:
+                text = value.text  # filled per process at each spawn
             else:
                 text = self.substitute(value, lookup, section.name, key)
-            if key in _WATCHER_OPTIONS:
-                field, declared = _WATCHER_OPTIONS[key]
-                fields[field] = self.parse(declared.parse, text, value, section.name, key)
-            elif key.startswith("rlimit_"):
-                rlimits.append(self.rlimit(key, text, value, section.name))
-            elif key.startswith(_STREAM_PREFIXES):
-                prefix, _, sub = key.partition(".")
-                streams.setdefault(prefix, {})[sub] = (text, value)
-            elif key.startswith("hooks."):
-                hook = self.hook(key, text, value, section.name, env)
-                if hook is not None:
-                    hooks[key[len("hooks.") :]] = hook
-            else:
+            resolved = resolve_key(key)
+            # In the file, the environment comes from [env] sections: `env` is no key of it.
+            if resolved is None or resolved.field == "env":
                 extra[key] = text
                 if any(fnmatchcase(key, pattern) for pattern in _NOT_YET):
                     message = "not supported yet in this version; it has no effect"
                 else:
                     message = "unknown option (ignored; kept for plugins)"
                 self.warn(value.location, message, section.name, key)
-        if not fields.get("cmd", "").strip():
-            raise ConfigError.at(section.location, "missing or empty", section.name, "cmd")
-        for prefix, values in streams.items():
-            fields[prefix] = self.stream(prefix, values, section)
-        for field, default in flapping.items():
-            fields.setdefault(field, default)
-        self.check_socket_references(section, fields, env)
-        if fields.get("ready_log_line") is not None and not _arbiter_reads_output(fields):
-            raise ConfigError.at(
-                section.values["ready_log_line"].location,
-                "circus-sd never sees this watcher's output (both streams are closed or go "
-                "straight to journald with `direct`): use `notify` instead",
-                section.name,
-                "ready_log_line",
-            )
-        watcher = WatcherConfig(
-            name=name,
-            env=MappingProxyType(env),
-            rlimits=tuple(rlimits),
-            extra=MappingProxyType(extra),
-            hooks=MappingProxyType(hooks),
-            location=section.location,
-            **fields,
-        )
-        self.check_spawn_time_placeholders(watcher, section)
-        return watcher
-
-    def check_spawn_time_placeholders(self, watcher: WatcherConfig, section: _Section) -> None:
-        """`cmd`, `args` and `shell_args` keep their `$(circus.…)` until each spawn, where one
-        that names no variable of the process's environment stays as written (as in Circus):
-        say so now, since the program will most likely not expect it."""
-        sockets = dict.fromkeys(self.socket_names, LISTEN_FDS_START)  # checked just above
-        defaults = ChildDefaults(self.environ, (0, 0), self.euid == 0)
-        try:
-            env = child_environment(watcher, 1, defaults, sockets)
-        except SpawnPlanError:
-            return
-        for key in sorted(_SPAWN_TIME_KEYS & section.values.keys()):
-            for placeholder in unresolved(section.values[key].text, 1, env, sockets):
+            elif resolved.field == "hooks" and resolved.sub not in HOOK_NAMES:
                 self.warn(
-                    section.values[key].location,
-                    f"{placeholder} names no variable of the processes' environment (set it in "
-                    "an [env] section, or copy_env = true): it is passed as written",
+                    value.location,
+                    f"unknown hook (ignored; hooks are {', '.join(HOOK_NAMES)})",
                     section.name,
                     key,
                 )
-
-    def hook(
-        self, key: str, text: str, value: _Value, section: str, env: Mapping[str, str]
-    ) -> HookSpec | None:
-        """`hooks.NAME = dotted.callable[, ignore_errors]`, imported now so a typo fails here.
-
-        As in Circus, the watcher's PYTHONPATH is searched; so is the config file's directory.
-        """
-        name = key[len("hooks.") :]
-        if name not in HOOK_NAMES:
-            self.warn(
-                value.location,
-                f"unknown hook (ignored; hooks are {', '.join(HOOK_NAMES)})",
-                section,
-                key,
-            )
-            return None
-        spec: HookSpec = self.parse(HookSpec.parse, text, value, section, key)
-        search = [
-            entry
-            for entry in env.get("PYTHONPATH", "").split(os.pathsep)
-            if entry and not _has_placeholder(entry)
-        ]
-        search.append(os.path.dirname(value.location.path))
+            else:
+                values.append((resolved, text))
+        new = WatcherConfig(
+            name=name,
+            env=MappingProxyType(env),
+            extra=MappingProxyType(extra),
+            location=section.location,
+        )
         try:
-            spec.resolve(search)
-        except HookImportError as error:
-            raise ConfigError.at(value.location, str(error), section, key) from None
-        return spec
+            changes = parse_changes(values)
+            # The flapping plugin's defaults, under what the watcher says.
+            changes = dataclasses.replace(changes, fields={**flapping, **changes.fields})
+            # A hook next to the included file that names it is found, as the file's own.
+            hook_dirs = sorted(
+                {os.path.dirname(v.location.path) for k, v in section.values.items()
+                 if k.startswith("hooks.") and v.location.path}
+            )
+            watcher, notices = apply_changes(new, changes, self.config_dir, hook_dirs)
+        except WatcherOptionError as error:
+            raise self.option_error(section, error) from None
+        self.notify(section, notices)
+        return watcher
 
-    def check_socket_references(
-        self, section: _Section, fields: Mapping[str, Any], env: Mapping[str, str]
-    ) -> None:
-        """Sockets named by `stdin_socket`, `listen_fds` and `$(circus.sockets.NAME)` exist and
-        are passed to the processes."""
-        known = set(self.socket_names)
-        passed: set[str] = set(known) if fields.get("use_sockets") else set()
-        for key in ("stdin_socket", "listen_fds"):
-            value = fields.get(key)
-            names = [value] if isinstance(value, str) else list(value or ())
-            for socket_name in names:
-                if socket_name not in known:
-                    raise ConfigError.at(
-                        section.values[key].location,
-                        f"no [socket:{socket_name}] section",
-                        section.name,
-                        key,
-                    )
-            if len(set(names)) != len(names):
-                raise ConfigError.at(
-                    section.values[key].location, "a socket is named twice", section.name, key
-                )
-            passed.update(names)
-        texts: list[tuple[str, _Value]] = [
-            (key, section.values[key])
-            for key in ("cmd", "args", "shell_args", "executable")
-            if key in section.values
-        ]
-        texts += [(f"env {name}", _Value(raw, section.location)) for name, raw in env.items()]
-        for key, value in texts:
-            for match in _PLACEHOLDER.finditer(value.text):
-                prefix, _, socket_name = (match.group(1) or match.group(2)).partition(".")
-                if prefix.lower() != "sockets":
-                    continue
-                if socket_name not in known:
-                    message = f"{match.group(0)}: no [socket:{socket_name}] section"
-                elif socket_name not in passed:
-                    message = (
-                        f"{match.group(0)}: the processes do not get this socket; set "
-                        "use_sockets = true (or name it in listen_fds)"
-                    )
-                else:
-                    continue
-                raise ConfigError.at(value.location, message, section.name, key)
+    def option_error(self, section: _Section, error: WatcherOptionError) -> ConfigError:
+        """At the line of the option at fault, or at the section for the watcher as a whole."""
+        value = section.values.get(error.key) if error.on_line else None
+        location = value.location if value is not None else section.location
+        return ConfigError.at(location, error.message, section.name, error.key)
+
+    def notify(self, section: _Section, notices: list[Notice]) -> None:
+        for notice in notices:
+            value = section.values.get(notice.key) if notice.on_line else None
+            location = value.location if value is not None else section.location
+            self.warn(location, notice.message, section.name, notice.key)
 
     # -- [socket:…] ------------------------------------------------------------------------------
 
@@ -885,26 +735,6 @@ class _Loader:
                         section.name, key,
                     )
 
-    def stream(
-        self, prefix: str, values: dict[str, tuple[str, _Value]], section: _Section
-    ) -> StreamConfig:
-        """`stdout_stream.*` or `stderr_stream.*` of one watcher, checked as a whole."""
-        try:
-            stream, warnings = parse_stream({sub: text for sub, (text, _) in values.items()})
-        except StreamOptionError as error:
-            where = values[error.key][1].location if error.key in values else section.location
-            key = f"{prefix}.{error.key}" if error.key else prefix
-            raise ConfigError.at(where, error.message, section.name, key) from None
-        for sub, message in warnings:
-            self.warn(values[sub][1].location, message, section.name, f"{prefix}.{sub}")
-        return stream
-
-    def rlimit(self, key: str, text: str, value: _Value, section: str) -> tuple[int, int, int]:
-        setting: tuple[int, int, int] = self.parse(
-            functools.partial(rlimit_setting, key), text, value, section, key
-        )
-        return setting
-
     def check_name_clash(
         self, watcher: WatcherConfig, previous: Mapping[str, WatcherConfig]
     ) -> None:
@@ -918,92 +748,3 @@ class _Loader:
                 "(names are compared case-insensitively)",
                 f"watcher:{watcher.name}",
             )
-
-    # -- cross-checks ----------------------------------------------------------------------------
-
-    def cross_checked(self, watcher: WatcherConfig) -> WatcherConfig:
-        section = f"watcher:{watcher.name}"
-        location = watcher.location
-        working_dir = watcher.working_dir
-        if working_dir and not _has_placeholder(working_dir) and not os.path.isdir(working_dir):
-            raise ConfigError.at(
-                location, f"{working_dir!r} is not an existing directory", section, "working_dir"
-            )
-        self.check_program(watcher, section)
-        if (watcher.uid is not None or watcher.gid is not None) and self.euid != 0:
-            self.warn(
-                location,
-                "switching user or group needs the arbiter to run as root; "
-                "the processes may fail to start",
-                section,
-                "uid" if watcher.uid is not None else "gid",
-            )
-        if watcher.uid is not None and watcher.gid is None:
-            watcher = dataclasses.replace(watcher, gid=primary_group(watcher.uid))
-        return watcher
-
-    def check_program(self, watcher: WatcherConfig, section: str) -> None:
-        if watcher.executable is not None:
-            program, key = watcher.executable, "executable"
-        elif watcher.shell:
-            program, key = "/bin/sh", "shell"
-        else:
-            try:
-                words = shlex.split(watcher.cmd)
-            except ValueError as error:
-                raise ConfigError.at(
-                    watcher.location, f"cannot split into words: {error}", section, "cmd"
-                ) from None
-            program, key = (words[0] if words else ""), "cmd"
-            if not program:
-                raise ConfigError.at(watcher.location, "no program to run", section, "cmd")
-        if _has_placeholder(program):
-            return  # only known per process
-        base = watcher.working_dir or os.getcwd()
-        if not os.path.isabs(program) and _has_placeholder(base):
-            return  # relative to a directory only known per process
-        if "/" in program:
-            problem = _not_executable(os.path.join(base, program))
-            if problem:
-                raise ConfigError.at(watcher.location, f"{program!r} {problem}", section, key)
-            return
-        search = self.child_path(watcher)
-        if search is None:
-            return
-        for directory in search.split(os.pathsep):
-            if not _not_executable(os.path.join(base, directory, program)):
-                return
-        raise ConfigError.at(
-            watcher.location,
-            f"program {program!r} not found on the processes' PATH ({search})",
-            section,
-            key,
-        )
-
-    def child_path(self, watcher: WatcherConfig) -> str | None:
-        """The PATH the processes will search, or None when only known at spawn time."""
-        if "PATH" in watcher.env:
-            try:
-                search = _substitute(watcher.env["PATH"], self.environ)
-            except _UnsetVariable:
-                return None
-            if _has_placeholder(search):
-                return None
-        elif watcher.copy_env or watcher.copy_path:
-            search = self.environ.get("PATH", os.defpath)
-        else:
-            search = os.defpath
-        if watcher.virtualenv:
-            search = os.path.join(watcher.virtualenv, "bin") + os.pathsep + search
-        return search
-
-
-def _not_executable(path: str) -> str | None:
-    """Why `path` cannot be executed, or None if it can."""
-    if not os.path.exists(path):
-        return "does not exist"
-    if not os.path.isfile(path):
-        return "is not a file"
-    if not os.access(path, os.X_OK):
-        return "is not executable"
-    return None

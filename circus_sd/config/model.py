@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
 import signal
 import socket
@@ -41,6 +42,7 @@ from circus_sd.config.options import (
     user_id,
     weight,
 )
+from circus_sd.config.placeholders import has_placeholder
 from circus_sd.config.streams import StreamConfig
 from circus_sd.process_bound import PID_MAX_LIMIT
 
@@ -151,19 +153,28 @@ class WatcherConfig:
     """One `[watcher:NAME]` section: a command run as `numprocesses` processes."""
 
     name: str
-    cmd: str = option(text, "", "Command to run; may include arguments (split like a shell).")
-    args: str = option(text, "", "Arguments appended to `cmd`.")
+    cmd: str = option(
+        text, "", "Command to run; may include arguments (split like a shell).", spawn_time=True
+    )
+    args: str = option(text, "", "Arguments appended to `cmd`.", spawn_time=True)
     executable: str | None = option(
         optional_text, None, "Program to execute; `cmd`'s first word then only becomes argv[0]."
     )
     shell: bool = option(boolean, False, "Run `cmd` through `/bin/sh -c` (off: no shell).")
-    shell_args: str = option(text, "", "Extra arguments after the shell command (with `shell`).")
+    shell_args: str = option(
+        text, "", "Extra arguments after the shell command (with `shell`).", spawn_time=True
+    )
     working_dir: str | None = option(
         optional_text, None, "Working directory of the processes (default: the arbiter's)."
     )
-    uid: int | None = option(user_id, None, "User (name or uid) the processes run as.")
+    uid: int | None = option(
+        user_id, None, "User (name or uid) the processes run as.", sent_as_text=True
+    )
     gid: int | None = option(
-        group_id, None, "Group (name or gid); default: the user's primary group with `uid`."
+        group_id,
+        None,
+        "Group (name or gid); default: the user's primary group with `uid`.",
+        sent_as_text=True,
     )
     copy_env: bool = option(boolean, False, "Start from the arbiter's environment.")
     copy_path: bool = option(boolean, False, "Copy the arbiter's PATH (and sys.path) to children.")
@@ -216,7 +227,10 @@ class WatcherConfig:
         tier=OPERATE,
     )
     umask: int | None = option(
-        octal_mode, None, "umask of the processes, octal (default: the arbiter's)."
+        octal_mode,
+        None,
+        "umask of the processes, octal (default: the arbiter's).",
+        sent_as_text=True,
     )
     close_child_stdin: bool = option(boolean, True, "Give processes /dev/null as stdin.")
     close_child_stdout: bool = option(boolean, False, "Discard the processes' stdout.")
@@ -390,6 +404,17 @@ class WatcherConfig:
     def awaits_readiness(self) -> bool:
         """A process counts as started only once it says it is ready (sd_notify or a log line)."""
         return self.notify or self.ready_log_line is not None
+
+
+def hook_search_path(config_dir: str | None, config: WatcherConfig) -> list[str]:
+    """Where a watcher's hooks are imported from: its PYTHONPATH as Circus does (less entries
+    only known per process), then the config file's directory (if there is a file)."""
+    search = [
+        entry
+        for entry in config.env.get("PYTHONPATH", "").split(os.pathsep)
+        if entry and not has_placeholder(entry)
+    ]
+    return [*search, config_dir] if config_dir is not None else search
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,11 @@ class Option:
     # Who may change it through the control socket (`set`, `add`). Admin unless declared
     # otherwise, so that a new option is closed to the group until someone decides it is safe.
     tier: Tier = Tier.ADMIN
+    # Its value may hold `$(circus.…)` filled per process at each spawn: the loader leaves it be.
+    spawn_time: bool = False
+    # circusctl sends its value as the text typed, not as a number: the text means more than the
+    # number (a user name for `uid`, octal for `umask`), and the arbiter parses it itself.
+    sent_as_text: bool = False
 
 
 def option(
@@ -45,12 +50,12 @@ def option(
     key: str | None = None,
     live: bool = False,
     tier: Tier = Tier.ADMIN,
+    spawn_time: bool = False,
+    sent_as_text: bool = False,
 ) -> Any:
     """A dataclass field carrying its Option; `key` defaults to the field's name."""
-    return dataclasses.field(
-        default=default,
-        metadata={"option": Option(key or "", parse, doc, live, tier)},
-    )
+    declared = Option(key or "", parse, doc, live, tier, spawn_time, sent_as_text)
+    return dataclasses.field(default=default, metadata={"option": declared})
 
 
 def option_of(field: dataclasses.Field[Any]) -> Option | None:

@@ -1,8 +1,11 @@
 """What each control command does to the arbiter: one handler per registry entry.
 
-A handler validates synchronously (so errors reach even a client that does not wait) and then
-either returns its result, or a `Deferred` holding the work for commands that Circus runs
-asynchronously: the server awaits it only when the request says `waiting`.
+`@handles("name")` binds a handler to its registry command (an unknown or twice-bound name
+fails at import); the server checks a request's properties against the command's parameters
+(param_checks.py) before calling it. A handler validates the rest synchronously (so errors
+reach even a client that does not wait) and then either returns its result, or a `Deferred`
+holding the work for commands that Circus runs asynchronously: the server awaits it only when
+the request says `waiting`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 from circus_sd.access import Tier
 from circus_sd.arbiter import Arbiter, Request
 from circus_sd.config.model import WatcherConfig
-from circus_sd.config.options import OptionValueError, signal_number
+from circus_sd.config.watcher_checks import WatcherContext
+from circus_sd.control.param_checks import prop_signal
 from circus_sd.control.protocol import (
     CommandError,
     Errno,
@@ -29,6 +33,7 @@ from circus_sd.control.protocol import (
     prop_seconds,
     prop_str,
 )
+from circus_sd.control.registry import COMMANDS
 from circus_sd.control.watcher_options import (
     SECRET_KEYS,
     apply_options,
@@ -68,6 +73,12 @@ def _bound_refused() -> Iterator[None]:
 
 
 def handles(name: str) -> Callable[[Handler], Handler]:
+    """Bind the decorated function to the registry's command `name`, once."""
+    if name not in COMMANDS:
+        raise LookupError(f"a handler for {name!r}, which the command registry does not declare")
+    if name in HANDLERS:
+        raise LookupError(f"a second handler for {name!r}")
+
     def register(handler: Handler) -> Handler:
         HANDLERS[name] = handler
         return handler
@@ -259,7 +270,7 @@ def _resize(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Result:
 def kill(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
     pid = prop_int(props, "pid")
-    signum = _signum(props.get("signum")) if props.get("signum") is not None else None
+    signum = prop_signal(props, "signum") if props.get("signum") is not None else None
     timeout = prop_seconds(props, "graceful_timeout")
     if pid is not None and pid not in arbiter.watchers[name].pids:
         raise CommandError(f"process {pid} not found in {name}")
@@ -274,7 +285,7 @@ def kill(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
 @handles("signal")
 def signal_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     name = _watcher_name(arbiter, props)
-    signum = _signum(props.get("signum"))
+    signum = prop_signal(props, "signum")
     pid = prop_int(props, "pid")
     # Circus reads `childpid`; its docs and ResourceWatcher send `child_pid`: accept both.
     child = prop_int(props, "childpid", prop_int(props, "child_pid"))
@@ -293,13 +304,6 @@ def _signal_child(arbiter: Arbiter, name: str, pid: int | None, child: int, sign
     return None
 
 
-def _signum(value: Any) -> int:
-    try:
-        return signal_number(str(value))
-    except OptionValueError as exc:
-        raise CommandError(f"signum: {exc}") from None
-
-
 # -- changing what runs ------------------------------------------------------------------------
 
 
@@ -316,7 +320,9 @@ def add(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     if not isinstance(options, dict):
         raise CommandError("options: expected an object")
     changes = parse_options(options, caller)
-    config = apply_options(WatcherConfig(name=name, cmd=cmd, args=_args_text(args)), changes)
+    config = apply_options(
+        WatcherConfig(name=name, cmd=cmd, args=_args_text(args)), changes, _context(arbiter)
+    )
     with _bound_refused():
         arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
     start_now = prop_bool(props, "start")
@@ -327,6 +333,13 @@ def add(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
                 await arbiter.add_watcher(config, start_now)
 
     return Deferred(work())
+
+
+def _context(arbiter: Arbiter) -> WatcherContext:
+    """What `add` and `set` check a watcher against, as the config file's loader does."""
+    return WatcherContext.of_this_process(
+        [s.name for s in arbiter.config.sockets], os.path.dirname(arbiter.config.path)
+    )
 
 
 def _args_text(args: Any) -> str:
@@ -358,7 +371,7 @@ def set_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
         raise CommandError("options: expected an object of option: value")
     # One parse: the access check and the change see the same options (README: Security model).
     changes = parse_options(options, caller)
-    config = apply_options(arbiter.watchers[name].config, changes)
+    config = apply_options(arbiter.watchers[name].config, changes, _context(arbiter))
     with _bound_refused():
         arbiter.check_process_bound(config)  # refused now, even to a client that does not wait
 

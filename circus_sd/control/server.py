@@ -28,6 +28,7 @@ from circus_sd.config.options import decimal_integer
 from circus_sd.control.connection_guard import ConnectionGuard
 from circus_sd.control.handlers import HANDLERS, Deferred
 from circus_sd.control.output_pub import OutputPublisher
+from circus_sd.control.param_checks import check_properties
 from circus_sd.control.protocol import (
     CommandError,
     Errno,
@@ -527,9 +528,7 @@ class ControlServer:
         if command is None or handler is None:
             raise CommandError(f"unknown command: {request.command!r}", Errno.UNKNOWN_COMMAND)
         caller = self._authorize(request, command.tier, peer)
-        for key in command.required:
-            if key not in request.properties:
-                raise CommandError(f"message invalid: missing property {key!r}")
+        check_properties(command, request.properties)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("command %s %s", request.command, json.dumps(request.properties, default=str))
         return handler(self.arbiter, request.properties, caller)

@@ -1,23 +1,19 @@
 """circusctl's command line: global options, the command, its switches and arguments (pure).
 
-The switches each command accepts are read from the usage line of its registry entry (the same
-table the server dispatches from), so `--help` and the parser cannot disagree.
+The switches each command accepts are its registry entry's parameters (the same table the
+server dispatches and checks from), so `--help`, the parser and the server cannot disagree.
 
-Start-up time matters (`circusctl status` in a loop is how scripts poll): this module avoids
-dataclasses (its import costs as much as the rest of circusctl) and loads the registry only
-when a command switch or help needs it.
+Start-up time matters (`circusctl status` in a loop is how scripts poll): the registry is
+light (no arbiter, no ZMQ); rich and the option table load only where they are needed.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from circus_sd.client import DEFAULT_TIMEOUT
-
-if TYPE_CHECKING:
-    from circus_sd.control.registry import Command
+from circus_sd.control.registry import COMMANDS, Command, Kind, Param, Type, render_usage
 
 
 class UsageError(Exception):
@@ -29,44 +25,27 @@ class ClientCommand(NamedTuple):
 
     name: str
     doc: str
-    usage: str
+    params: tuple[Param, ...] = ()
+
+    @property
+    def usage(self) -> str:
+        return render_usage(self.name, self.params)
 
 
 CLIENT_COMMANDS: dict[str, ClientCommand] = {
     command.name: command
     for command in (
         ClientCommand("listen", "Print the arbiter's events as they happen (`topic json`).",
-                      "listen [<topic> ...]"),
+                      (Param("topics", Kind.WORDS, Type.LIST, metavar="topic"),)),
         ClientCommand("tail", "Follow a watcher's output live, each line after `name[wid] ` "
                       "(--raw: the lines alone). Needs the arbiter's output_endpoint.",
-                      "tail <name> [--stream stdout|stderr] [--raw]"),
-        ClientCommand("top", "A live view of watchers and processes (Ctrl-C to quit).", "top"),
-        ClientCommand("help", "Help on circusctl or on one command.", "help [<command>]"),
+                      (Param("name", required=True),
+                       Param("stream", Kind.VALUE, choices=("stdout", "stderr")),
+                       Param("raw", Kind.SWITCH, Type.BOOL))),
+        ClientCommand("top", "A live view of watchers and processes (Ctrl-C to quit)."),
+        ClientCommand("help", "Help on circusctl or on one command.", (Param("command"),)),
     )
 }
-
-
-def server_commands() -> dict[str, Command]:
-    """The registry's commands (imported on first use: see the module's docstring)."""
-    from circus_sd.control.registry import COMMANDS
-
-    return COMMANDS
-
-
-class Flag(NamedTuple):
-    """A command's switch: `--waiting` (no metavar) or `--match simple|glob|regex`."""
-
-    name: str
-    metavar: str | None = None
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        if self.metavar and "|" in self.metavar:
-            return tuple(self.metavar.split("|"))
-        return ()
-
-
-_FLAG_IN_USAGE = re.compile(r"\[--([A-Za-z][\w-]*)(?:[ =]([^\]]+))?\]")
 
 
 def option_name(text: str) -> str:
@@ -74,20 +53,18 @@ def option_name(text: str) -> str:
     return text.replace("-", "_")
 
 
-def usage_flags(usage: str) -> dict[str, Flag]:
-    """The switches a usage line shows: `[--name]` or `[--name METAVAR]`."""
+def switches(params: Sequence[Param]) -> dict[str, Param]:
+    """The switches among `params`, by the name the parser files their value under."""
     return {
-        option_name(name): Flag(option_name(name), metavar.strip("<>") if metavar else None)
-        for name, metavar in _FLAG_IN_USAGE.findall(usage)
+        option_name(param.switch): param
+        for param in params
+        if param.kind is Kind.SWITCH or param.kind is Kind.VALUE
     }
 
 
-def command_flags(command: Command) -> dict[str, Flag]:
-    """The switches of a registry command, from its usage line; `--waiting` if it is waitable."""
-    flags = usage_flags(command.usage)
-    if command.waitable:
-        flags.setdefault("waiting", Flag("waiting"))
-    return flags
+def command_flags(command: Command) -> dict[str, Param]:
+    """The switches of a registry command; `--waiting` if it is waitable."""
+    return switches(command.parameters)
 
 
 FlagValues = dict[str, str | bool]
@@ -149,14 +126,13 @@ def _set_global(options: GlobalOptions, name: str, value: str) -> None:
         setattr(options, name, value)
 
 
-def flags_of(command: str | None) -> dict[str, Flag]:
+def flags_of(command: str | None) -> dict[str, Param]:
     """The switches a command (the arbiter's or circusctl's own) accepts."""
     if command is None:
         return {}
     if command in CLIENT_COMMANDS:
-        return usage_flags(CLIENT_COMMANDS[command].usage)
-    commands = server_commands()
-    return command_flags(commands[command]) if command in commands else {}
+        return switches(CLIENT_COMMANDS[command].params)
+    return command_flags(COMMANDS[command]) if command in COMMANDS else {}
 
 
 def parse_argv(argv: Sequence[str], defaults: GlobalOptions | None = None) -> Invocation:
@@ -189,9 +165,7 @@ def parse_argv(argv: Sequence[str], defaults: GlobalOptions | None = None) -> In
         value: str | None = inline_value if has_value else None
         is_global = name in _GLOBAL_VALUES or name in _GLOBAL_SWITCHES
         flags = {} if is_global else flags_of(invocation.command)
-        takes_value = name in _GLOBAL_VALUES or (
-            name in flags and flags[name].metavar is not None
-        )
+        takes_value = name in _GLOBAL_VALUES or (name in flags and flags[name].kind is Kind.VALUE)
         if takes_value and value is None:
             if index >= len(tokens):
                 raise UsageError(f"{token} needs a value")
@@ -216,15 +190,15 @@ def parse_argv(argv: Sequence[str], defaults: GlobalOptions | None = None) -> In
     return invocation
 
 
-def _flag_value(command: str | None, flag: Flag, value: str | None) -> str | bool:
-    if flag.metavar is None:
+def _flag_value(command: str | None, flag: Param, value: str | None) -> str | bool:
+    if flag.kind is Kind.SWITCH:
         if value is not None:
-            raise UsageError(f"{command}: --{flag.name} takes no value")
+            raise UsageError(f"{command}: --{flag.switch} takes no value")
         return True
     assert value is not None
     if flag.choices and value not in flag.choices:
         raise UsageError(
-            f"{command}: --{flag.name} must be one of {', '.join(flag.choices)}, got {value!r}"
+            f"{command}: --{flag.switch} must be one of {', '.join(flag.choices)}, got {value!r}"
         )
     return value
 
@@ -253,7 +227,7 @@ def usage_line() -> str:
 
 
 def general_help(default_endpoint: str) -> str:
-    rows = [(name, command.doc) for name, command in server_commands().items()]
+    rows = [(name, command.doc) for name, command in COMMANDS.items()]
     rows += [(name, command.doc) for name, command in CLIENT_COMMANDS.items()]
     width = max(len(name) for name, _ in rows)
     lines = [usage_line(), "", "Controls a circus-sd (or Circus) arbiter.", "", "commands:"]
@@ -264,19 +238,18 @@ def general_help(default_endpoint: str) -> str:
 
 def command_help(name: str) -> str:
     """`usage: circusctl <usage>` and the doc, from the registry; UsageError if unknown."""
-    commands = server_commands()
     entry: Command | ClientCommand
-    if name in commands:
-        entry = commands[name]
+    if name in COMMANDS:
+        entry = COMMANDS[name]
     elif name in CLIENT_COMMANDS:
         entry = CLIENT_COMMANDS[name]
     else:
         raise UsageError(f"unknown command {name!r} (see `{PROG} --help`)")
-    lines = [f"usage: {PROG} {entry.usage or entry.name}", "", entry.doc]
+    lines = [f"usage: {PROG} {entry.usage}", "", entry.doc]
     if not isinstance(entry, ClientCommand) and entry.waitable:
         lines += ["", "Replies at once; with --waiting, when the operation is done."]
     return "\n".join(lines) + "\n"
 
 
 def known_commands() -> list[str]:
-    return sorted([*server_commands(), *CLIENT_COMMANDS])
+    return sorted([*COMMANDS, *CLIENT_COMMANDS])

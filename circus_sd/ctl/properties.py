@@ -1,39 +1,111 @@
-"""circusctl arguments -> request properties, one builder per command, as Circus's `message()`.
+"""circusctl arguments -> request properties, derived from the command's registry parameters.
 
 Pure: `build_properties("incr", ["web", "2"], {"waiting": True})` is
 `{"name": "web", "nb": 2, "waiting": True}`. Switches not given are left out (the arbiter applies
-Circus's defaults), except `reload`'s `graceful`, which Circus always sends.
+Circus's defaults), except those declaring a `default` (add's `start`, reload's `graceful`),
+which Circus's client always sends.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-from circus_sd.ctl.commandline import FlagValues, UsageError
+from circus_sd.control.registry import COMMANDS, POSITIONAL, VARIADIC, Command, Kind, Param, Type
+from circus_sd.ctl.commandline import FlagValues, UsageError, command_flags
 
 Properties = dict[str, Any]
-Builder = Callable[[list[str], FlagValues], Properties]
 
 
-def _count(command: str, args: list[str], low: int, high: int | None, usage: str) -> None:
-    if len(args) < low or (high is not None and len(args) > high):
-        raise UsageError(f"{command}: wrong number of arguments (usage: {command} {usage})")
+def build_properties(command: str, args: list[str], flags: FlagValues) -> Properties:
+    """The request properties for a command line; an unknown command must have no arguments."""
+    entry = COMMANDS.get(command)
+    if entry is None:
+        # Sent as is so that the arbiter says what it thinks of it (exit 3).
+        if args:
+            raise UsageError(f"unknown command {command!r}: cannot tell what its arguments mean")
+        return {}
+    props = _positionals(entry, args)
+    for key, param in command_flags(entry).items():
+        given = flags.get(key)
+        if param.kind is Kind.SWITCH:
+            if given is True:
+                props[param.name] = True if param.default is None else not param.default
+            elif param.default is not None:
+                props[param.name] = param.default
+        elif isinstance(given, str):
+            props[param.name] = _typed(command, param, f"--{param.switch}", given)
+    return props
 
 
-def _integer(command: str, what: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"{command}: {what} must be an integer, got {raw!r}") from None
+def _least_words(param: Param) -> int:
+    if param.kind is Kind.OPTION_PAIRS:
+        return 2
+    return 1 if param.required else 0
 
 
-def _number(command: str, what: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise UsageError(f"{command}: {what} must be a number, got {raw!r}") from None
+def _positionals(command: Command, args: list[str]) -> Properties:
+    """Words to properties in order; optional ones (left to right) get the words to spare, a
+    variadic one (always last) all those left, as in `signal <name> [<pid>] <signum>`."""
+    params = [param for param in command.params if param.kind in POSITIONAL]
+    least = sum(_least_words(param) for param in params)
+    most = None if any(param.kind in VARIADIC for param in params) else len(params)
+    if len(args) < least or (most is not None and len(args) > most):
+        raise UsageError(
+            f"{command.name}: wrong number of arguments (usage: {command.usage})"
+        )
+    spare = len(args) - least
+    props: Properties = {}
+    index = 0
+    for param in params:
+        if param.kind in VARIADIC:
+            props[param.name] = _gathered(command.name, param, args[index:])
+            break
+        if not param.required:
+            if not spare:
+                continue
+            spare -= 1
+        props[param.name] = _typed(command.name, param, f"<{param.word}>", args[index])
+        index += 1
+    return props
+
+
+def _gathered(command: str, param: Param, words: list[str]) -> Any:
+    if param.kind is Kind.REST:
+        # Circus joins the rest of the line: `add web python -m http.server` works unquoted.
+        return " ".join(words)
+    if param.kind is Kind.WORDS:
+        return words
+    if len(words) % 2:
+        key, value = param.word.split()
+        raise UsageError(f"{command}: the {key}s and {value}s must come in pairs")
+    keys = [word.lower() for word in words[::2]]
+    return {key: set_value(key, raw) for key, raw in zip(keys, words[1::2], strict=True)}
+
+
+def _typed(command: str, param: Param, what: str, raw: str) -> Any:
+    """One word as its parameter's type; `what` names it in errors (`<nb>`, `--signum`)."""
+    if param.type is Type.INT:
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"{command}: {what} must be an integer, got {raw!r}") from None
+    if param.type is Type.SECONDS:
+        try:
+            return float(raw)
+        except ValueError:
+            raise UsageError(f"{command}: {what} must be a number, got {raw!r}") from None
+    if param.type is Type.SIGNAL:
+        return signal_value(raw)
+    if param.type is Type.OBJECT:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise UsageError(f"{command}: the {param.name} must be a JSON object, got {raw!r}")
+        return data
+    return raw
 
 
 def signal_value(raw: str) -> int | str:
@@ -41,192 +113,7 @@ def signal_value(raw: str) -> int | str:
     return int(raw) if raw.isdecimal() else raw
 
 
-def _switches(flags: FlagValues, *names: str) -> Properties:
-    """The given switches that are on (a switch not given is not sent)."""
-    return {name: True for name in names if flags.get(name) is True}
-
-
-def _optional_name(command: str, switches: tuple[str, ...] = ("waiting",)) -> Builder:
-    def build(args: list[str], flags: FlagValues) -> Properties:
-        _count(command, args, 0, 1, "[<name>]")
-        props: Properties = {"name": args[0]} if args else {}
-        props.update(_switches(flags, *switches))
-        if isinstance(flags.get("match"), str):
-            props["match"] = flags["match"]
-        return props
-
-    return build
-
-
-def _name_only(command: str) -> Builder:
-    def build(args: list[str], flags: FlagValues) -> Properties:
-        _count(command, args, 1, 1, "<name>")
-        return {"name": args[0]}
-
-    return build
-
-
-def _no_args(command: str, switches: tuple[str, ...] = ()) -> Builder:
-    def build(args: list[str], flags: FlagValues) -> Properties:
-        _count(command, args, 0, 0, "")
-        return _switches(flags, *switches)
-
-    return build
-
-
-def _add(args: list[str], flags: FlagValues) -> Properties:
-    _count("add", args, 2, None, "[--start] <name> <cmd>")
-    # Circus joins the rest of the line: `add web python -m http.server` works unquoted.
-    props: Properties = {"name": args[0], "cmd": " ".join(args[1:]),
-                         "start": flags.get("start") is True}
-    props.update(_switches(flags, "waiting"))
-    return props
-
-
-def _rm(args: list[str], flags: FlagValues) -> Properties:
-    _count("rm", args, 1, 1, "<name> [--nostop] [--waiting]")
-    # Circus's own circusctl drops these two switches (a bug); they are sent here.
-    return {"name": args[0], **_switches(flags, "nostop", "waiting")}
-
-
-def _reload(args: list[str], flags: FlagValues) -> Properties:
-    _count("reload", args, 0, 1, "[<name>] [--terminate] [--waiting] [--sequential]")
-    props: Properties = {"name": args[0]} if args else {}
-    props["graceful"] = flags.get("terminate") is not True
-    props.update(_switches(flags, "waiting", "sequential"))
-    return props
-
-
-def _incr_decr(command: str) -> Builder:
-    def build(args: list[str], flags: FlagValues) -> Properties:
-        _count(command, args, 1, 2, "<name> [<nb>] [--waiting]")
-        props: Properties = {"name": args[0]}
-        if len(args) == 2:
-            props["nb"] = _integer(command, "<nb>", args[1])
-        props.update(_switches(flags, "waiting"))
-        return props
-
-    return build
-
-
-def _get(args: list[str], flags: FlagValues) -> Properties:
-    _count("get", args, 2, None, "<name> <key> [<key> ...]")
-    return {"name": args[0], "keys": args[1:]}
-
-
-def _set(args: list[str], flags: FlagValues) -> Properties:
-    _count("set", args, 3, None, "<name> <key> <value> [<key> <value> ...]")
-    pairs = args[1:]
-    if len(pairs) % 2:
-        raise UsageError("set: the keys and values must come in pairs")
-    options = {
-        pairs[i].lower(): set_value(pairs[i].lower(), pairs[i + 1])
-        for i in range(0, len(pairs), 2)
-    }
-    return {"name": args[0], "options": options, **_switches(flags, "waiting")}
-
-
-def _globaloptions(args: list[str], flags: FlagValues) -> Properties:
-    _count("globaloptions", args, 0, 1, "[<key>]")
-    return {"option": args[0]} if args else {}
-
-
-def _signal(args: list[str], flags: FlagValues) -> Properties:
-    _count("signal", args, 2, 3, "<name> [<pid>] [--children] [--recursive] <signum>")
-    props: Properties = {"name": args[0], "signum": signal_value(args[-1])}
-    if len(args) == 3:
-        props["pid"] = _integer("signal", "<pid>", args[1])
-    props.update(_switches(flags, "children", "recursive"))
-    return props
-
-
-def _kill(args: list[str], flags: FlagValues) -> Properties:
-    _count("kill", args, 1, 2, "<name> [<pid>] [--signum <sig>] [--graceful-timeout <s>]")
-    props: Properties = {"name": args[0]}
-    if len(args) == 2:
-        props["pid"] = _integer("kill", "<pid>", args[1])
-    signum = flags.get("signum")
-    if isinstance(signum, str):
-        props["signum"] = signal_value(signum)
-    graceful_timeout = flags.get("graceful_timeout")
-    if isinstance(graceful_timeout, str):
-        props["graceful_timeout"] = _number("kill", "--graceful-timeout", graceful_timeout)
-    props.update(_switches(flags, "waiting"))
-    return props
-
-
-def _stats(args: list[str], flags: FlagValues) -> Properties:
-    _count("stats", args, 0, 2, "[--extended] [<name>] [<pid>]")
-    props: Properties = {}
-    if args:
-        props["name"] = args[0]
-    if len(args) == 2:
-        props["process"] = _integer("stats", "<pid>", args[1])
-    props.update(_switches(flags, "extended"))
-    return props
-
-
-def _publish(args: list[str], flags: FlagValues) -> Properties:
-    _count("publish", args, 2, 3, "<name> <event> [<json object>]")
-    props: Properties = {"name": args[0], "event": args[1]}
-    if len(args) == 3:
-        try:
-            data = json.loads(args[2])
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise UsageError(f"publish: the data must be a JSON object, got {args[2]!r}")
-        props["data"] = data
-    return props
-
-
-BUILDERS: dict[str, Builder] = {
-    "add": _add,
-    "rm": _rm,
-    "start": _optional_name("start"),
-    "stop": _optional_name("stop"),
-    "restart": _optional_name("restart"),
-    "reload": _reload,
-    "reloadconfig": _no_args("reloadconfig", ("waiting",)),
-    "quit": _no_args("quit", ("waiting",)),
-    "list": _optional_name("list", ()),
-    "listsockets": _no_args("listsockets"),
-    "status": _optional_name("status", ("details",)),
-    "numprocesses": _optional_name("numprocesses", ()),
-    "numwatchers": _no_args("numwatchers"),
-    "incr": _incr_decr("incr"),
-    "decr": _incr_decr("decr"),
-    "get": _get,
-    "set": _set,
-    "options": _name_only("options"),
-    "globaloptions": _globaloptions,
-    "signal": _signal,
-    "kill": _kill,
-    "stats": _stats,
-    "dstats": _no_args("dstats"),
-    "freeze": _name_only("freeze"),
-    "thaw": _name_only("thaw"),
-    "ipython": _no_args("ipython"),
-    "publish": _publish,
-}
-
-
-def build_properties(command: str, args: list[str], flags: FlagValues) -> Properties:
-    """The request properties for a command line; an unknown command must have no arguments."""
-    builder = BUILDERS.get(command)
-    if builder is None:
-        # Sent as is so that the arbiter says what it thinks of it (exit 3).
-        if args:
-            raise UsageError(f"unknown command {command!r}: cannot tell what its arguments mean")
-        return {}
-    return builder(args, flags)
-
-
 # -- `set` values --------------------------------------------------------------------------------
-
-# Numbers whose text means more than the number: the arbiter reads them itself.
-_SENT_AS_TEXT = frozenset({"uid", "gid", "umask"})
-
 
 def set_value(key: str, raw: str) -> Any:
     """A `set` value typed as the option's own parser types it (Circus's `convert_option`).
@@ -236,13 +123,16 @@ def set_value(key: str, raw: str) -> Any:
     """
     if key == "env":
         return _parse_env(raw)
-    if key in _SENT_AS_TEXT:
-        return raw
     if key.startswith("rlimit_"):
         return int(raw) if raw.isdecimal() else raw
     # The option table is only needed here: keep it out of every other command's start-up.
     from circus_sd.config.model import WatcherConfig
     from circus_sd.config.options import options_of
+    from circus_sd.config.watcher_keys import sent_as_text
+
+    if sent_as_text(key):
+        # Numbers whose text means more than the number: the arbiter reads them itself.
+        return raw
 
     known = options_of(WatcherConfig)
     if key not in known:

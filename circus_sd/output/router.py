@@ -46,7 +46,7 @@ from circus_sd.output.sink import (
     SinkReport,
     Writer,
 )
-from circus_sd.spawner import JournalStreamSetup
+from circus_sd.spawn_protocol import JournalStreamSetup
 
 log = logging.getLogger("circus_sd")
 

@@ -1,7 +1,7 @@
 """Plugins: supervised processes that follow the arbiter's events and send it commands."""
 
+from circus_sd.config.plugin_options import PluginOptionError, parse_options
 from circus_sd.plugins.base import CommandFailed, Plugin, Timer, WatcherEvent, WatcherStatus
-from circus_sd.plugins.options import PluginOptionError, parse_options
 
 __all__ = [
     "CommandFailed",

@@ -16,10 +16,10 @@ import os
 import sys
 
 from circus_sd.config.options import LOG_LEVELS
+from circus_sd.config.plugin_catalog import load_class, resolve
+from circus_sd.config.plugin_options import PluginOptionError
+from circus_sd.config.plugin_watchers import OPTIONS_ENV
 from circus_sd.plugins.base import Plugin
-from circus_sd.plugins.catalog import load_class, resolve
-from circus_sd.plugins.launch import OPTIONS_ENV
-from circus_sd.plugins.options import PluginOptionError
 
 EX_CONFIG = 78
 

@@ -13,6 +13,13 @@ import dataclasses
 from collections.abc import Mapping
 
 from circus_sd.config.options import integer, number, option, text
+from circus_sd.config.plugin_options import (
+    PluginOptionError,
+    one_of,
+    parse_options,
+    positive_number,
+    required,
+)
 from circus_sd.plugins.base import CommandFailed, Plugin
 from circus_sd.plugins.load_signals import (
     AcceptQueue,
@@ -20,13 +27,6 @@ from circus_sd.plugins.load_signals import (
     CpuLoad,
     LoadSignal,
     SocketAddress,
-)
-from circus_sd.plugins.options import (
-    PluginOptionError,
-    one_of,
-    parse_options,
-    positive_number,
-    required,
 )
 from circus_sd.plugins.scaling import Decision, Move, ScalePolicy, Scaler
 

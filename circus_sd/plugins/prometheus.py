@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from circus_sd.client import CallError
 from circus_sd.config.options import option, text
+from circus_sd.config.plugin_options import PluginOptionError, parse_options, port_number
 from circus_sd.plugins.base import CommandFailed, Plugin, WatcherStatus
-from circus_sd.plugins.options import PluginOptionError, parse_options, port_number
 from circus_sd.plugins.stats_reply import ProcessFigures, by_watcher
 from circus_sd.states import WatcherState
 

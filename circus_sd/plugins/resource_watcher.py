@@ -17,9 +17,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import psutil
 
 from circus_sd.config.options import boolean, integer, number, option, signal_number, text
-from circus_sd.plugins.base import CommandFailed, Plugin
-from circus_sd.plugins.load_signals import CpuMeter
-from circus_sd.plugins.options import (
+from circus_sd.config.plugin_options import (
     MemoryLimit,
     PluginOptionError,
     memory_limit,
@@ -27,7 +25,9 @@ from circus_sd.plugins.options import (
     parse_options,
     positive_number,
 )
-from circus_sd.process_stats import human_bytes
+from circus_sd.plugins.base import CommandFailed, Plugin
+from circus_sd.plugins.load_signals import CpuMeter
+from circus_sd.sizes import human_bytes
 
 _NINETY_PERCENT: MemoryLimit | None = MemoryLimit(90.0, absolute=False)
 

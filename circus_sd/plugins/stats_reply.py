@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from circus_sd.plugins.options import parse_size
+from circus_sd.config.plugin_options import parse_size
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,14 +15,14 @@ import socket
 from collections.abc import Mapping
 
 from circus_sd.config.options import number, option, text
-from circus_sd.plugins.base import Plugin, WatcherEvent
-from circus_sd.plugins.launch import WATCHER_PREFIX
-from circus_sd.plugins.options import (
+from circus_sd.config.plugin_options import (
     PluginOptionError,
     parse_options,
     port_number,
     positive_number,
 )
+from circus_sd.config.plugin_watchers import WATCHER_PREFIX
+from circus_sd.plugins.base import Plugin, WatcherEvent
 from circus_sd.plugins.stats_reply import by_watcher
 
 

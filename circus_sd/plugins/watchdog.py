@@ -15,9 +15,9 @@ import signal
 from collections.abc import Mapping
 
 from circus_sd.config.options import decimal_integer, integer, option, text
+from circus_sd.config.plugin_options import parse_options, port_number, positive_number, regex
+from circus_sd.config.plugin_watchers import WATCHER_PREFIX
 from circus_sd.plugins.base import CommandFailed, Plugin, WatcherEvent
-from circus_sd.plugins.launch import WATCHER_PREFIX
-from circus_sd.plugins.options import parse_options, port_number, positive_number, regex
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Files the Debian package derives from circusctl's command table (circus_sd.control.registry,
-the table the server dispatches from and circusctl parses with), so they cannot drift from it:
+"""Files the Debian package derives from the command table (circus_sd.control.registry, the
+table the server dispatches from and circusctl parses with), so they cannot drift from it:
 
     python3 packaging/deb/generate.py completion     # bash completion for circusctl
     python3 packaging/deb/generate.py man-commands   # help2man --include: COMMANDS, ENVIRONMENT
@@ -12,12 +12,13 @@ from __future__ import annotations
 import sys
 
 from circus_sd.client import ENDPOINT_ENV
+from circus_sd.control.registry import COMMANDS, POSITIONAL, Command, Kind, Param
 from circus_sd.ctl.commandline import (
     CLIENT_COMMANDS,
     GLOBAL_HELP,
+    ClientCommand,
     flags_of,
     known_commands,
-    server_commands,
 )
 
 # The global options that take a value (the others are switches), as GLOBAL_HELP shows them.
@@ -30,22 +31,15 @@ def global_options() -> list[str]:
     return [word for word in words if word.startswith("--")]
 
 
-def usage_of(name: str) -> str:
-    commands = server_commands()
-    entry = commands[name] if name in commands else CLIENT_COMMANDS[name]
-    return entry.usage or entry.name
+def entry_of(name: str) -> Command | ClientCommand:
+    return COMMANDS[name] if name in COMMANDS else CLIENT_COMMANDS[name]
 
 
 def first_argument(name: str) -> str | None:
     """What a command's first positional argument is: `name` (a watcher), `command` or None."""
-    for word in usage_of(name).split()[1:]:
-        if word.startswith("[--"):
-            continue
-        word = word.strip("[]")
-        if word in ("<name>", "<command>"):
-            return word.strip("<>")
-        return None
-    return None
+    params: tuple[Param, ...] = entry_of(name).params
+    first = next((param for param in params if param.kind in POSITIONAL), None)
+    return first.name if first is not None and first.name in ("name", "command") else None
 
 
 def completion() -> str:
@@ -54,11 +48,11 @@ def completion() -> str:
     for name in known_commands():
         flags = flags_of(name)
         if flags:
-            spelled = " ".join("--" + flag.name.replace("_", "-") for flag in flags.values())
+            spelled = " ".join("--" + flag.switch for flag in flags.values())
             flags_case.append(f'        {name}) echo "{spelled}" ;;')
         for flag in flags.values():
-            option = "--" + flag.name.replace("_", "-")
-            if flag.metavar is not None:
+            option = "--" + flag.switch
+            if flag.kind is Kind.VALUE:
                 values_case.append(f"        {name}:{option}) return 0 ;;")
             if flag.choices:
                 choices_case.append(f'        {name}:{option}) echo "{" ".join(flag.choices)}" ;;')
@@ -171,12 +165,11 @@ def roff(text: str) -> str:
 
 
 def man_commands() -> str:
-    commands = server_commands()
     lines = ["[COMMANDS]"]
     for name in known_commands():
-        entry = commands[name] if name in commands else CLIENT_COMMANDS[name]
-        lines += [".TP", f".B circusctl {roff(usage_of(name))}", roff(entry.doc)]
-        if name in commands and commands[name].waitable:
+        entry = entry_of(name)
+        lines += [".TP", f".B circusctl {roff(entry.usage)}", roff(entry.doc)]
+        if isinstance(entry, Command) and entry.waitable:
             lines.append("Replies at once; with \\-\\-waiting, when the operation is done.")
     lines += [
         "",

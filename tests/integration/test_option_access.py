@@ -196,3 +196,28 @@ def test_a_kill_with_a_timeout_that_cannot_fire_is_refused(
                        waiting=True)
     assert "graceful_timeout: expected a number of seconds >= 0" in reason
     assert ctl.ok("list", name="sleeper")["pids"] == pids
+
+
+def test_set_refuses_a_socket_that_no_section_declares(
+    circus: Circus, zmq_clients: Clients
+) -> None:
+    _arbiter, _world, ctl = _running(circus, zmq_clients, "root")
+    before = ctl.ok("options", name="sleeper")["options"]
+    pids = ctl.ok("list", name="sleeper")["pids"]
+
+    reason = ctl.error("set", MESSAGE_ERROR, name="sleeper",
+                       options={"listen_fds": "nosuchsocket"}, waiting=True)
+    assert reason == "listen_fds: no [socket:nosuchsocket] section"
+    assert ctl.ok("options", name="sleeper")["options"] == before
+    assert ctl.ok("list", name="sleeper")["pids"] == pids
+
+
+def test_add_refuses_a_program_not_on_the_processes_path_as_the_file_does(
+    circus: Circus, zmq_clients: Clients
+) -> None:
+    _arbiter, _world, ctl = _running(circus, zmq_clients, "root")
+
+    reason = ctl.error("add", MESSAGE_ERROR, name="ghost", cmd="no-such-program --serve",
+                       start=True, waiting=True)
+    assert reason.startswith("cmd: program 'no-such-program' not found on the processes' PATH")
+    assert ctl.ok("list")["watchers"] == ["sleeper"]

@@ -20,7 +20,7 @@ from arbiter_harness import (
 )
 from control_helpers import Clients, clients, control_endpoint, real_pids, wait_count
 
-# A stopped spawner is found out after spawn_client.ANSWER_DEADLINE (5 s); this bounds a hang.
+# A stopped spawner is found out after spawner.ANSWER_DEADLINE (5 s); this bounds a hang.
 pytestmark = pytest.mark.timeout(60)
 # The answer deadline, the restart and a respawn, on a loaded machine.
 REPLACED_WITHIN = 15.0
@@ -159,7 +159,7 @@ def test_the_children_a_lost_spawner_never_answered_for_are_killed_not_left_runn
     processes run, no unsupervised duplicate beside their replacements."""
     tmp = circus.tmp
     pid_file, marker = tmp / "spawner.pid", tmp / "stopped"
-    # The first request goes alone, the next ones in batches (spawn_client.MAX_BATCH): wid 3
+    # The first request goes alone, the next ones in batches (spawner.MAX_BATCH): wid 3
     # is the second of a batch, and a shell is quick to exec and stop its spawner.
     script = (f"[ $CIRCUS_WID = 3 ] && mkdir {marker} 2>/dev/null && read p < {pid_file} && "
               f"kill -STOP $p; "

@@ -25,8 +25,8 @@ from arbiter_harness import Circus, child_command, report_command, wait_until
 from control_helpers import Clients, EventStream, clients, control_endpoint, events_endpoint
 
 from circus_sd.output.lines import SPLIT_MARKER
-from circus_sd.spawn_client import Spawner
-from circus_sd.spawner import JournalStreamSetup, SpawnRequest, fork_spawner
+from circus_sd.spawn_protocol import JournalStreamSetup, SpawnRequest
+from circus_sd.spawner import Spawner, fork_spawner
 
 pytestmark = pytest.mark.timeout(60)
 

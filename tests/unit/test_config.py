@@ -230,6 +230,23 @@ def test_include_and_include_dir_are_relative_and_sorted(tmp_path: Path) -> None
     assert warnings == []
 
 
+def test_a_hook_beside_the_included_file_that_names_it_is_found(tmp_path: Path) -> None:
+    """As in Circus: the directory of the file holding `hooks.X` is searched."""
+    main = write(tmp_path, "etc/circus.ini", """
+        [circus]
+        include_dir = conf.d
+    """)
+    write(tmp_path, "etc/conf.d/web.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        hooks.before_start = web_hooks_beside_include.check
+    """)
+    hooks = "def check(**kwargs):\n    return True\n"
+    write(tmp_path, "etc/conf.d/web_hooks_beside_include.py", hooks)
+    config, _warnings = load(main)
+    assert config.watchers[0].hooks["before_start"].target == "web_hooks_beside_include.check"
+
+
 def test_include_matching_nothing_warns(tmp_path: Path) -> None:
     main = write(tmp_path, "circus.ini", "[circus]\ninclude = missing/*.ini\n")
     _, warnings = load(main)

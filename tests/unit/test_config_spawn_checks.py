@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from circus_sd.config import ConfigError, load_config
-from circus_sd.spawn_plan import substitute
+from circus_sd.config.process_env import substitute
 
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/home/test"}
 

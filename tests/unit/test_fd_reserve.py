@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 from circus_sd.fd_reserve import PER_SPAWN, RECOUNT_SECONDS, RESERVE, FdReserve, open_fds
-from circus_sd.spawn_client import Spawner
-from circus_sd.spawner import SpawnError, SpawnRequest
+from circus_sd.spawn_protocol import SpawnRequest
+from circus_sd.spawner import Spawner, SpawnError
 
 
 class Fake:

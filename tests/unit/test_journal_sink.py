@@ -9,7 +9,7 @@ import pytest
 
 from circus_sd.output.journal import JournalWriter, split_level_prefix
 from circus_sd.output.sink import Chunk, Origin, SinkError
-from circus_sd.spawner import JournalStreamSetup
+from circus_sd.spawn_protocol import JournalStreamSetup
 
 WEB2 = Origin("web", 2, 4242, "stdout")
 

@@ -65,20 +65,20 @@ def test_an_admin_key_among_operate_keys_refuses_the_whole_request(key: str) -> 
 
 def test_operate_keys_pass_in_any_spelling() -> None:
     changes = parse_options({" Graceful_Timeout ": "3", "NUMPROCESSES": 4}, Tier.OPERATE)
-    config = apply_options(WatcherConfig(name="w", cmd="x"), changes)
+    config = apply_options(WatcherConfig(name="w", cmd="/bin/true"), changes)
     assert (config.graceful_timeout, config.numprocesses) == (3.0, 4)
 
 
 def test_what_is_applied_is_what_was_checked() -> None:
     changes = parse_options({"CMD": "/bin/true", "RLIMIT_NOFILE": "64"}, Tier.ADMIN)
-    config = apply_options(WatcherConfig(name="w", cmd="x"), changes)
+    config = apply_options(WatcherConfig(name="w", cmd="/bin/true"), changes)
     assert config.cmd == "/bin/true"
     assert (RLIMITS["rlimit_nofile"], 64, 64) in config.rlimits
 
 
 def test_a_new_uid_without_gid_takes_that_users_primary_group() -> None:
     nobody = pwd.getpwnam("nobody")
-    config = WatcherConfig(name="w", cmd="x")
+    config = WatcherConfig(name="w", cmd="/bin/true")
     changed = apply_options(config, parse_options({"uid": "nobody"}, Tier.ADMIN))
     assert (changed.uid, changed.gid) == (nobody.pw_uid, nobody.pw_gid)
     explicit = apply_options(config, parse_options({"uid": "nobody", "gid": "0"}, Tier.ADMIN))
@@ -86,6 +86,6 @@ def test_a_new_uid_without_gid_takes_that_users_primary_group() -> None:
 
 
 def test_the_environment_is_shown_to_the_admin_tier_only() -> None:
-    config = dataclasses.replace(WatcherConfig(name="w", cmd="x"), env={"TOKEN": "s3cret"})
+    config = dataclasses.replace(WatcherConfig(name="w", cmd="/bin/true"), env={"TOKEN": "s3cret"})
     assert option_values(config, Tier.ADMIN)["env"] == {"TOKEN": "s3cret"}
     assert "env" not in option_values(config, Tier.OPERATE)

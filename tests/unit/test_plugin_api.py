@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from circus_sd.config.model import ArbiterConfig
+from circus_sd.config.plugin_catalog import NoCounterpart, resolve
+from circus_sd.config.plugin_watchers import OPTIONS_ENV, plugin_watcher
 from circus_sd.plugins import Plugin, WatcherEvent, WatcherStatus
 from circus_sd.plugins import __main__ as runner
-from circus_sd.plugins.catalog import NoCounterpart, resolve
-from circus_sd.plugins.launch import OPTIONS_ENV, plugin_watcher
 from circus_sd.plugins.load_signals import (
     AcceptQueue,
     CgroupCpu,

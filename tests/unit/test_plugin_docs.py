@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from circus_sd.plugins.catalog import SHIPPED, load_class
+from circus_sd.config.plugin_catalog import SHIPPED, load_class
 from circus_sd.plugins.doc import PLUGINS, replace_tables
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"

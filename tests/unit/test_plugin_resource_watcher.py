@@ -6,7 +6,12 @@ import signal
 
 import pytest
 
-from circus_sd.plugins.options import MemoryLimit, PluginOptionError, memory_limit, parse_options
+from circus_sd.config.plugin_options import (
+    MemoryLimit,
+    PluginOptionError,
+    memory_limit,
+    parse_options,
+)
 from circus_sd.plugins.resource_watcher import LimitCounter, ResourceWatcherOptions, Usage
 
 MIB = 1 << 20

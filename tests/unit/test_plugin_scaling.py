@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from circus_sd.config.plugin_options import PluginOptionError, parse_options
 from circus_sd.plugins.autoscale import AutoscaleOptions
-from circus_sd.plugins.options import PluginOptionError, parse_options
 from circus_sd.plugins.scaling import Decision, Move, ScalePolicy, Scaler
 
 POLICY = ScalePolicy(minimum=1, maximum=4, grow_above=75, shrink_below=25, cooldown=30, step=1)

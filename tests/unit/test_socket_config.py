@@ -11,9 +11,9 @@ import pytest
 
 from circus_sd.config import ConfigError, load_config
 from circus_sd.config.model import SocketConfig, WatcherConfig
+from circus_sd.config.process_env import ChildDefaults
 from circus_sd.sockets import SystemdSockets, parse_listen_env
 from circus_sd.spawn_plan import (
-    ChildDefaults,
     SpawnPlanError,
     build_request,
     socket_layout,

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from circus_sd.spawn_client import Spawner
-from circus_sd.spawner import SpawnerLost, SpawnError, SpawnRequest
+from circus_sd.spawn_protocol import SpawnRequest
+from circus_sd.spawner import Spawner, SpawnerLost, SpawnError
 
 REQUEST = SpawnRequest("/bin/true", ("true",), {})
 

@@ -7,12 +7,22 @@ import errno
 import logging
 import random
 import signal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
-from circus_sd.actions import Action, CancelTimer, Log, Publish, Signal, Spawn, StartTimer
-from circus_sd.config.model import WatcherConfig
+from circus_sd.actions import (
+    Action,
+    CallHook,
+    CancelTimer,
+    Log,
+    Publish,
+    Signal,
+    Spawn,
+    StartTimer,
+)
+from circus_sd.config.model import HookSpec, WatcherConfig
 from circus_sd.restart_policy import SHORTAGE_MIN_DELAY, is_shortage
 from circus_sd.states import (
     PROCESS_TRANSITIONS,
@@ -46,6 +56,7 @@ class Harness:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.signals: list[Signal] = []
         self.logs: list[Log] = []
+        self.hook_calls: list[CallHook] = []
 
     def apply(self, actions: list[Action]) -> list[Action]:
         for action in actions:
@@ -61,7 +72,18 @@ class Harness:
                 self.signals.append(action)
             elif isinstance(action, Log):
                 self.logs.append(action)
+            elif isinstance(action, CallHook) and action.token is not None:
+                self.hook_calls.append(action)
         return actions
+
+    def answer(self, hook: str, approved: bool = True) -> None:
+        """The first unanswered call of `hook` returns."""
+        call = next(c for c in self.hook_calls if c.hook == hook)
+        self.hook_calls.remove(call)
+        self.apply(self.watcher.hook_done(call.token, approved, self.now))
+
+    def hooks_asked(self) -> list[str]:
+        return [call.hook for call in self.hook_calls]
 
     def start(self) -> None:
         self.apply(self.watcher.start(self.now))
@@ -667,3 +689,162 @@ def test_once_the_arbiter_shuts_down_nothing_more_is_spawned() -> None:
     h.exit(h.watcher.pids[0], code=1)
     h.advance(60)
     assert not h.pending_spawns, "nor is an exited process replaced"
+
+
+# -- every named wait, left every way it can be --------------------------------------------------
+
+
+def _hooks(*names: str) -> MappingProxyType[str, HookSpec]:
+    return MappingProxyType({name: HookSpec("probe.hook") for name in names})
+
+
+def _pause(h: Harness) -> None:
+    """Crash the only worker until the watcher is paused for flapping."""
+    for _ in range(h.watcher.config.flapping_attempts):
+        h.advance(0.05)
+        (pid,) = h.answer_spawns()
+        h.exit(pid)
+    assert h.watcher.state is WatcherState.PAUSED
+
+
+def test_a_stop_while_paused_or_failed_rests_stopped_and_cancels_the_retry() -> None:
+    h = Harness(backoff_initial=0.01, flapping_attempts=2, flapping_retry_in=5.0)
+    h.start()
+    _pause(h)
+    h.stop()
+    assert h.watcher.state is WatcherState.STOPPED and (RETRY,) not in h.timers
+    h.advance(10)
+    assert not h.pending_spawns
+    h = Harness(max_retry=1)
+    h.start()
+    _fail_spawns(h, 1, None, "exec: No such file or directory")
+    assert h.watcher.state is WatcherState.FAILED
+    h.stop()
+    assert h.watcher.state is WatcherState.STOPPED
+    assert h.watcher.result is WatcherResult.EXEC_FAILED, "stopping keeps why it failed"
+
+
+def test_before_start_is_asked_again_after_a_pause_and_after_a_failure() -> None:
+    h = Harness(
+        hooks=_hooks("before_start"), backoff_initial=0.01, flapping_attempts=2,
+        flapping_retry_in=1.0, max_retry=1,
+    )
+    h.start()
+    h.answer("before_start")
+    _pause(h)
+    h.advance(1.1)
+    assert h.hooks_asked() == ["before_start"] and not h.pending_spawns
+    h.answer("before_start")
+    _fail_spawns(h, 1, None, "exec: No such file or directory")
+    assert h.watcher.state is WatcherState.FAILED
+    h.start()
+    assert h.hooks_asked() == ["before_start"] and not h.pending_spawns
+    assert not h.watcher.start_settled
+
+
+@pytest.mark.parametrize("waiting", ["before_start", "after_start"])
+def test_a_stop_while_a_start_hook_runs_calls_before_stop_first(waiting: str) -> None:
+    h = Harness(hooks=_hooks(waiting, "before_stop"))
+    h.start()
+    if waiting == "after_start":
+        (pid,) = h.answer_spawns()
+    assert h.hooks_asked() == [waiting]
+    h.stop()
+    assert h.hooks_asked() == [waiting, "before_stop"] and not h.signals
+    h.answer(waiting)
+    assert not h.pending_spawns and h.watcher.state is WatcherState.STOPPING
+    h.answer("before_stop")
+    if waiting == "after_start":
+        assert h.signals == [Signal(pid, signal.SIGTERM)]
+        h.exit(pid, -15)
+    assert h.watcher.state is WatcherState.STOPPED
+
+
+@pytest.mark.parametrize("then", ["respawned", "stopped", "stopped with before_stop"])
+def test_after_start_is_asked_once_per_start_even_if_a_worker_went_missing_meanwhile(
+    then: str,
+) -> None:
+    h = Harness(hooks=_hooks("after_start", *(["before_stop"] if "before_stop" in then else [])))
+    h.start()
+    (pid,) = h.answer_spawns()
+    h.advance(5)
+    h.exit(pid, code=1)  # while after_start runs
+    h.answer("after_start")
+    assert h.watcher.state is WatcherState.STARTING and not h.watcher.start_settled
+    if then == "respawned":
+        h.answer_spawns()
+        assert h.watcher.state is WatcherState.ACTIVE and h.hooks_asked() == []
+        return
+    h.stop()
+    if "before_stop" in then:
+        h.answer("before_stop")
+    (pid,) = h.answer_spawns()  # the respawn in flight is stopped once its pid is known
+    assert h.signals[-1] == Signal(pid, signal.SIGTERM)
+    h.exit(pid, -15)
+    assert h.watcher.state is WatcherState.STOPPED
+
+
+def test_a_stop_while_before_spawn_runs_drops_the_spawn() -> None:
+    h = Harness(hooks=_hooks("before_spawn"))
+    h.start()
+    h.stop()
+    assert h.watcher.state is WatcherState.STOPPING, "waits for the hook's answer"
+    h.answer("before_spawn")
+    assert not h.pending_spawns and h.watcher.state is WatcherState.STOPPED
+
+
+def test_without_a_graceful_timeout_every_stop_is_sigkill() -> None:
+    h = Harness(numprocesses=2, notify=True, graceful_timeout=0.0)
+    h.start()
+    first, second = h.answer_spawns()
+    h.apply(h.watcher.notified(first, {"READY": "1"}, h.now))
+    h.apply(h.watcher.kill(h.now))
+    assert h.signals == [Signal(p, signal.SIGKILL, tree=True) for p in (first, second)]
+    assert h.watcher.is_stopping(first) and h.watcher.is_stopping(second)
+    assert not any(key[0] == KILL for key in h.timers)
+    h = Harness(graceful_timeout=0.0)
+    h.start()
+    h.stop()
+    (pid,) = h.answer_spawns()
+    assert h.signals == [Signal(pid, signal.SIGKILL, tree=True)]
+
+
+@pytest.mark.parametrize("graceful_timeout", [0.0, 2.0])
+def test_a_process_not_ready_in_time_is_killed_if_it_does_not_stop(
+    graceful_timeout: float,
+) -> None:
+    h = Harness(notify=True, ready_timeout=5.0, graceful_timeout=graceful_timeout)
+    h.start()
+    (pid,) = h.answer_spawns()
+    h.advance(5.0)
+    h.advance(2.0)
+    assert h.signals[-1] == Signal(pid, signal.SIGKILL, tree=True)
+    assert not h.pending_spawns, "its worker waits for the exit"
+    h.exit(pid, code=-9)
+    assert (RESTART, 1) in h.timers, "a failed start: backoff"
+
+
+# -- what the arbiter waits for ------------------------------------------------------------------
+
+
+def test_queries_for_replacements_and_resizes() -> None:
+    h = Harness(numprocesses=3, graceful_timeout=3.0)
+    h.start()
+    old = h.answer_spawns()
+    assert h.watcher.pids_of_wids({1, 3}) == {old[0], old[2]}
+    assert h.watcher.pids_of_wids(None) == set(old)
+    h.apply(h.watcher.replace_processes(h.now, {1}))
+    assert h.watcher.is_stopping(old[0]) and not h.watcher.is_stopping(old[1])
+    assert not h.watcher.is_stopping(99999)
+    assert h.watcher.pids_of_wids({1}) == {old[0]}, "being stopped, still there"
+    assert not h.watcher.replaced({old[0]}) and not h.watcher.resize_settled()
+    (new,) = h.answer_spawns()
+    assert h.watcher.resize_settled() and not h.watcher.replaced({old[0]})
+    h.exit(old[0], -15)
+    assert h.watcher.replaced({old[0]})
+    assert h.watcher.pids_of_wids({1}) == {new}
+    config = dataclasses.replace(h.watcher.config, numprocesses=4)
+    h.apply(h.watcher.update_config(config, h.now))
+    assert not h.watcher.resize_settled()
+    h.answer_spawns()
+    assert h.watcher.resize_settled()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from circus_sd.config.options import OptionValueError, decimal_integer, options_of
-from circus_sd.process_stats import human_bytes
+from circus_sd.sizes import human_bytes
 
 T = TypeVar("T")
 

@@ -1,0 +1,52 @@
+"""Circus's `$(circus.…)` placeholders as the config file reads them (and `((circus.…))`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+# `$(circus.x.y)` and its older spelling `((circus.x.y))`, case-insensitive as in Circus.
+PLACEHOLDER = re.compile(r"\$\(circus\.([\w.-]+)\)|\(\(circus\.([\w.-]+)\)\)", re.IGNORECASE)
+
+
+def has_placeholder(text: str) -> bool:
+    return PLACEHOLDER.search(text) is not None
+
+
+def placeholder_name(match: re.Match[str]) -> str:
+    """`x.y` of a PLACEHOLDER match, whichever spelling it used."""
+    return match.group(1) or match.group(2)
+
+
+def lookup(name: str, env: Mapping[str, str]) -> str | None:
+    """Circus compares variable names case-insensitively; prefer an exact, then upper-case hit."""
+    for candidate in (name, name.upper()):
+        if candidate in env:
+            return env[candidate]
+    folded = name.casefold()
+    for key in sorted(env):
+        if key.casefold() == folded:
+            return env[key]
+    return None
+
+
+class UnsetVariable(LookupError):
+    def __init__(self, name: str, placeholder: str) -> None:
+        super().__init__(name)
+        self.name = name
+        self.placeholder = placeholder
+
+
+def substitute_env(text: str, env: Mapping[str, str]) -> str:
+    """Replace `$(circus.env.X)`; other `$(circus.…)` placeholders are the spawn path's."""
+
+    def replace(match: re.Match[str]) -> str:
+        prefix, _, variable = placeholder_name(match).partition(".")
+        if prefix.lower() != "env" or not variable:
+            return match.group(0)
+        found = lookup(variable, env)
+        if found is None:
+            raise UnsetVariable(variable, match.group(0))
+        return found
+
+    return PLACEHOLDER.sub(replace, text)
