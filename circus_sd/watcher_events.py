@@ -8,6 +8,7 @@ Timer keys and hook tokens travel through the arbiter as plain tuples (`(KILL, s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Hashable, Mapping
 from typing import ClassVar
 
@@ -225,8 +226,14 @@ class TimerFired(Event):
 
     @property
     def key(self) -> tuple[object, ...]:
-        """The key the timer is started and cancelled with."""
-        return (self.kind, *dataclasses.astuple(self))
+        """The key the timer is started and cancelled with (built by hand: several per spawn
+        and per exit, and dataclasses.astuple deep-copies each field)."""
+        return (self.kind, *(getattr(self, name) for name in _field_names(type(self))))
+
+
+@functools.cache
+def _field_names(cls: type[TimerFired]) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
 
 
 @dataclasses.dataclass(frozen=True)
