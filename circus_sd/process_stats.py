@@ -19,34 +19,62 @@ def _ctime(seconds: float) -> str:
 
 
 class ProcessStats:
-    """Keeps psutil handles between calls, so that `cpu` is a real percentage since last time."""
+    """Keeps a psutil handle per process between calls, descendants included, so that `cpu` is
+    a real percentage since the last call (or, at a process's first call, since its birth)."""
 
     def __init__(self) -> None:
         self._handles: dict[int, psutil.Process] = {}
-
-    def _handle(self, pid: int) -> psutil.Process:
-        handle = self._handles.get(pid)
-        if handle is None:
-            handle = self._handles[pid] = psutil.Process(pid)
-            handle.cpu_percent(None)
-        return handle
+        # The descendants' handles, by the process whose stats show them: kept while they
+        # live, dropped with it.
+        self._descendants: dict[int, dict[int, psutil.Process]] = {}
 
     def forget(self, pid: int) -> None:
         self._handles.pop(pid, None)
+        self._descendants.pop(pid, None)
 
     def info(self, pid: int, extended: bool = False, wid: int | None = None) -> Any:
         try:
-            return self._info(self._handle(pid), extended, wid)
+            process = self._handles.get(pid)
+            first = process is None
+            if process is None:
+                process = self._handles[pid] = psutil.Process(pid)
+            info = self._info(process, first, wid)
         except psutil.Error:
             self.forget(pid)
             return NO_SUCH_PROCESS
+        info["children"] = self._children(pid, extended)
+        return info
 
-    def _info(self, process: psutil.Process, extended: bool, wid: int | None) -> dict[str, Any]:
+    def _children(self, pid: int, recursive: bool) -> list[dict[str, Any]]:
+        known = self._descendants.get(pid, {})
+        kept: dict[int, psutil.Process] = {}
+        children = []
+        for child in child_pids(pid, recursive=recursive):
+            process = known.get(child)
+            # A pid seen before may have been reused by another process since.
+            first = process is None or not process.is_running()
+            try:
+                if first:
+                    process = psutil.Process(child)
+                assert process is not None
+                children.append(self._info(process, first, None))
+            except psutil.Error:
+                continue
+            kept[child] = process
+        self._descendants[pid] = kept
+        return children
+
+    def _info(self, process: psutil.Process, first: bool, wid: int | None) -> dict[str, Any]:
         with process.oneshot():
             memory = process.memory_info()
             times = process.cpu_times()
             created = process.create_time()
-            info: dict[str, Any] = {
+            busy = times.user + times.system
+            cpu = process.cpu_percent(None)
+            if first:
+                # No earlier sample: its average since it started.
+                cpu = round(100.0 * busy / max(time.time() - created, 1e-3), 1)
+            return {
                 "pid": process.pid,
                 "wid": wid,
                 "mem_info1": human_bytes(memory.rss),
@@ -54,9 +82,11 @@ class ProcessStats:
                 # Exact figures beside Circus's rounded strings (for plugins and exporters).
                 "rss": memory.rss,
                 "vms": memory.vms,
-                "cpu": process.cpu_percent(None),
+                "cpu": cpu,
+                # Seconds of CPU used so far: what counters (Prometheus) are made of.
+                "cpu_seconds": busy,
                 "mem": round(process.memory_percent(), 1),
-                "ctime": _ctime(times.user + times.system),
+                "ctime": _ctime(busy),
                 "username": process.username(),
                 "nice": process.nice(),
                 "cmdline": process.name(),
@@ -64,12 +94,3 @@ class ProcessStats:
                 "started": created,
                 "age": round(time.time() - created, 3),
             }
-        children = []
-        for pid in child_pids(process.pid, recursive=extended):
-            try:
-                children.append(self._info(psutil.Process(pid), False, None))
-            except psutil.Error:
-                continue
-        info["children"] = children
-        return info
-

@@ -49,6 +49,9 @@ def plugin_watcher(
         args=shlex.join(arguments),
         singleton=True,
         priority=priority,
+        # READY=1 once it listens to the events (plugins/base.py): the watchers started after
+        # it (lower priority) have their first spawns seen.
+        notify=True,
         # As Circus: the plugin sees the arbiter's environment (HOME, PYTHONPATH...).
         copy_env=True,
         # A plugin stops at once on SIGTERM; one that hangs should not hold the arbiter's stop.

@@ -31,6 +31,12 @@ from circus_sd.client import (
     resolve_endpoint,
 )
 from circus_sd.endpoints import default_pubsub_endpoint
+from circus_sd.systemd_notify import SystemdNotifier
+
+# The event a plugin publishes to itself until it comes back: then its subscription receives.
+SUBSCRIBED_EVENT = "subscribed"
+SUBSCRIBE_DEADLINE = 5.0
+PROBE_INTERVAL = 0.05
 
 
 class CommandFailed(Exception):
@@ -236,13 +242,20 @@ class Plugin:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         subscription = None
+        early: list[tuple[str, dict[str, Any]]] = []
         try:
             if self.topics:
                 # Before handle_init: what happens while it runs is not missed.
-                subscription = AsyncSubscription(self.pubsub_endpoint, self.topics)
+                subscription = AsyncSubscription(
+                    self.pubsub_endpoint, [*self.topics, self._probe_topic]
+                )
+                early = await self._subscribed(subscription)
             await self.handle_init()
             if subscription is not None:
-                self._start(self._pump(subscription))
+                self._start(self._pump(subscription, early))
+            # The plugin's watcher has `notify`: the arbiter starts the watchers that come
+            # after it (lower priority) once it listens, so their first spawns are seen.
+            SystemdNotifier().ready("listening" if subscription is not None else "running")
             await self._stop_requested.wait()
             self.log.info("stopping")
         finally:
@@ -265,9 +278,42 @@ class Plugin:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _pump(self, subscription: AsyncSubscription) -> None:
+    @property
+    def _probe_topic(self) -> str:
+        return f"plugin.{self.name}.{SUBSCRIBED_EVENT}"
+
+    async def _subscribed(
+        self, subscription: AsyncSubscription
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Wait until the subscription receives (ZMQ drops what a SUB socket's connection was
+        too young to receive): publish a probe until it comes back. The events received
+        meanwhile are returned, to be handled first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SUBSCRIBE_DEADLINE
+        early: list[tuple[str, dict[str, Any]]] = []
+        while loop.time() < deadline:
+            await self.cast("publish", name=self.name, event=SUBSCRIBED_EVENT, data={})
+            wait_until = min(deadline, loop.time() + PROBE_INTERVAL)
+            while (left := wait_until - loop.time()) > 0:
+                try:
+                    topic, payload = await asyncio.wait_for(subscription.receive(), left)
+                except TimeoutError:
+                    break
+                if topic == self._probe_topic:
+                    return early
+                early.append((topic, payload))
+        self.log.warning("events: no probe came back within %g s; going on", SUBSCRIBE_DEADLINE)
+        return early
+
+    async def _pump(
+        self, subscription: AsyncSubscription, early: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        for topic, payload in early:
+            await self._guarded(topic, functools.partial(self.handle_event, topic, payload))
         while True:
             topic, payload = await subscription.receive()
+            if topic == self._probe_topic:
+                continue  # a late copy of our own probe
             await self._guarded(topic, functools.partial(self.handle_event, topic, payload))
 
     async def _guarded(self, label: str, function: Callable[[], Awaitable[None] | None]) -> None:

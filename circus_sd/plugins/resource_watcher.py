@@ -67,6 +67,11 @@ class ResourceWatcherOptions:
     child_signal: int = option(
         signal_number, int(signal.SIGTERM), "The signal sent to a descendant over its limits."
     )
+    max_restarts: int = option(
+        integer(0), 5, "Restarts in a row (no check within every limit between them) before "
+        "giving up until the processes are within their limits again (0 = never give up). "
+        "Each restart in a row waits twice as many checks as the one before.",
+    )
 
     def __post_init__(self) -> None:
         if not (self.watcher or self.service).strip():
@@ -135,6 +140,45 @@ class LimitCounter:
                 del self._counts[key]
 
 
+class RestartBackoff:
+    """Restarts of a watcher's processes in a row, so that a process over its limits from the
+    moment it starts is not restarted every few checks for ever: the n-th restart in a row
+    waits 2**(n-1) checks after the previous one, and after `max_restarts` in a row the plugin
+    gives up until a check finds every process within its limits."""
+
+    # The longest wait between two restarts, in checks.
+    LONGEST = 64
+
+    def __init__(self, max_restarts: int) -> None:
+        self.max_restarts = max_restarts
+        self.in_row = 0
+        self.total = 0
+        self._check = 0
+        self._allowed_from = 0
+        # Giving up is said once per episode.
+        self.reported = False
+
+    def checked(self, all_within: bool) -> None:
+        """A check is done; `all_within`: every process was within every limit."""
+        self._check += 1
+        if all_within:
+            self.in_row = 0
+            self._allowed_from = 0
+            self.reported = False
+
+    @property
+    def given_up(self) -> bool:
+        return bool(self.max_restarts) and self.in_row >= self.max_restarts
+
+    def allows(self) -> bool:
+        return not self.given_up and self._check >= self._allowed_from
+
+    def restarted(self) -> None:
+        self.in_row += 1
+        self.total += 1
+        self._allowed_from = self._check + min(2 ** (self.in_row - 1), self.LONGEST)
+
+
 def _memory(usage: Usage, limit: MemoryLimit) -> str:
     return human_bytes(usage.rss) if limit.absolute else f"{usage.mem_percent:.1f}%"
 
@@ -148,6 +192,7 @@ class ResourceWatcher(Plugin):
         self.counter = LimitCounter(self.settings)
         self.meter = CpuMeter()
         self._missing = False
+        self.backoff = RestartBackoff(self.settings.max_restarts)
 
     async def handle_init(self) -> None:
         self.every(self.settings.loop_rate, self.look_after, first=0.0)
@@ -189,6 +234,9 @@ class ResourceWatcher(Plugin):
                 except psutil.Error:
                     continue
         usage = self.measure([*status.pids, *children])
+        self.backoff.checked(
+            all(not self.counter.violations(usage[pid]) for pid in status.pids if pid in usage)
+        )
         keys: set[Hashable] = set()
         for pid in status.pids:
             if pid in usage:
@@ -205,16 +253,30 @@ class ResourceWatcher(Plugin):
         self.counter.keep_only(keys)
 
     async def restart(self, watcher: str, pid: int, reasons: list[str]) -> None:
+        if not self.backoff.allows():
+            if self.backoff.given_up and not self.backoff.reported:
+                self.backoff.reported = True
+                self.log.error(
+                    "%s: gave up restarting: %d restarts in a row did not bring its processes "
+                    "within their limits (process %d: %s); trying again once they are",
+                    watcher, self.settings.max_restarts, pid, ", ".join(reasons),
+                )
+                await self.publish("gave_up", watcher=watcher, pid=pid, reasons=reasons)
+            return
         self.log.warning(
-            "%s: restarting process %d: %s for more than %d check(s)",
-            watcher, pid, ", ".join(reasons), self.settings.max_count,
+            "%s: restarting process %d: %s for more than %d check(s) (restart %d in a row)",
+            watcher, pid, ", ".join(reasons), self.settings.max_count, self.backoff.in_row + 1,
         )
         try:
             await self.call("kill", name=watcher, pid=pid)
         except CommandFailed as error:
             self.log.warning("%s: process %d: %s", watcher, pid, error.reason)
             return
-        await self.publish("restart", watcher=watcher, pid=pid, reasons=reasons)
+        self.backoff.restarted()
+        await self.publish(
+            "restart", watcher=watcher, pid=pid, reasons=reasons,
+            in_row=self.backoff.in_row, restarts=self.backoff.total,
+        )
 
     async def signal_child(self, watcher: str, parent: int, child: int, reasons: list[str]) -> None:
         signum = self.settings.child_signal

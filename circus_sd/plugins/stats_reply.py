@@ -16,6 +16,11 @@ class ProcessFigures:
     mem_percent: float
     rss: int  # resident bytes
     children: tuple[ProcessFigures, ...] = ()
+    # CPU seconds used so far (circus-sd's `cpu_seconds`; 0 from Circus, which has none).
+    cpu_seconds: float = 0.0
+    wid: int | None = None
+    # Start time, seconds since the epoch (tells a reused pid apart).
+    started: float = 0.0
 
     @classmethod
     def parse(cls, info: Any) -> ProcessFigures | None:
@@ -31,6 +36,9 @@ class ProcessFigures:
             mem_percent=_number(info.get("mem")),
             rss=_bytes(info),
             children=children,
+            cpu_seconds=_number(info.get("cpu_seconds")),
+            wid=info.get("wid") if isinstance(info.get("wid"), int) else None,
+            started=_number(info.get("create_time")),
         )
 
     @property
@@ -40,6 +48,10 @@ class ProcessFigures:
     @property
     def tree_cpu(self) -> float:
         return self.cpu + sum(child.tree_cpu for child in self.children)
+
+    def tree(self) -> list[ProcessFigures]:
+        """This process and all its descendants."""
+        return [self, *(p for child in self.children for p in child.tree())]
 
 
 def _number(value: Any) -> float:

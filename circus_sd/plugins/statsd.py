@@ -53,6 +53,14 @@ def bucket_part(name: str) -> str:
     return _NOT_IN_BUCKETS.sub("_", name)
 
 
+def gauge_text(value: float) -> str:
+    """A gauge as statsd daemons read it: plain decimals (`12000000`, not `1.2e+07`, which
+    statsd and many of its clones reject)."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
 class StatsdClient:
     """Fire-and-forget statsd lines over UDP (a lost datagram is a lost count, as statsd is)."""
 
@@ -84,7 +92,7 @@ class StatsdClient:
             self.send(bucket, f"{delta}|c")
 
     def gauge(self, bucket: str, value: float) -> None:
-        self.send(bucket, f"{value:g}|g")
+        self.send(bucket, f"{gauge_text(value)}|g")
 
     def close(self) -> None:
         self._socket.close()

@@ -7,6 +7,7 @@ exporter listens on a bind-tested free loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,6 +37,9 @@ from control_helpers import (
     loopback_port,
     real_pids,
     wait_count,
+)
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -203,6 +207,42 @@ def test_autoscale_grows_under_cpu_load_to_max_and_shrinks_back_when_it_stops(
     print(f"autoscale: 1 -> 3 in {grew_in:.1f} s, 3 -> 1 in {shrank_in:.1f} s")
 
 
+def test_the_first_spawns_after_a_plugin_starts_are_counted(
+    circus: Circus, zmq_clients: Clients
+) -> None:
+    """The plugin starts first (its priority) and says it is ready once its subscription
+    receives: the watchers started after it have each of their first spawns counted."""
+    statsd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    statsd.bind(("127.0.0.1", 0))
+    statsd.settimeout(0.2)
+    try:
+        arbiter, control = up(circus, zmq_clients, f"""
+            [watcher:web]
+            cmd = {report_command(circus.tmp, "web")}
+            numprocesses = 3
+
+            [plugin:stats]
+            use = circus.plugins.statsd.StatsdEmitter
+            host = 127.0.0.1
+            port = {statsd.getsockname()[1]}
+            application_name = first
+            """)
+        wait_count(arbiter, "web", 3)
+        spawns = 0
+
+        def three_counted() -> bool:
+            nonlocal spawns
+            with contextlib.suppress(TimeoutError):
+                if statsd.recv(4096) == b"circus.first.watcher.web.spawn:1|c":
+                    spawns += 1
+            return spawns == 3
+
+        wait_until(three_counted, 10.0, "3 statsd spawn counts", lambda: f"{spawns} counted")
+        assert control.ok("list", name="web")["pids"]
+    finally:
+        statsd.close()
+
+
 # -- prometheus ------------------------------------------------------------------------------------
 
 
@@ -259,7 +299,23 @@ def test_prometheus_exporter_matches_what_runs(circus: Circus, zmq_clients: Clie
     resident = sum(psutil.Process(pid).memory_info().rss for pid in pids)
     exported = value(samples, "circus_watcher_memory_bytes", watcher="web")
     assert abs(exported - resident) <= 0.2 * resident, (exported, resident)
-    assert value(samples, "circus_watcher_cpu_percent", watcher="web") >= 0
+    assert value(samples, "circus_watcher_cpu_seconds_total", watcher="web") >= 0
+    for pid in pids:
+        started = psutil.Process(pid).create_time()
+        assert any(
+            abs(value(samples, "circus_process_start_time_seconds", watcher="web", wid=wid)
+                - started) < 0.05 for wid in ("1", "2", "3")
+        ), pid
+    # OpenMetrics when the scraper asks for it, parsed by prometheus-client's own parser.
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0,text/plain;q=0.5"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
+        families = {f.name: f for f in openmetrics_families(answer.read().decode())}
+    assert families["circus_watcher_cpu_seconds"].type == "counter"
+    assert families["circus_sd_build"].type == "info"
 
     os.kill(pids[0], signal.SIGKILL)
     wait_until(lambda: pids[0] not in real_pids(arbiter, "web"), 5.0, "the killed process's end")

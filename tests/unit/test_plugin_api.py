@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from circus_sd import __version__
 from circus_sd.config.model import ArbiterConfig
 from circus_sd.config.plugin_catalog import NoCounterpart, resolve
 from circus_sd.config.plugin_watchers import OPTIONS_ENV, plugin_watcher
@@ -30,9 +31,9 @@ from circus_sd.plugins.load_signals import (
     parse_pressure,
     parse_proc_net_tcp,
 )
-from circus_sd.plugins.prometheus import metric_families
+from circus_sd.plugins.prometheus import CpuSeconds, metric_families
 from circus_sd.plugins.stats_reply import ProcessFigures, by_watcher
-from circus_sd.plugins.statsd import StatsdClient, bucket_part
+from circus_sd.plugins.statsd import StatsdClient, bucket_part, gauge_text
 from circus_sd.plugins.watchdog import HeartbeatTable
 
 # -- events and names ------------------------------------------------------------------------------
@@ -224,8 +225,9 @@ STATS_REPLY = {
     "infos": {
         "web": {
             "101": {"pid": 101, "cpu": 12.5, "mem": 1.5, "rss": 10_000_000, "mem_info1": "9.5M",
+                    "wid": 1, "create_time": 1700000000.5, "cpu_seconds": 4.0,
                     "children": [{"pid": 102, "cpu": 2.5, "mem": 0.5, "mem_info1": "2.0M",
-                                  "children": []}]},
+                                  "cpu_seconds": 1.5, "children": []}]},
             "103": "No such process (stopped?)",
         },
         "idle": {},
@@ -236,8 +238,10 @@ STATS_REPLY = {
 def test_stats_replies_are_read_with_exact_or_rounded_sizes() -> None:
     figures = by_watcher(STATS_REPLY)
     (web,) = figures["web"]
-    child = ProcessFigures(102, 2.5, 0.5, 2 << 20)
-    assert web == ProcessFigures(101, 12.5, 1.5, 10_000_000, (child,))
+    child = ProcessFigures(102, 2.5, 0.5, 2 << 20, cpu_seconds=1.5)
+    assert web == ProcessFigures(
+        101, 12.5, 1.5, 10_000_000, (child,), cpu_seconds=4.0, wid=1, started=1700000000.5
+    )
     assert (web.tree_rss, web.tree_cpu) == (10_000_000 + (2 << 20), 15.0)
     assert figures["idle"] == []
 
@@ -251,7 +255,8 @@ def test_prometheus_exposition_parses_back() -> None:
 
     class Collector:
         def collect(self):  # type: ignore[no-untyped-def]
-            return metric_families(statuses, by_watcher(STATS_REPLY), up=True)
+            figures = by_watcher(STATS_REPLY)
+            return metric_families(statuses, figures, True, CpuSeconds().update(figures))
 
     registry.register(Collector())  # type: ignore[arg-type]
     samples = {
@@ -267,8 +272,35 @@ def test_prometheus_exposition_parses_back() -> None:
     assert samples[("circus_watcher_state", (("state", "active"), ("watcher", "bad")))] == 0
     assert samples[("circus_watcher_flapping", (("watcher", "bad"),))] == 1
     assert samples[("circus_watcher_flapping", (("watcher", "web"),))] == 0
-    assert samples[("circus_watcher_cpu_percent", (("watcher", "web"),))] == 15.0
+    assert samples[("circus_watcher_cpu_seconds_total", (("watcher", "web"),))] == 5.5
+    assert samples[("circus_process_start_time_seconds", (("watcher", "web"), ("wid", "1")))] == (
+        1700000000.5
+    )
+    assert samples[("circus_sd_build_info", (("version", __version__),))] == 1
     assert samples[("circus_watcher_memory_bytes", (("watcher", "web"),))] == 10_000_000 + (2 << 20)
+
+
+def test_cpu_seconds_only_grow_as_processes_come_and_go() -> None:
+    def process(pid: int, seconds: float, started: float = 1.0) -> ProcessFigures:
+        return ProcessFigures(pid, 0.0, 0.0, 0, cpu_seconds=seconds, started=started)
+
+    counter = CpuSeconds()
+    assert counter.update({"web": [process(1, 2.0), process(2, 3.0)]}) == {"web": 5.0}
+    # pid 2 exited (its 3 s stay counted); pid 1 used 1 s more.
+    assert counter.update({"web": [process(1, 3.0)]}) == {"web": 6.0}
+    # pid 2 again, but a new process (another start time): counted from its own 0.5 s.
+    assert counter.update({"web": [process(1, 3.0), process(2, 0.5, 9.0)]}) == {"web": 6.5}
+    # A watcher removed and added again starts from what its processes used.
+    assert counter.update({}) == {}
+    assert counter.update({"web": [process(3, 1.0)]}) == {"web": 1.0}
+
+
+def test_statsd_gauges_are_plain_decimals() -> None:
+    assert gauge_text(12_000_000) == "12000000"
+    assert gauge_text(12.5) == "12.5"
+    assert gauge_text(1e-7) == "0"
+    assert gauge_text(0.1 + 0.2) == "0.3"
+    assert gauge_text(3 * 1024.0**3) == "3221225472"
 
 
 def test_statsd_lines() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 
 import pytest
@@ -12,7 +13,12 @@ from circus_sd.config.plugin_options import (
     memory_limit,
     parse_options,
 )
-from circus_sd.plugins.resource_watcher import LimitCounter, ResourceWatcherOptions, Usage
+from circus_sd.plugins.resource_watcher import (
+    LimitCounter,
+    ResourceWatcherOptions,
+    RestartBackoff,
+    Usage,
+)
 
 MIB = 1 << 20
 
@@ -105,3 +111,31 @@ def test_bad_options_name_the_key() -> None:
     assert caught.value.key == "watcher"
     options, _ = parse_options(ResourceWatcherOptions, {"service": "old", "child_signal": "KILL"})
     assert (options.target, options.child_signal) == ("old", signal.SIGKILL)
+
+
+def test_restarts_in_a_row_back_off_then_give_up_until_within_limits() -> None:
+    backoff = RestartBackoff(max_restarts=4)
+    restarted_at = []
+    for check in range(1, 40):
+        backoff.checked(all_within=False)  # over its limits at every check
+        if backoff.allows():
+            backoff.restarted()
+            restarted_at.append(check)
+    # Waits of 1, 2, 4 checks between restarts, then no more: given up.
+    assert restarted_at == [1, 2, 4, 8]
+    assert backoff.given_up and backoff.total == 4
+    # One check with every process within its limits: a new episode.
+    backoff.checked(all_within=True)
+    assert not backoff.given_up and backoff.allows()
+
+
+def test_a_zero_max_restarts_never_gives_up_and_waits_at_most_64_checks() -> None:
+    backoff = RestartBackoff(max_restarts=0)
+    restarted_at = []
+    for check in range(1, 400):
+        backoff.checked(all_within=False)
+        if backoff.allows():
+            backoff.restarted()
+            restarted_at.append(check)
+    gaps = [b - a for a, b in itertools.pairwise(restarted_at)]
+    assert gaps[:7] == [1, 2, 4, 8, 16, 32, 64] and set(gaps[7:]) == {64}
