@@ -19,17 +19,22 @@ deps: .build/apt.stamp
 	fi
 	@touch $@
 
+# Two stamps: running needs only the runtime dependencies (a newcomer's `make run` is quick);
+# tests and linters add theirs.
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: pyproject.toml .build/apt.stamp
+$(VENV)/.run-stamp: pyproject.toml .build/apt.stamp
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
+$(VENV)/.stamp: $(VENV)/.run-stamp
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-run: venv
+run: $(VENV)/.run-stamp
 	$(VENV)/bin/circus-sd $(EXAMPLE)
 
-check: venv
+check: $(VENV)/.run-stamp
 	$(VENV)/bin/circus-sd --check $(EXAMPLE)
 
 lint: venv
