@@ -8,7 +8,6 @@ Timer keys and hook tokens travel through the arbiter as plain tuples (`(KILL, s
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Hashable, Mapping
 from typing import ClassVar
 
@@ -228,12 +227,14 @@ class TimerFired(Event):
     def key(self) -> tuple[object, ...]:
         """The key the timer is started and cancelled with (built by hand: several per spawn
         and per exit, and dataclasses.astuple deep-copies each field)."""
-        return (self.kind, *(getattr(self, name) for name in _field_names(type(self))))
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+        return (self.kind, *(getattr(self, name) for name in names))
 
 
-@functools.cache
-def _field_names(cls: type[TimerFired]) -> tuple[str, ...]:
-    return tuple(field.name for field in dataclasses.fields(cls))
+# Each timer event class's field names, in order (looked up once per class).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
