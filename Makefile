@@ -155,8 +155,9 @@ bench-quick:
 # The control tests need the real Circus 0.19 client: test_circus_compat.py uses the bench venv
 # above ($CIRCUS_VENV overrides). test_control_access.py sends requests as other users (nobody, a
 # test group's member), who cannot run the project venv's python (it lives under /root): they
-# use the system python3 with Debian's python3-zmq.
-CONTROL_TEST_APT := python3-zmq util-linux passwd
+# use the system python3 with Debian's python3-zmq. groff and man render circus-sd.ini(5) in
+# tests/unit/test_manpage.py.
+CONTROL_TEST_APT := python3-zmq util-linux passwd groff-base man-db
 .build/control-test-apt.stamp: .build/apt.stamp
 	@if ! dpkg -s $(CONTROL_TEST_APT) >/dev/null 2>&1; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \

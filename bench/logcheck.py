@@ -46,6 +46,16 @@ def check(path: str, expected_lines: int) -> LogCheck:
     return LogCheck(expected_lines, data.count(b"\n"), len(seen), duplicates)
 
 
+def merged(checks: list[LogCheck]) -> LogCheck:
+    """The checks of several files (one per watcher) as one."""
+    return LogCheck(
+        sum(c.expected_lines for c in checks),
+        sum(c.lines for c in checks),
+        sum(c.intact for c in checks),
+        sum(c.duplicates for c in checks),
+    )
+
+
 def wait_landed(path: str, expected_bytes: int, quiet: float, timeout: float) -> float:
     """Poll the file's size until it holds `expected_bytes` or stops growing for `quiet`
     seconds; returns the time.monotonic() of the last growth seen."""

@@ -2,9 +2,12 @@
 
     .venv/bin/python -m bench.output_streams [--lines N] [--reps R] [--variants ...]
 
-Ten bench-child writers (100-byte numbered lines, 40 per write) start together and write
-`--lines` lines each to stdout; the supervisor writes them into ONE shared file or into one file
-per process. Reported: MB/s landed intact (first "go" to the last byte in the files), the
+Ten writers (100-byte numbered lines; bench-child: 40 per write, `--writer python`: 80 per
+write, 8,000 bytes, or one per line with `--mode line`) start together and write `--lines` lines
+each to stdout; the supervisor writes them into ONE shared file, or each of ten watchers (one
+process each) into its own file. `--variants circus-sd circus-sd@/tmp/old supervisord` compares
+the code against an old copy of the tree (A/B), runs interleaved. Reported: MB/s landed intact
+(first "go" to the last byte in the files), the
 supervisor's CPU seconds per MB (all its threads), and lines torn, merged or missing (by
 content). Variants of circus-sd are run in-process with one knob changed (see VARIANTS), so that
 each design choice has a measurement behind it. Needs `make bench` to have built bench-child and
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shlex
 import shutil
 import signal
 import statistics
@@ -28,12 +30,17 @@ import time
 import psutil
 
 from bench.announce import Registry
-from bench.logcheck import LINE_BYTES, check, wait_landed
+from bench.logcheck import LINE_BYTES, check, merged, wait_landed
+from bench.procs import cpu_seconds
+from bench.supervisors import CircusLike, Supervisord, Workload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = os.path.join(ROOT, ".build", "bench", "bench-child")
 PROJECT_PY = os.path.join(ROOT, ".venv", "bin", "python")
-SUPERVISORD = os.path.join(ROOT, ".build", "bench-venv", "bin", "supervisord")
+PY_WRITER = os.path.join(ROOT, "bench", "py_writer.py")
+PY_BATCH_LINES = 80  # 8,000 bytes per write: more than PIPE_BUF (issue 18)
+SUPERVISORD = Supervisord("supervisord", os.path.join(ROOT, ".build", "bench-venv", "bin"))
+CIRCUS_SD = CircusLike("circus-sd", [], "")  # only its INI is used: started through _LAUNCH
 WRITERS = 10
 
 # circus-sd started through this launcher, with one module attribute patched per variant.
@@ -74,80 +81,78 @@ VARIANTS: dict[str, str] = {
     "pipe-64k": "import circus_sd.output.router as r; r.PIPE_SIZE = 64 << 10",
     "no-gather": "import circus_sd.output.reader as r; r.GATHER_DELAY = 0.0",
     "gather-5ms": "import circus_sd.output.reader as r; r.GATHER_DELAY = 0.005",
+    # Each read handed to the writer thread at once, not once per turn of the loop.
+    "hand-over-each": "import circus_sd.output.sink as s; s.HAND_OVER_BYTES = 0",
+    "hand-over-128k": "import circus_sd.output.sink as s; s.HAND_OVER_BYTES = 128 << 10",
+    "hand-over-256k": "import circus_sd.output.sink as s; s.HAND_OVER_BYTES = 256 << 10",
+    "hand-over-1m": "import circus_sd.output.sink as s; s.HAND_OVER_BYTES = 1 << 20",
+    "hand-over-2ms": "import circus_sd.output.sink as s; s.HAND_OVER_DELAY = 0.002",
+    "hand-over-5ms": "import circus_sd.output.sink as s; s.HAND_OVER_DELAY = 0.005",
+    "hand-over-turn": "import circus_sd.output.sink as s; s.HAND_OVER_DELAY = 0.0",
 }
 if os.environ.get("OUTBENCH_PATCH"):  # a one-off experiment: a file of Python to run first
     with open(os.environ["OUTBENCH_PATCH"]) as _patch:
         VARIANTS["patched"] = _patch.read()
 
 
-def circus_config(run_dir: str, sock: str, lines: int, mode: str, per_process: bool) -> str:
-    out = os.path.join(run_dir, "out.$(circus.wid).log" if per_process else "out.log")
-    return "\n".join([
-        "[circus]",
-        f"endpoint = ipc://{run_dir}/ctl.sock",
-        f"pubsub_endpoint = ipc://{run_dir}/pub.sock",
-        "[watcher:w]",
-        f"cmd = {CHILD}",
-        f"args = {shlex.join([sock, 'write', str(lines), mode])}",
-        f"numprocesses = {WRITERS}",
-        "stdout_stream.class = FileStream",
-        f"stdout_stream.filename = {out}",
-        "",
-    ])
+def _workload(run_dir: str, sock: str, lines: int, mode: str, layout: str,
+              writer: str) -> Workload:
+    """One watcher of WRITERS processes into one file, or WRITERS watchers of one, a file each."""
+    if writer == "python":
+        per_write = "1" if mode == "line" else str(PY_BATCH_LINES)
+        argv: tuple[str, ...] = (sys.executable, PY_WRITER, sock, str(lines), per_write)
+    else:
+        argv = (CHILD, sock, "write", str(lines), mode)
+    if layout == "one-file":
+        return Workload(argv, WRITERS, True, os.path.join(run_dir, "out.log"))
+    return Workload(argv, 1, True, os.path.join(run_dir, "out.{watcher}.log"), WRITERS)
 
 
-def supervisord_config(run_dir: str, sock: str, lines: int, mode: str, per_process: bool) -> str:
-    out = (
-        os.path.join(run_dir, "out.%(process_num)d.log")
-        if per_process
-        else os.path.join(run_dir, "out.log")
-    )
-    return "\n".join([
-        "[unix_http_server]", f"file = {run_dir}/sup.sock",
-        "[supervisord]", "nodaemon = true", f"logfile = {run_dir}/supervisord.log",
-        f"pidfile = {run_dir}/supervisord.pid", f"childlogdir = {run_dir}",
-        "[rpcinterface:supervisor]",
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-        "[program:w]",
-        f"command = {shlex.join([CHILD, sock, 'write', str(lines), mode])}",
-        "process_name = %(program_name)s_%(process_num)d",
-        f"numprocs = {WRITERS}", "numprocs_start = 1", "autorestart = false",
-        f"stdout_logfile = {out}", "stdout_logfile_maxbytes = 0", "stdout_logfile_backups = 0",
-        "",
-    ])
+def _faults_and_switches(pid: int) -> tuple[int, int]:
+    """Minor page faults and context switches (both kinds) of all the process's threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        faults = int(f.read().rpartition(")")[2].split()[7])
+    switches = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    switches += int(line.split()[1])
+    return faults, switches
 
 
 def one_run(
-    variant: str, lines: int, mode: str, per_process: bool
+    variant: str, lines: int, mode: str, layout: str, writer: str
 ) -> tuple[float, float, float, str]:
-    """(MB/s landed intact, CPU s/MB of the supervisor, of which system, damage summary)."""
+    """(MB/s landed intact, CPU s/MB of the supervisor, of which system, damage and cost
+    summary: page faults and context switches per MB)."""
     run_dir = tempfile.mkdtemp(prefix="outbench-")
     sock = os.path.join(run_dir, "a.sock")
-    files = (
-        [os.path.join(run_dir, f"out.{i}.log") for i in range(1, WRITERS + 1)]
-        if per_process
-        else [os.path.join(run_dir, "out.log")]
-    )
+    workload = _workload(run_dir, sock, lines, mode, layout, writer)
+    files = workload.stdout_files()
+    env = dict(os.environ)
     try:
         with Registry(sock) as registry:
             if variant == "supervisord":
-                config = os.path.join(run_dir, "supervisord.conf")
-                with open(config, "w") as f:
-                    f.write(supervisord_config(run_dir, sock, lines, mode, per_process))
-                argv = [SUPERVISORD, "-n", "-c", config]
+                config = SUPERVISORD.write_config(run_dir, workload)
+                argv = SUPERVISORD.command(config)
             else:
-                config = os.path.join(run_dir, "circus.ini")
-                with open(config, "w") as f:
-                    f.write(circus_config(run_dir, sock, lines, mode, per_process))
-                argv = [PROJECT_PY, "-c", _LAUNCH.format(patch=VARIANTS[variant]), config]
+                config = CIRCUS_SD.write_config(run_dir, workload)
+                name, _, tree = variant.partition("@")
+                if tree:  # another copy of the code (A/B): circus_sd imported from there
+                    env["PYTHONPATH"] = os.path.abspath(tree)
+                patch = "\n".join(VARIANTS[part] for part in name.split("+"))  # a+b: both
+                argv = [PROJECT_PY, "-c", _LAUNCH.format(patch=patch), config]
             with open(os.path.join(run_dir, "daemon.log"), "wb") as log:
-                daemon = subprocess.Popen(argv, stdout=log, stderr=log, cwd=run_dir)
+                daemon = subprocess.Popen(argv, stdout=log, stderr=log, cwd=run_dir, env=env)
             try:
                 if not registry.wait_alive(WRITERS, 30):
                     raise RuntimeError(f"{variant}: writers did not start")
                 time.sleep(0.3)
                 process = psutil.Process(daemon.pid)
-                user0, system0 = process.cpu_times()[:2]
+                system0 = process.cpu_times()[1]
+                cpu0 = cpu_seconds([daemon.pid])
+                faults0, switches0 = _faults_and_switches(daemon.pid)
                 t0 = time.monotonic()
                 registry.go(registry.alive())
                 if not registry.wait(lambda cs: sum(c.done is not None for c in cs) >= WRITERS,
@@ -157,8 +162,9 @@ def one_run(
                     wait_landed(path, lines * LINE_BYTES * WRITERS // len(files), 1.0, 120)
                     for path in files
                 )
-                user1, system1 = process.cpu_times()[:2]
-                cpu, system = user1 - user0 + system1 - system0, system1 - system0
+                cpu = cpu_seconds([daemon.pid]) - cpu0
+                faults1, switches1 = _faults_and_switches(daemon.pid)
+                system = process.cpu_times()[1] - system0
             finally:
                 daemon.send_signal(signal.SIGTERM)
                 try:
@@ -166,13 +172,13 @@ def one_run(
                 except subprocess.TimeoutExpired:
                     daemon.kill()
                     daemon.wait()
-        results = [check(path, lines * WRITERS // len(files)) for path in files]
-        intact = sum(r.intact for r in results)
-        torn = sum(r.torn for r in results)
-        missing = sum(r.missing for r in results)
-        mb = intact * LINE_BYTES / 1e6
+        result = merged([check(path, lines * WRITERS // len(files)) for path in files])
+        mb = result.intact_bytes / 1e6
         per_mb = (cpu / mb, system / mb) if mb else (0.0, 0.0)
-        return mb / (landed - t0), *per_mb, f"torn {torn} missing {missing}"
+        costs = (f"{(faults1 - faults0) / mb:.0f} faults/MB "
+                 f"{(switches1 - switches0) / mb:.0f} switches/MB") if mb else ""
+        return (mb / (landed - t0), *per_mb,
+                f"torn {result.torn} missing {result.missing}|{costs}")
     finally:
         if os.environ.get("OUTBENCH_KEEP_LOG"):
             with contextlib.suppress(OSError):
@@ -185,23 +191,38 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=200_000, help="lines per writer")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--mode", default="batch", choices=("batch", "line"))
-    parser.add_argument("--variants", nargs="*", default=["circus-sd", "supervisord"])
+    parser.add_argument("--writer", default="c", choices=("c", "python"),
+                        help=f"bench-child (40 lines per write) or bench/py_writer.py "
+                        f"({PY_BATCH_LINES} lines per write)")
+    parser.add_argument("--variants", nargs="*", default=["circus-sd", "supervisord"],
+                        help="VARIANT or VARIANT@TREE (circus_sd imported from TREE: A/B)")
     parser.add_argument("--layouts", nargs="*", default=["one-file", "file-per-process"])
     args = parser.parse_args()
-    print(f"{WRITERS} writers x {args.lines} lines of {LINE_BYTES} B ({args.mode} writes), "
-          f"median of {args.reps}")
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"{WRITERS} {args.writer} writers x {args.lines} lines of {LINE_BYTES} B "
+          f"({args.mode} writes), median of {args.reps}, variants interleaved; load {load}")
     for layout in args.layouts:
-        for variant in args.variants:
-            figures: list[tuple[float, float, float, str]] = []
-            for _ in range(args.reps):
-                figures.append(one_run(variant, args.lines, args.mode, layout != "one-file"))
-            mbps = statistics.median(f[0] for f in figures)
-            cpu = statistics.median(f[1] for f in figures)
-            system = statistics.median(f[2] for f in figures)
-            damage = "; ".join(sorted({f[3] for f in figures}))
-            print(f"  {layout:17} {variant:13} {mbps:8.0f} MB/s  {cpu * 1000:6.2f} ms CPU/MB "
-                  f"({system * 1000:.2f} system)  "
-                  f"[{damage}]  runs: " + " ".join(f"{f[0]:.0f}" for f in figures), flush=True)
+        figures: dict[str, list[tuple[float, float, float, str]]] = {v: [] for v in args.variants}
+        for rep in range(args.reps):  # interleaved: a busy moment of the machine hits all alike
+            # Rotated: the first run of a round measured ~10 % more CPU/MB (the same code, twice).
+            shift = rep % len(args.variants)
+            for variant in args.variants[shift:] + args.variants[:shift]:
+                figures[variant].append(
+                    one_run(variant, args.lines, args.mode, layout, args.writer)
+                )
+        for variant, runs in figures.items():
+            mbps = statistics.median(f[0] for f in runs)
+            cpu = statistics.median(f[1] for f in runs)
+            system = statistics.median(f[2] for f in runs)
+            damage = "; ".join(sorted({f[3].partition("|")[0] for f in runs}))
+            costs = " ".join(f[3].partition("|")[2] for f in runs[:1])
+            print(f"  {layout:17} {variant:24} {mbps:6.0f} MB/s  {cpu * 1000:6.2f} ms CPU/MB "
+                  f"({system * 1000:.2f} system)  [{damage}]  runs: "
+                  + " ".join(f"{f[0]:.0f}/{f[1] * 1000:.2f}" for f in runs)
+                  + f"  (first run: {costs})", flush=True)
+    with open("/proc/loadavg") as f:
+        print(f"load at the end: {' '.join(f.read().split()[:3])}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ from bench.workloads import (
 NEEDS_CONTROL = "n/a (needs control)"
 NEEDS_STREAMS = "n/a (needs control/streams)"
 LOG_WRITERS = 10
+PY_WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "py_writer.py")
+# (case, lines per write, watchers): issue 18's three workloads, 10 Python writers in all.
+PY_LOG_CASES = (("batch", 80, 1), ("line", 1, 1), ("files", 80, 10))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Plan:
     client_window: float
     log_lines: int  # per writer
     log_reps: int
+    pylog_lines: int  # per Python writer (issue 18: 20 MB each in the full run)
     journal_lines: int  # per writer, into the journald sinks (journald: ~50k native entries/s here)
     machine_reps: int
     true_window: float
@@ -69,7 +73,7 @@ class Plan:
         ns: tuple[int, ...] = (100,) if quick else (100, 500, 1000)
         if os.environ.get("BENCH_N"):
             ns = tuple(int(n) for n in os.environ["BENCH_N"].split(","))
-        every = "machine,spawn,command,idle,respawn,control,log"
+        every = "machine,spawn,command,idle,respawn,control,log,pylog"
         return cls(
             quick=quick,
             ns=ns,
@@ -87,6 +91,7 @@ class Plan:
             client_window=1.0 if quick else 2.0,
             log_lines=20_000 if quick else 100_000,
             log_reps=2 if quick else 3,
+            pylog_lines=50_000 if quick else 200_000,
             journal_lines=3_000 if quick else 10_000,
             machine_reps=3 if quick else 5,
             true_window=0.5 if quick else 1.0,
@@ -136,8 +141,9 @@ class Bench:
             for metric, who in cells:
                 self.results.note(metric, who, f"error: {type(exc).__name__}")
 
-    def run(self, make: Callable[[str], Workload], sup: Supervisor) -> DaemonRun:
-        self.current = DaemonRun(sup, self.base, make, self.child)
+    def run(self, make: Callable[[str], Workload], sup: Supervisor,
+            child: str | None = None) -> DaemonRun:
+        self.current = DaemonRun(sup, self.base, make, child or self.child)
         return self.current
 
     def keep_log(self, what: str) -> str:
@@ -376,6 +382,44 @@ class Bench:
                     r.add(lost, who, 100 * got.check.missing / got.check.expected_lines)
                     r.add(cpu, who, got.cpu_s_per_mb)
 
+    def py_logs(self) -> None:
+        """Issue 18's workloads: Python writers, 8,000-byte writes (above PIPE_BUF) or one write
+        per line, into one shared file or one file per watcher; supervisors interleaved."""
+        p, r = self.plan, self.results
+        for case, per_write, watchers in PY_LOG_CASES:
+            what = f"{per_write} lines per write" if per_write > 1 else "one write per line"
+            where = "one file" if watchers == 1 else f"{watchers} watchers, a file each"
+            mbps = Metric(f"pylog.{case}.mbps", f"log: {LOG_WRITERS} Python writers, {what}, "
+                          f"{where}", "MB/s", higher_is_better=True)
+            torn = Metric(f"pylog.{case}.torn", f"pylog ({case}): lines torn or merged", "%")
+            lost = Metric(f"pylog.{case}.missing", f"pylog ({case}): lines missing", "%")
+            cpu = Metric(f"pylog.{case}.cpu", f"pylog ({case}): supervisor CPU per MB",
+                         "CPU s/MB")
+            per_watcher = LOG_WRITERS // watchers
+
+            def workload(sock: str, per_write: int = per_write, watchers: int = watchers,
+                         per_watcher: int = per_watcher) -> Workload:
+                name = "out.log" if watchers == 1 else "out.{watcher}.log"
+                argv = (sys.executable, PY_WRITER, sock, str(p.pylog_lines), str(per_write))
+                return Workload(argv, per_watcher, True, os.path.join(os.path.dirname(sock),
+                                                                      name), watchers)
+
+            for rep in range(p.log_reps):
+                for sup in self.supervisors:
+                    who = sup.name
+                    if not self.caps[who]["streams"]:
+                        for metric in (mbps, torn, lost, cpu):
+                            r.note(metric, who, NEEDS_STREAMS)
+                        continue
+                    self.say(f"{who}: pylog {case} {rep + 1}/{p.log_reps}")
+                    with self.attempt(f"{who} pylog {case}", (mbps, who)), \
+                            self.run(workload, sup, sys.executable) as run:
+                        got = log_throughput(run, LOG_WRITERS, p.pylog_lines, timeout=180)
+                        r.add(mbps, who, got.mb_per_s)
+                        r.add(torn, who, 100 * got.check.torn / max(got.check.lines, 1))
+                        r.add(lost, who, 100 * got.check.missing / got.check.expected_lines)
+                        r.add(cpu, who, got.cpu_s_per_mb)
+
     def journal_logs(self, sup: Supervisor) -> None:
         """circus-sd's JournalStream, native and direct, into a private journald of each run's
         own (bench/journal_sink.py): the log workload, counted in the journal."""
@@ -462,6 +506,9 @@ class Bench:
                 if sup.name == "circus-sd":
                     with deadline_alarm(300):
                         self.journal_logs(sup)
+        if "pylog" in p.workloads:
+            with deadline_alarm(1200):
+                self.py_logs()
 
 
 def _version(dist: str) -> str:

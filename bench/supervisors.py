@@ -19,12 +19,28 @@ WATCHER = "w"
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """What the supervisor runs: `numprocesses` copies of `argv`, optionally logged to one file."""
+    """What the supervisor runs: `numprocesses` copies of `argv`, optionally logged to one file.
+
+    With `watchers` > 1: that many watchers (programs) of `numprocesses` each, named w1, w2...,
+    each logging to its own file (`stdout_file` with "{watcher}" replaced by the name).
+    """
 
     argv: tuple[str, ...]
     numprocesses: int
     autostart: bool = True
     stdout_file: str | None = None
+    watchers: int = 1
+
+    def names(self) -> list[str]:
+        if self.watchers == 1:
+            return [WATCHER]
+        return [f"{WATCHER}{n}" for n in range(1, self.watchers + 1)]
+
+    def stdout_files(self) -> list[str]:
+        """Every file the output lands in, one per watcher."""
+        if self.stdout_file is None:
+            return []
+        return [self.stdout_file.replace("{watcher}", name) for name in self.names()]
 
 
 class Supervisor(Protocol):
@@ -49,18 +65,19 @@ def _circus_ini(run_dir: str, workload: Workload) -> str:
         f"pubsub_endpoint = ipc://{run_dir}/pub.sock",
         # Empty: no UDP multicast discovery socket (Circus joins a multicast group by default).
         "multicast_endpoint =",
-        "",
-        f"[watcher:{WATCHER}]",
-        f"cmd = {workload.argv[0]}",
-        f"args = {shlex.join(workload.argv[1:])}",
-        f"numprocesses = {workload.numprocesses}",
-        f"autostart = {str(workload.autostart).lower()}",
     ]
-    if workload.stdout_file:
+    files = workload.stdout_files()
+    for n, name in enumerate(workload.names()):
         lines += [
-            "stdout_stream.class = FileStream",
-            f"stdout_stream.filename = {workload.stdout_file}",
+            "",
+            f"[watcher:{name}]",
+            f"cmd = {workload.argv[0]}",
+            f"args = {shlex.join(workload.argv[1:])}",
+            f"numprocesses = {workload.numprocesses}",
+            f"autostart = {str(workload.autostart).lower()}",
         ]
+        if files:
+            lines += ["stdout_stream.class = FileStream", f"stdout_stream.filename = {files[n]}"]
     return "\n".join(lines) + "\n"
 
 
@@ -110,28 +127,32 @@ class Supervisord:
             f"pidfile = {run_dir}/supervisord.pid",
             f"childlogdir = {child_logs}",
             # Three pipes and two AUTO log files per process; the defaults (1024/200) are too few.
-            f"minfds = {max(1024, 6 * n + 256)}",
-            f"minprocs = {max(200, n + 200)}",
+            f"minfds = {max(1024, 6 * n * workload.watchers + 256)}",
+            f"minprocs = {max(200, n * workload.watchers + 200)}",
             "",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "",
             "[supervisorctl]",
             f"serverurl = unix://{run_dir}/sup.sock",
-            "",
-            f"[program:{WATCHER}]",
-            f"command = {shlex.join(workload.argv)}",
-            "process_name = %(program_name)s_%(process_num)04d",
-            f"numprocs = {n}",
-            f"autostart = {str(workload.autostart).lower()}",
-            "autorestart = true",
         ]
-        if workload.stdout_file:
+        files = workload.stdout_files()
+        for index, name in enumerate(workload.names()):
             lines += [
-                f"stdout_logfile = {workload.stdout_file}",
-                "stdout_logfile_maxbytes = 0",
-                "stdout_logfile_backups = 0",
+                "",
+                f"[program:{name}]",
+                f"command = {shlex.join(workload.argv)}",
+                "process_name = %(program_name)s_%(process_num)04d",
+                f"numprocs = {n}",
+                f"autostart = {str(workload.autostart).lower()}",
+                "autorestart = true",
             ]
+            if files:
+                lines += [
+                    f"stdout_logfile = {files[index]}",
+                    "stdout_logfile_maxbytes = 0",
+                    "stdout_logfile_backups = 0",
+                ]
         path = os.path.join(run_dir, "supervisord.conf")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")

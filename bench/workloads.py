@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from bench.announce import Child, Registry
 from bench.control import ControlClient, ControlError, NotSupported
-from bench.logcheck import LINE_BYTES, LogCheck, check, wait_landed
+from bench.logcheck import LINE_BYTES, LogCheck, check, merged, wait_landed
 from bench.procs import (
     Daemon,
     Memory,
@@ -331,10 +331,11 @@ class LogFigures:
 
 
 def log_throughput(run: DaemonRun, writers: int, lines: int, timeout: float) -> LogFigures:
-    """Writers (already started, waiting) write at once; MB/s landed intact in the file sink and
-    the supervisor's CPU seconds per MB landed."""
-    path = run.workload.stdout_file
-    assert path is not None
+    """Writers (already started, waiting) write at once; MB/s landed intact in the file sink(s)
+    and the supervisor's CPU seconds per MB landed. `writers` and `lines` are totals over the
+    watchers; each watcher's file gets its share."""
+    paths = run.workload.stdout_files()
+    assert paths
     if not run.registry.wait_alive(writers, timeout):
         run.check_alive()
         raise BenchError(f"{run.supervisor.name}: log writers did not start")
@@ -345,9 +346,10 @@ def log_throughput(run: DaemonRun, writers: int, lines: int, timeout: float) -> 
     run.registry.go(run.registry.alive())
     if not run.registry.wait(lambda cs: all(c.done for c in cs), timeout):
         raise BenchError(f"{run.supervisor.name}: log writers did not finish")
-    landed = wait_landed(path, writers * lines * LINE_BYTES, 1.0, timeout)
+    share = writers * lines // len(paths)
+    landed = max(wait_landed(path, share * LINE_BYTES, 1.0, timeout) for path in paths)
     cpu = cpu_seconds(pids) - c0
-    result = check(path, writers * lines)
+    result = merged([check(path, share) for path in paths])
     mb = result.lines * LINE_BYTES / 1e6
     return LogFigures(result.intact_bytes / 1e6 / (landed - t0), cpu / mb if mb else 0.0, result)
 

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Hashable
 from typing import Any
 
+from circus_sd.message_ids import MessageId
+
 
 @dataclasses.dataclass(frozen=True)
 class Spawn:
@@ -47,10 +49,18 @@ class Publish:
 
 @dataclasses.dataclass(frozen=True)
 class Log:
-    """A decision worth telling the operator, once."""
+    """A decision worth telling the operator, once.
+
+    `kind` gives the line its MESSAGE_ID; `wid` and `pid`, when it is about one process, are
+    sent to journald as WID= and CHILD_PID=, as for that process's output (the arbiter adds
+    WATCHER=, the name of the watcher that decided).
+    """
 
     level: int
     message: str
+    kind: MessageId
+    wid: int | None = None
+    pid: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

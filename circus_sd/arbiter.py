@@ -14,11 +14,8 @@ import random
 import signal
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from circus_sd import reload_plan
 from circus_sd.actions import (
     Action,
     CallHook,
@@ -36,8 +33,10 @@ from circus_sd.config.loader import ConfigError, ConfigWarning
 from circus_sd.config.model import Config, WatcherConfig, hook_search_path
 from circus_sd.config.process_env import ChildDefaults
 from circus_sd.hooks import ArbiterView, HookRunner
+from circus_sd.journal_log import about
 from circus_sd.launcher import Launcher
 from circus_sd.leftovers import Leftovers
+from circus_sd.message_ids import MessageId
 from circus_sd.orphans import Orphans
 from circus_sd.output.lines import Buffer
 from circus_sd.output.ready_line import ReadyLineSearch
@@ -47,7 +46,7 @@ from circus_sd.process_bound import process_bound
 from circus_sd.process_stats import ProcessStats
 from circus_sd.sockets import ListeningSockets, SocketError
 from circus_sd.spawner import Spawner
-from circus_sd.start_order import start_order
+from circus_sd.start_order import by_priority, start_order
 from circus_sd.states import (
     HALTED_STATES,
     RUNNING_STATES,
@@ -59,6 +58,9 @@ from circus_sd.status_line import status_line
 from circus_sd.systemd_notify import SystemdNotifier
 from circus_sd.watcher import Watcher
 from circus_sd.watcher_hooks import WatcherHooks
+
+if TYPE_CHECKING:
+    from circus_sd import reload_plan
 
 log = logging.getLogger("circus_sd")
 
@@ -275,7 +277,7 @@ class Arbiter:
 
     async def stop_all(self) -> None:
         """Stop watchers in reverse priority order; those of equal priority together."""
-        configs = reload_plan.by_priority(w.config for w in self.watchers.values())
+        configs = by_priority(w.config for w in self.watchers.values())
         for _priority, group in itertools.groupby(reversed(configs), key=lambda c: c.priority):
             members = list(group)
             # Graceful stops (and stop hooks) may outlast the unit's TimeoutStopSec: ask for
@@ -366,10 +368,20 @@ class Arbiter:
     async def reload_watcher(
         self, name: str, graceful: bool = True, sequential: bool = False
     ) -> None:
-        """New processes for old: with `send_hup`, SIGHUP instead; not graceful = restart."""
+        """New processes for old: with `send_hup`, SIGHUP instead; not graceful = restart; a
+        halted watcher is started."""
         watcher = self.watchers[name]
-        if watcher.state not in RUNNING_STATES:
+        if self._stopping:
             return
+        if watcher.state in HALTED_STATES:
+            # As Circus 0.19 (Watcher._reload): a stopped watcher, paused or failed ones
+            # included, is started; a graceful reload then reports `reload` too.
+            await self.start_watcher(name)
+            if graceful:
+                self.publish(name, "reload", {})
+            return
+        if watcher.state not in RUNNING_STATES:
+            return  # stopping: the stop asked for goes on
         if watcher.config.send_hup:
             for pid in watcher.pids:
                 self._signal(pid, signal.SIGHUP)
@@ -460,6 +472,8 @@ class Arbiter:
         for parent in self.watchers[name].pids:
             if pid not in (None, parent):
                 continue
+            import psutil  # not at start: 11 ms and 0.8 MB of the arbiter, for a rare command
+
             try:
                 descendants = {c.pid for c in psutil.Process(parent).children(recursive=True)}
             except psutil.Error:
@@ -525,13 +539,17 @@ class Arbiter:
         return await self.hooks.extended_stats(watcher, pid, stats)
 
     def global_options(self) -> dict[str, Any]:
+        """Circus's five keys with Circus's types, then circus-sd's own."""
         return {
             "endpoint": self.endpoints.get("endpoint"),
             "pubsub_endpoint": self.endpoints.get("pubsub_endpoint"),
+            # No stats publisher and no discovery socket here: "" is how Circus says "none"
+            # (`multicast_endpoint =`), and a client reading a string still gets one.
+            "stats_endpoint": "",
+            "multicast_endpoint": "",
+            # No polling tick; Circus's default, for clients that pace themselves on it.
+            "check_delay": 5.0,
             "output_endpoint": self.endpoints.get("output_endpoint"),
-            "stats_endpoint": None,
-            "multicast_endpoint": None,
-            "check_delay": None,
             "pidfile": self.config.arbiter.pidfile,
             "loglevel": self.config.arbiter.loglevel,
         }
@@ -571,19 +589,30 @@ class Arbiter:
 
     # -- configuration reload --------------------------------------------------------------------
 
-    async def reload_config(self) -> str | None:
-        """Re-read the config file and apply only what changed; the error if it is broken."""
+    def read_config(self) -> tuple[Config, list[ConfigWarning]]:
+        """Read and check the config file again, applying nothing; ConfigError if refused
+        (logged: the running configuration is kept)."""
+        try:
+            return self._loader(self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            raise
+
+    async def reload_config(
+        self, read: tuple[Config, list[ConfigWarning]] | None = None
+    ) -> str | None:
+        """Re-read the config file (unless `read` already holds it, from read_config) and
+        apply only what changed; the error if it is refused."""
         self.notifier.reloading()
         try:
-            return await self._reload_config()
+            return await self._reload_config(read)
         finally:
             self.notifier.ready(self.status_line())
 
-    async def _reload_config(self) -> str | None:
+    async def _reload_config(self, read: tuple[Config, list[ConfigWarning]] | None) -> str | None:
         try:
-            new, warnings = self._loader(self.config.path)
+            new, warnings = read if read is not None else self.read_config()
         except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
             return str(exc)
         for warning in warnings:
             log.warning("%s", warning)
@@ -597,6 +626,8 @@ class Arbiter:
         if new.arbiter != self.config.arbiter:
             log.warning("the [circus] section changed: restart circus-sd to apply it")
         wanted_up = {n for n, w in self.watchers.items() if w.want is Want.UP}
+        from circus_sd import reload_plan  # not at start: 6 ms of it, for a reload
+
         steps = reload_plan.plan(
             self.config, new, self.sockets.changes(new.sockets), wanted_up, self.watchers.keys()
         )
@@ -608,6 +639,8 @@ class Arbiter:
     async def _execute_reload(
         self, steps: list[reload_plan.Step], sockets: dict[str, Any]
     ) -> None:
+        from circus_sd import reload_plan
+
         added: list[tuple[Watcher, bool]] = []
         for step in steps:
             match step:
@@ -677,7 +710,8 @@ class Arbiter:
             elif isinstance(action, CallHook):
                 self._call_hook(name, action)
             elif isinstance(action, Log):
-                log.log(action.level, "%s", action.message)
+                subject = about(action.kind, name, action.wid, action.pid)
+                log.log(action.level, "%s", action.message, extra=subject)
                 if action.level >= logging.ERROR:
                     self.last_error = action.message
         self._check_waiters()
@@ -740,7 +774,10 @@ class Arbiter:
         self.launcher.leaf_empty(pid)
 
     def _on_oom(self, name: str, kills: int) -> None:
-        log.warning("%s: the kernel's OOM killer killed %d process(es) at memory_max", name, kills)
+        log.warning(
+            "%s: the kernel's OOM killer killed %d process(es) at memory_max", name, kills,
+            extra=about(MessageId.OOM_KILL, name),
+        )
         self.publish(name, "oom", {"oom_kill": kills})
 
     def _match_ready_line(self, origin: Origin, lines: list[Buffer]) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from circus_sd.cgroups import Cgroups, limits_of
 from circus_sd.config.model import WatcherConfig
 from circus_sd.inotify import Inotify
+from circus_sd.journal_log import about
+from circus_sd.message_ids import MessageId
 
 log = logging.getLogger("circus_sd.cgroups")
 
@@ -100,7 +102,10 @@ class CgroupSupervision:
             return False
         self.draining.add(pid)
         if not stopping:
-            log.info("killing what pid %d left in %s", pid, leaf.name)
+            # The leaf is watcher-<name>/wid-<n>-<k> (cgroups.py).
+            watcher = leaf.parent.name.removeprefix("watcher-")
+            log.info("killing what pid %d left in %s", pid, leaf.name,
+                     extra=about(MessageId.ORPHAN_KILLED, watcher, pid=pid))
             self.cgroups.kill(leaf)
         return True
 

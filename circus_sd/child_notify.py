@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import stat
-import tempfile
 
 from circus_sd import safe_paths
 
@@ -70,6 +68,9 @@ class NotifySockets:
             # As private as the control sockets make it (0700), whoever comes first; refused
             # (an OSError: the spawn fails, saying why) if another user made it or may write it.
             safe_paths.ensure_directory(self._parent, 0o700)
+            # Imported for the first notify process, not at every start (4 ms with shutil).
+            import tempfile
+
             self._directory = tempfile.mkdtemp(prefix="notify-", dir=self._parent)
             # Children running as other users must reach their own socket inside.
             os.chmod(self._directory, 0o711)
@@ -86,5 +87,7 @@ class NotifySockets:
 
     def close(self) -> None:
         if self._directory is not None:
+            import shutil
+
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None

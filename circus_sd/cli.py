@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="validate the configuration and its includes, start nothing",
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat the configuration's warnings as errors (exit 78), e.g. with --check in CI",
+    )
+    parser.add_argument(
         "--log-level",
         dest="loglevel",
         choices=LOG_LEVELS,
@@ -74,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
         config, warnings = load_config(args.config)
     except ConfigError as exc:
         print(f"circus-sd: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.strict and warnings:
+        for warning in warnings:
+            print(f"circus-sd: error (--strict): {warning}", file=sys.stderr)
         return EX_CONFIG
     if args.check:
         for warning in warnings:
@@ -282,9 +291,30 @@ def _setup_cgroups(mode: str, cgroup_root: str | None, spawner_pid: int) -> Cgro
     return cgroups
 
 
+# The most descriptors root raises its own hard limit to, outside systemd: a million, about
+# 300,000 processes (the shipped unit's LimitNOFILE says the same).
+NOFILE_CEILING = 1 << 20
+
+
 def _raise_nofile_limit() -> None:
-    """Two pipes and a pidfd per child: take all the fds we may; children get the original."""
+    """Two pipes and a pidfd per child: take all the fds we may; children get the original.
+
+    Outside systemd, root also raises its hard limit, up to the kernel's fs.nr_open: a root
+    shell's inherited hard limit (often a few thousand) would otherwise bound what one arbiter
+    can run far below what the machine can. Under systemd the unit's LimitNOFILE is the
+    administrator's word, and stays. Without CAP_SYS_RESOURCE the hard limit stays too."""
+    from circus_sd.process_bound import kernel_number
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0 and not os.environ.get("INVOCATION_ID"):
+        ceiling = min(kernel_number("/proc/sys/fs/nr_open") or hard, NOFILE_CEILING)
+        if ceiling > hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, ceiling))
+                log.info("RLIMIT_NOFILE raised to %d (it was %d, hard %d)", ceiling, soft, hard)
+                return
+            except (OSError, ValueError) as exc:
+                log.debug("RLIMIT_NOFILE stays at %d: %s", hard, exc)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 

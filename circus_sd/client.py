@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from circus_sd import endpoints
@@ -53,6 +53,25 @@ def build_request(
     if cast:
         message["msg_type"] = "cast"
     return request_id, json.dumps(message).encode()
+
+
+def request_of(
+    command: str | Mapping[str, Any], properties: dict[str, Any]
+) -> tuple[str, dict[str, Any], bool]:
+    """(command, properties, cast?) of a call made either way: circus-sd's
+    `call("incr", name="web")` or Circus's `call({"command": "incr", "properties": {...}})`
+    (what `circus.client.make_message` and `cast_message` build)."""
+    if isinstance(command, str):
+        return command, properties, False
+    if not isinstance(command, Mapping):
+        raise TypeError(f"a command name or a Circus message, not {type(command).__name__}")
+    if properties:
+        raise TypeError("a Circus message carries its properties: give no keyword arguments")
+    name = command.get("command")
+    props = command.get("properties") or {}
+    if not isinstance(name, str) or not isinstance(props, Mapping):
+        raise TypeError('a Circus message is {"command": str, "properties": {...}}')
+    return name, dict(props), command.get("msg_type") == "cast"
 
 
 def check_ipc_endpoint(endpoint: str, what: str = "control") -> None:
@@ -140,10 +159,15 @@ class CircusClient(_ClientBase):
 
         return zmq.Context()
 
-    def call(self, command: str, **properties: Any) -> dict[str, Any]:
-        """Send a command and return its reply (`status` "ok" or "error"); CallError if none."""
+    def call(self, command: str | Mapping[str, Any], **properties: Any) -> dict[str, Any]:
+        """Send a command and return its reply (`status` "ok" or "error"); CallError if none.
+
+        `command` is a name with its properties as keywords, or Circus's message dict."""
+        name, properties, cast = request_of(command, properties)
+        if cast:
+            raise CallError(f"{name}: a cast gets no reply; send it with cast()")
         socket = self._dealer()
-        request_id, request = build_request(command, properties)
+        request_id, request = build_request(name, properties)
         deadline = time.monotonic() + self.timeout
         socket.send(request)
         while True:
@@ -157,10 +181,19 @@ class CircusClient(_ClientBase):
             if reply is not None and reply.get("id") == request_id:
                 return reply
 
-    def cast(self, command: str, **properties: Any) -> None:
+    def cast(self, command: str | Mapping[str, Any], **properties: Any) -> None:
         """Send a command without waiting for (or getting) a reply."""
-        self._dealer().send(build_request(command, properties, cast=True)[1])
+        name, properties, _cast = request_of(command, properties)
+        self._dealer().send(build_request(name, properties, cast=True)[1])
         self._cast_pending = True
+
+    def send_message(self, command: str, **properties: Any) -> dict[str, Any]:
+        """Circus's name for `call(command, **properties)`."""
+        return self.call(command, **properties)
+
+    def stop(self) -> None:
+        """Circus's name for `close()`."""
+        self.close()
 
     def __enter__(self) -> CircusClient:
         return self
@@ -184,9 +217,12 @@ class AsyncCircusClient(_ClientBase):
         assert isinstance(socket, zmq.asyncio.Socket)
         return socket
 
-    async def call(self, command: str, **properties: Any) -> dict[str, Any]:
+    async def call(self, command: str | Mapping[str, Any], **properties: Any) -> dict[str, Any]:
+        name, properties, cast = request_of(command, properties)
+        if cast:
+            raise CallError(f"{name}: a cast gets no reply; send it with cast()")
         socket = self._async_dealer()
-        request_id, request = build_request(command, properties)
+        request_id, request = build_request(name, properties)
         deadline = time.monotonic() + self.timeout
         await socket.send(request)
         while True:
@@ -199,9 +235,16 @@ class AsyncCircusClient(_ClientBase):
             if reply is not None and reply.get("id") == request_id:
                 return reply
 
-    async def cast(self, command: str, **properties: Any) -> None:
-        await self._async_dealer().send(build_request(command, properties, cast=True)[1])
+    async def cast(self, command: str | Mapping[str, Any], **properties: Any) -> None:
+        name, properties, _cast = request_of(command, properties)
+        await self._async_dealer().send(build_request(name, properties, cast=True)[1])
         self._cast_pending = True
+
+    async def send_message(self, command: str, **properties: Any) -> dict[str, Any]:
+        return await self.call(command, **properties)
+
+    def stop(self) -> None:
+        self.close()
 
     async def __aenter__(self) -> AsyncCircusClient:
         return self

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from circus_sd.client import AsyncCircusClient, CircusClient
 from circus_sd.config.model import HookImportError, HookSpec
+from circus_sd.journal_log import about
+from circus_sd.message_ids import MessageId
 
 log = logging.getLogger("circus_sd")
 
@@ -226,7 +228,8 @@ class HookRunner:
             if not abandoned:
                 arbiter.close()
         self._publish(watcher.name, "hook_success", {"name": hook})
-        log.debug("%s returned %r", label, value)
+        log.debug("%s returned %r", label, value,
+                  extra=about(MessageId.HOOK_RETURNED, watcher.name))
         return HookOutcome(approved=value is not False, value=value)
 
     def _failed(
@@ -241,7 +244,8 @@ class HookRunner:
         self._publish(watcher, "hook_failure", {"name": hook, "error": error})
         suffix = " (failure ignored)" if ignored else ""
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
-        log.error("%s failed: %s%s", label, error, suffix, exc_info=exc_info)
+        log.error("%s failed: %s%s", label, error, suffix, exc_info=exc_info,
+                  extra=about(MessageId.HOOK_FAILED, watcher))
         return HookOutcome(approved=ignored, error=error)
 
 

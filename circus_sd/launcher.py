@@ -23,12 +23,14 @@ from circus_sd.config.model import WatcherConfig
 from circus_sd.config.process_env import ChildDefaults
 from circus_sd.endpoints import runtime_dir
 from circus_sd.fd_reserve import FdReserve
+from circus_sd.journal_log import about
 from circus_sd.leftovers import Leftovers
+from circus_sd.message_ids import MessageId
 from circus_sd.output.router import OutputRouter, ProcessOutput
 from circus_sd.process import ProcessHandle, reap_strays
 from circus_sd.process_table import ExecPhase, ProcessEntry, ProcessTable
 from circus_sd.sockets import ListeningSockets, SocketError
-from circus_sd.spawn_plan import SpawnPlanError, build_request, socket_layout
+from circus_sd.spawn_plan import SpawnPlanError, build_request, socket_layout, with_accounts
 from circus_sd.spawner import Spawner, SpawnerLost, SpawnError
 
 log = logging.getLogger("circus_sd")
@@ -126,6 +128,9 @@ class Launcher:
         pending = self._pending[(name, action.spawn_id)] = _Pending()
         extra_env = {}
         try:
+            # The notify socket is made for the processes' user: a name the file gave before
+            # the account existed is looked up first.
+            config = with_accounts(config)
             if config.notify:
                 notify = self._notify_sockets.open(name, action.wid, config.uid, config.gid)
                 pending.notify = notify
@@ -367,7 +372,8 @@ class Launcher:
         # The spawner's processes are its handle's to reap (it replaces a lost one).
         reaped = False
         for pid, status in reap_strays(self.known_pids()):
-            log.debug("reaped orphan %d (status %d)", pid, status)
+            log.debug("reaped orphan %d (status %d)", pid, status,
+                      extra=about(MessageId.ORPHAN_REAPED, pid=pid))
             reaped = True
         if reaped:
             self._reports.on_orphans_reaped()

@@ -12,10 +12,10 @@ import signal
 from collections.abc import Callable, Collection
 from typing import Any
 
-import psutil
-
 from circus_sd.config.model import WatcherConfig
+from circus_sd.journal_log import about
 from circus_sd.leftovers import Leftover, Leftovers, clones_of_a_lost_spawner
+from circus_sd.message_ids import MessageId
 from circus_sd.process import own_children
 
 log = logging.getLogger("circus_sd")
@@ -27,6 +27,8 @@ Publish = Callable[[str, str, dict[str, Any]], None]
 
 
 def describe_pid(pid: int) -> str:
+    import psutil  # not at start: 11 ms and 0.8 MB of the arbiter, for a rare message
+
     try:
         return f"pid {pid} ({psutil.Process(pid).name()})"
     except psutil.Error:
@@ -82,6 +84,7 @@ class Orphans:
             log.info(
                 "%s: %s was left behind by its process %d; it is stopped with the watcher",
                 leftover.watcher, describe_pid(leftover.pid), leftover.session,
+                extra=about(MessageId.ORPHAN_FOUND, leftover.watcher, pid=leftover.pid),
             )
             self._publish(
                 leftover.watcher, "orphan", {"pid": leftover.pid, "session": leftover.session}
@@ -145,18 +148,20 @@ class Orphans:
                     continue
                 signalled.add(leftover.pid)
                 what = f"{name}: {describe_pid(leftover.pid)}, left behind by its process"
+                subject = about(MessageId.ORPHAN_STOPPING, name, pid=leftover.pid)
                 if signum == signal.SIGKILL and signum != config.stop_signal:
                     log.warning("%s %d, still running after graceful_timeout: SIGKILL",
-                                what, leftover.session)
+                                what, leftover.session, extra=subject)
                 else:
-                    log.info("%s %d: stopping it", what, leftover.session)
+                    log.info("%s %d: stopping it", what, leftover.session, extra=subject)
                 leftover.send_signal(signum)
             try:
                 await asyncio.wait_for(changed, max(0.0, deadline - self._loop.time()))
             except TimeoutError:
                 if signum == signal.SIGKILL:
                     log.error("%s: pids %s, left behind by its processes, survive SIGKILL",
-                              name, sorted(self._leftovers.pids(name)))
+                              name, sorted(self._leftovers.pids(name)),
+                              extra=about(MessageId.ORPHAN_SURVIVES, name))
                     return
 
     # -- children of a lost spawner --------------------------------------------------------------
@@ -183,7 +188,8 @@ class Orphans:
         candidates = [pid for pid in self.unowned() if pid not in attributed]
         for pid, leads_session in clones_of_a_lost_spawner(candidates, since, os.getsid(0)):
             log.warning(
-                "killing %s: cloned by the lost spawner, its pid never answered", describe_pid(pid)
+                "killing %s: cloned by the lost spawner, its pid never answered", describe_pid(pid),
+                extra=about(MessageId.ORPHAN_KILLED, pid=pid),
             )
             # Our unreaped child: its pid (and, once it leads one, its group's) is not reused.
             if leads_session:
@@ -208,7 +214,8 @@ class Orphans:
             if not orphans or remaining <= 0:
                 return
             for pid in orphans - signalled:
-                log.info("stopping %s, orphaned by a stopped process", describe_pid(pid))
+                log.info("stopping %s, orphaned by a stopped process", describe_pid(pid),
+                         extra=about(MessageId.ORPHAN_STOPPING, pid=pid))
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
             signalled |= orphans
@@ -228,7 +235,8 @@ class Orphans:
                 break
             for pid in left:
                 if not watched(pid):
-                    log.info("killing %s, left after the stop", describe_pid(pid))
+                    log.info("killing %s, left after the stop", describe_pid(pid),
+                             extra=about(MessageId.ORPHAN_KILLED, pid=pid))
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             for pid in left:

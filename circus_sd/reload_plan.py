@@ -8,6 +8,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 from circus_sd.config.model import Config, WatcherConfig
 from circus_sd.sockets import SocketChanges
+from circus_sd.start_order import by_priority
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +63,6 @@ Step = (
     | StartAfterSocket
     | AddWatcher
 )
-
-
-def by_priority(configs: Iterable[WatcherConfig]) -> list[WatcherConfig]:
-    """Highest priority first, as in Circus; file order among equals (sort is stable)."""
-    return sorted(configs, key=lambda c: -c.priority)
 
 
 def sockets_of(config: WatcherConfig, all_sockets: Iterable[str]) -> set[str]:

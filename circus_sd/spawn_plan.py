@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pwd
 import resource
@@ -9,6 +10,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from circus_sd.config.model import WatcherConfig
+from circus_sd.config.options import OptionValueError, group_id, primary_group, user_id
 from circus_sd.config.process_env import (
     LISTEN_FDS_START,
     ChildDefaults,
@@ -81,6 +83,27 @@ def resolve_program(name: str, env: Mapping[str, str], cwd: str | None) -> str:
     return find_program(name, env, cwd)
 
 
+def with_accounts(config: WatcherConfig) -> WatcherConfig:
+    """`config` with the `uid`/`gid` names the file gave before this machine had those
+    accounts looked up now; a SpawnPlanError while one is still missing."""
+    if config.user_name is None and config.group_name is None:
+        return config
+    uid, gid = config.uid, config.gid
+    try:
+        if config.group_name is not None:
+            gid = group_id(config.group_name)
+    except OptionValueError as error:
+        raise SpawnPlanError(f"gid: {error}") from None
+    try:
+        if config.user_name is not None:
+            uid = user_id(config.user_name)
+    except OptionValueError as error:
+        raise SpawnPlanError(f"uid: {error}") from None
+    if uid is not None and gid is None:
+        gid = primary_group(uid)  # as the config check gives a uid without a gid
+    return dataclasses.replace(config, uid=uid, gid=gid, user_name=None, group_name=None)
+
+
 def build_request(
     config: WatcherConfig,
     wid: int,
@@ -98,6 +121,7 @@ def build_request(
     `cgroup`: the leaf cgroup the child joins before anything else;
     `sockets`: the `socket_layout` of the process (its fds are in `fd_targets` too).
     """
+    config = with_accounts(config)
     numbers = socket_numbers(sockets)
     env = child_environment(config, wid, defaults, numbers)
     env.update(extra_env or {})

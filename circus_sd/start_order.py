@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from circus_sd.config.model import WatcherConfig
 
@@ -15,9 +15,15 @@ class DependencyError(ValueError):
         self.watcher = watcher
 
 
+def by_priority(watchers: Iterable[WatcherConfig]) -> list[WatcherConfig]:
+    """Circus's order: highest priority first, by name among equals (Circus sorts its watchers
+    by name, then by priority)."""
+    return sorted(sorted(watchers, key=lambda w: w.name), key=lambda w: -w.priority)
+
+
 def start_order(watchers: Sequence[WatcherConfig]) -> list[WatcherConfig]:
-    """A stable topological order: among the watchers whose `after` are all placed, the one of
-    highest priority (then file order) goes next."""
+    """A stable topological order: among the watchers whose `after` are all placed, the next
+    in Circus's order (by_priority) goes next."""
     by_name = {w.name: w for w in watchers}
     for watcher in watchers:
         for name in watcher.after:
@@ -25,7 +31,7 @@ def start_order(watchers: Sequence[WatcherConfig]) -> list[WatcherConfig]:
                 raise DependencyError(watcher, f"after: no watcher named {name!r}")
             if name == watcher.name:
                 raise DependencyError(watcher, "after: a watcher cannot come after itself")
-    pending = sorted(watchers, key=lambda w: -w.priority)
+    pending = by_priority(watchers)
     placed: list[WatcherConfig] = []
     done: set[str] = set()
     while pending:

@@ -34,6 +34,7 @@ from circus_sd.actions import (
     StartTimer,
 )
 from circus_sd.config.model import WatcherConfig
+from circus_sd.message_ids import MessageId
 from circus_sd.restart_policy import (
     SHORTAGE_CAUSE,
     SPAWNER_LOST_CAUSE,
@@ -487,6 +488,9 @@ class Watcher:
                 actions += self._stop_process(
                     process, now, event.signum, event.graceful_timeout
                 )
+                if self.phase in RUNNING_PHASES:
+                    # Replaced at once: a restart, whoever asked (resource_watcher's included).
+                    self.restarts += 1
         return actions + self._reconcile(now)
 
     def _update_config(self, event: ConfigUpdated, now: float) -> list[Action]:
@@ -554,7 +558,11 @@ class Watcher:
         self._flapping.reset()
         self._failures.clear()
         return [
-            Log(logging.INFO, f"{self.name}: flapping pause over, starting again"),
+            Log(
+                logging.INFO,
+                f"{self.name}: flapping pause over, starting again",
+                MessageId.FLAPPING_PAUSE_OVER,
+            ),
             *self._begin_start(now),
         ]
 
@@ -669,7 +677,13 @@ class Watcher:
         self._pids[pid] = process.spawn_id
         actions: list[Action] = [
             Publish("spawn", {"process_pid": pid}),
-            Log(logging.DEBUG, f"{self._label(process)} spawned"),
+            Log(
+                logging.DEBUG,
+                f"{self._label(process)} spawned",
+                MessageId.PROCESS_SPAWNED,
+                wid=process.wid,
+                pid=pid,
+            ),
         ]
         spawn_id = process.spawn_id
         if self.config.awaits_readiness and self.config.ready_timeout > 0:
@@ -704,7 +718,14 @@ class Watcher:
 
     def _exited_stopped(self, process: ProcessRecord, event: Exited, now: float) -> list[Action]:
         actions = self._reaped(process, event)
-        actions.append(Log(logging.DEBUG, f"{self._label(process)} stopped ({event.exit_code})"))
+        actions.append(
+            Log(
+                logging.DEBUG,
+                f"{self._label(process)} stopped ({event.exit_code})",
+                MessageId.PROCESS_STOPPED,
+                wid=process.wid, pid=process.pid,
+            )
+        )
         return actions + self._reconcile(now)
 
     def _exited_unexpectedly(
@@ -745,7 +766,12 @@ class Watcher:
             )
         if "ERRNO" in message:
             actions.append(
-                Log(logging.WARNING, f"{self._label(process)} reports errno {message['ERRNO']}")
+                Log(
+                    logging.WARNING,
+                    f"{self._label(process)} reports errno {message['ERRNO']}",
+                    MessageId.PROCESS_ERRNO,
+                    wid=process.wid, pid=process.pid,
+                )
             )
         return actions + self._reconcile(now)
 
@@ -759,7 +785,12 @@ class Watcher:
         actions: list[Action] = [
             CancelTimer(ReadyTimeout(process.spawn_id).key),
             Publish("ready", {"process_pid": process.pid, "wid": process.wid}),
-            Log(logging.INFO, f"{self._label(process)} ready ({how})"),
+            Log(
+                logging.INFO,
+                f"{self._label(process)} ready ({how})",
+                MessageId.PROCESS_READY,
+                wid=process.wid, pid=process.pid,
+            ),
         ]
         if self.config.notify and self.config.watchdog_sec > 0:
             actions.append(
@@ -808,6 +839,8 @@ class Watcher:
                 logging.WARNING,
                 f"{self._label(process)} still running when its graceful timeout ran out: "
                 "SIGKILL",
+                MessageId.PROCESS_SIGKILLED,
+                wid=process.wid, pid=process.pid,
             ),
         ]
 
@@ -816,7 +849,7 @@ class Watcher:
     ) -> list[Action]:
         message = f"{self._label(process)} reached max_age: replacing it"
         return [
-            Log(logging.INFO, message),
+            Log(logging.INFO, message, MessageId.MAX_AGE_REACHED, wid=process.wid, pid=process.pid),
             *self._stop_process(process, now),
             *self._reconcile(now),
         ]
@@ -835,7 +868,14 @@ class Watcher:
         label = self._label(process)
         message = f"{label} not ready {self.config.ready_timeout:g} s after its start"
         stop = self._signal_stop(process, None, None, failed_start=True)
-        return [Log(logging.WARNING, f"{message}: restarting it"), *stop, *self._reconcile(now)]
+        said = Log(
+            logging.WARNING,
+            f"{message}: restarting it",
+            MessageId.READY_TIMEOUT,
+            wid=process.wid,
+            pid=process.pid,
+        )
+        return [said, *stop, *self._reconcile(now)]
 
     def _watchdog_timeout(
         self, process: ProcessRecord, event: WatchdogTimeout, now: float
@@ -843,7 +883,14 @@ class Watcher:
         label = self._label(process)
         message = f"{label} sent no WATCHDOG=1 for {self.config.watchdog_sec:g} s"
         stop = self._stop_process(process, now, signal.SIGABRT)
-        return [Log(logging.WARNING, f"{message}: restarting it"), *stop, *self._reconcile(now)]
+        said = Log(
+            logging.WARNING,
+            f"{message}: restarting it",
+            MessageId.WATCHDOG_TIMEOUT,
+            wid=process.wid,
+            pid=process.pid,
+        )
+        return [said, *stop, *self._reconcile(now)]
 
     # -- inner workings --------------------------------------------------------------------------
 
@@ -861,7 +908,13 @@ class Watcher:
     def _begin_start(self, now: float) -> list[Action]:
         self._start_number += 1
         count = self.config.target_processes
-        actions: list[Action] = [Log(logging.INFO, f"{self.name}: starting {count} process(es)")]
+        actions: list[Action] = [
+            Log(
+                logging.INFO,
+                f"{self.name}: starting {count} process(es)",
+                MessageId.WATCHER_STARTING,
+            )
+        ]
         if BEFORE_START in self.config.hooks:
             self._enter(WatcherPhase.BEFORE_START)
             return [*actions, CallHook(BEFORE_START, (BEFORE_START, self._start_number))]
@@ -875,7 +928,10 @@ class Watcher:
         message = f"{self.name}: the {hook} hook returned False or failed: stopping the watcher"
         # Circus calls no stop hook when before_start refuses: nothing was started.
         stop_hooks = hook != BEFORE_START
-        return [Log(logging.ERROR, message), *self._halt(WatcherPhase.FAILED, now, stop_hooks)]
+        return [
+            Log(logging.ERROR, message, MessageId.HOOK_ABORTED_START),
+            *self._halt(WatcherPhase.FAILED, now, stop_hooks),
+        ]
 
     def _halt(
         self, destination: WatcherPhase, now: float, stop_hooks: bool = True
@@ -916,22 +972,49 @@ class Watcher:
         label = self._label(process)
         if not self.config.respawn:
             self._retired.add(process.wid)
-            return [Log(logging.INFO, f"{label} {what}; not restarted (respawn = false)")]
+            return [
+                Log(
+                    logging.INFO,
+                    f"{label} {what}; not restarted (respawn = false)",
+                    MessageId.PROCESS_EXITED,
+                    wid=process.wid, pid=process.pid,
+                )
+            ]
         if self.phase not in RUNNING_PHASES:
-            return [Log(logging.INFO, f"{label} {what}"), *self._reconcile(now)]
-        return self._schedule_restart(process.wid, f"{label} {what}", now)
+            said = Log(
+                logging.INFO,
+                f"{label} {what}",
+                MessageId.PROCESS_EXITED,
+                wid=process.wid,
+                pid=process.pid,
+            )
+            return [said, *self._reconcile(now)]
+        return self._schedule_restart(
+            process.wid, f"{label} {what}", now, MessageId.PROCESS_EXITED, process.pid
+        )
 
-    def _schedule_restart(self, wid: int, what: str, now: float) -> list[Action]:
+    def _schedule_restart(
+        self, wid: int, what: str, now: float, kind: MessageId, pid: int | None
+    ) -> list[Action]:
+        """`kind`: what happened (an exit, a failed start), for a restart without a delay."""
         self.restarts += 1
         failures = max(self._failures.get(wid, 0), self._exec_failures)
         delay = backoff_delay(
             failures, self.config.backoff_initial, self.config.backoff_max, self._rng
         )
         if delay <= 0:
-            return [Log(logging.INFO, f"{what}; restarting"), *self._reconcile(now)]
+            # A warning, as with a delay: the process ended without being asked to.
+            said = Log(logging.WARNING, f"{what}; restarting", kind, wid=wid, pid=pid)
+            return [said, *self._reconcile(now)]
         self._backoff.add(wid)
         return [
-            Log(logging.WARNING, f"{what}; restarting in {delay:.2f} s"),
+            Log(
+                logging.WARNING,
+                f"{what}; restarting in {delay:.2f} s",
+                MessageId.RESTART_SCHEDULED,
+                wid=wid,
+                pid=pid,
+            ),
             Publish("backoff", {"wid": wid, "failures": failures, "delay": round(delay, 3)}),
             StartTimer(RestartDue(wid).key, delay),
         ]
@@ -948,12 +1031,18 @@ class Watcher:
                     logging.ERROR,
                     f"{label} could not start: {reason}; giving up after "
                     f"{self._exec_failures} failures (max_retry = {limit})",
+                    MessageId.START_GAVE_UP,
+                    wid=process.wid,
+                    pid=process.pid,
                 ),
                 *self._halt(WatcherPhase.FAILED, now),
             ]
         if self.phase not in RUNNING_PHASES:
             return self._reconcile(now)
-        return self._schedule_restart(process.wid, f"{label} could not start: {reason}", now)
+        what = f"{label} could not start: {reason}"
+        return self._schedule_restart(
+            process.wid, what, now, MessageId.PROCESS_START_FAILED, process.pid
+        )
 
     def _defer(
         self, process: ProcessRecord, reason: str, now: float, cause: str
@@ -996,6 +1085,8 @@ class Watcher:
                     f"{self.name}[{process.wid}] cannot start for lack of resources ({reason}); "
                     f"the processes that run are kept ({running} of {wanted} so far), the others "
                     f"wait: retrying in {delay:.2f} s, then with backoff",
+                    MessageId.SPAWNS_DEFERRED,
+                    wid=process.wid,
                 )
             )
         elif first:
@@ -1005,11 +1096,13 @@ class Watcher:
                     f"{self.name}[{process.wid}] was not started: {reason}; not a failed start: "
                     f"it is asked of the next spawner (the processes that run are kept, "
                     f"{running} of {wanted} so far)",
+                    MessageId.SPAWNS_DEFERRED,
+                    wid=process.wid,
                 )
             )
         else:
             message = f"{self.name}: spawns deferred again ({reason}); retrying in {delay:.2f} s"
-            actions.append(Log(logging.DEBUG, message))
+            actions.append(Log(logging.DEBUG, message, MessageId.SPAWNS_DEFERRED))
         actions += [
             Publish(
                 "spawn_deferred",
@@ -1053,7 +1146,13 @@ class Watcher:
             )
             message = f"{label} {what}; {self.name} is {self.reason}"
             return [
-                Log(logging.ERROR, message),
+                Log(
+                    logging.ERROR,
+                    message,
+                    MessageId.FLAPPING_GAVE_UP,
+                    wid=process.wid,
+                    pid=process.pid,
+                ),
                 Publish("flapping", payload),
                 *self._halt(WatcherPhase.FAILED, now),
             ]
@@ -1063,7 +1162,13 @@ class Watcher:
             f"(pause {self._pauses} of {config.flapping_max_retry})"
         )
         return [
-            Log(logging.WARNING, f"{label} {what}; {self.name} is {self.reason}"),
+            Log(
+                logging.WARNING,
+                f"{label} {what}; {self.name} is {self.reason}",
+                MessageId.FLAPPING_PAUSED,
+                wid=process.wid,
+                pid=process.pid,
+            ),
             Publish("flapping", payload),
             *self._halt(WatcherPhase.PAUSED, now),
         ]
@@ -1088,6 +1193,7 @@ class Watcher:
                         logging.INFO,
                         f"{self.name}: all {len(self.pids)} processes run{over} "
                         f"({self.deferred_spawns} spawns deferred so far)",
+                        MessageId.SPAWNS_RESUMED,
                     )
                 )
                 self._end_shortage()
@@ -1098,7 +1204,10 @@ class Watcher:
                     actions.append(CallHook(AFTER_START, (AFTER_START, self._start_number)))
                 else:
                     self._enter(WatcherPhase.ACTIVE)
-                    actions += [Publish("start"), Log(logging.INFO, f"{self.name}: active")]
+                    actions += [
+                        Publish("start"),
+                        Log(logging.INFO, f"{self.name}: active", MessageId.WATCHER_ACTIVE),
+                    ]
         elif self.phase is WatcherPhase.STOPPING and not self.processes:
             destination = self._stop_destination
             self._enter(destination)
@@ -1108,7 +1217,9 @@ class Watcher:
             if destination is WatcherPhase.PAUSED:
                 actions.append(StartTimer(RetryDue().key, self.config.flapping_retry_in))
             elif destination is WatcherPhase.STOPPED:
-                actions.append(Log(logging.INFO, f"{self.name}: stopped"))
+                actions.append(
+                    Log(logging.INFO, f"{self.name}: stopped", MessageId.WATCHER_STOPPED)
+                )
                 if self.want is Want.UP:
                     actions += self._dispatch(StartAsked(), now)
         return actions

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from circus_sd.actions import CallHook
-from circus_sd.config.watcher_keys import option_values
+from circus_sd.config.option_view import option_values
 from circus_sd.hooks import (
     PROCESS_GONE,
     ArbiterView,
@@ -21,6 +21,8 @@ from circus_sd.hooks import (
     WatcherView,
     watcher_view,
 )
+from circus_sd.journal_log import about
+from circus_sd.message_ids import MessageId
 from circus_sd.watcher import Watcher
 
 log = logging.getLogger("circus_sd")
@@ -107,6 +109,7 @@ class WatcherHooks:
                     log.info(
                         "%s: the before_signal hook said no: signal %d not sent to pid %d",
                         watcher.name, signum, pid,
+                        extra=about(MessageId.SIGNAL_REFUSED, watcher.name, pid=pid),
                     )
             await self.run(watcher, "after_signal", arguments, view)
 

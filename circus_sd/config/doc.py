@@ -16,7 +16,8 @@ from circus_sd.config.options import option_of
 from circus_sd.config.streams import StreamConfig
 
 
-def _default_text(name: str, value: Any) -> str:
+def default_text(name: str, value: Any) -> str:
+    """An option's default as the docs show it."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -33,20 +34,40 @@ def _default_text(name: str, value: Any) -> str:
 DefaultText = Callable[[str, Any], str]
 
 
+@dataclasses.dataclass(frozen=True)
+class OptionRow:
+    """One declared option as the docs present it (README tables, circus-sd.ini(5))."""
+
+    key: str
+    default: str
+    doc: str
+    live: bool
+    tier: Tier
+
+
+def option_rows(cls: type, default_text: DefaultText = default_text) -> list[OptionRow]:
+    """The declared options of a config dataclass, in declaration order."""
+    rows = []
+    for field in dataclasses.fields(cls):
+        declared = option_of(field)
+        if declared is not None:
+            rows.append(OptionRow(
+                declared.key, default_text(field.name, field.default), declared.doc,
+                declared.live, declared.tier,
+            ))
+    return rows
+
+
 def option_table(
-    cls: type, default_text: DefaultText = _default_text, settable: bool = False
+    cls: type, default_text: DefaultText = default_text, settable: bool = False
 ) -> str:
     """A Markdown table of a config dataclass's options: key, default, doc (and *live*; with
     `settable`, *group* for those endpoint_group members may change with `set`)."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
-    for field in dataclasses.fields(cls):
-        declared = option_of(field)
-        if declared is None:
-            continue
-        live = " *(live)*" if declared.live else ""
-        group = " *(group)*" if settable and declared.tier <= Tier.OPERATE else ""
-        default = default_text(field.name, field.default)
-        rows.append(f"| `{declared.key}` | {default} | {declared.doc}{live}{group} |")
+    for row in option_rows(cls, default_text):
+        live = " *(live)*" if row.live else ""
+        group = " *(group)*" if settable and row.tier <= Tier.OPERATE else ""
+        rows.append(f"| `{row.key}` | {row.default} | {row.doc}{live}{group} |")
     return "\n".join(rows)
 
 

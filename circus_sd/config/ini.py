@@ -1,4 +1,5 @@
-"""A line-tracking INI reader with configparser's syntax, so errors can name `file:line`."""
+"""A line-tracking INI reader with the syntax of Circus 0.19's reader (its StrictConfigParser),
+so that a Circus file reads the same here and errors can name `file:line`."""
 
 from __future__ import annotations
 
@@ -72,8 +73,7 @@ class _Builder:
 
     def _finish_entry(self) -> None:
         if self._key is not None:
-            # Blank lines inside a value are kept, trailing ones dropped (configparser).
-            value = "\n".join(self._value).rstrip()
+            value = "\n".join(self._value)
             self._entries.append(IniEntry(self._key, value, self._key_line))
         self._key = None
         self._value = []
@@ -110,22 +110,38 @@ def _split_entry(stripped: str, line: int) -> tuple[str, str]:
     key = stripped[:cut].strip()
     if not key:
         raise IniSyntaxError(line, f"missing key before {stripped[cut]!r}")
-    return key, stripped[cut + 1 :].strip()
+    return key, _value_of(stripped[cut + 1 :].strip())
+
+
+def _value_of(text: str) -> str:
+    """What Circus keeps of the text after `=`: up to its first `;` if a blank precedes it (an
+    inline comment; only that first `;` counts, and `#` never starts one), and `""` as empty."""
+    cut = text.find(";")
+    if cut > 0 and text[cut - 1].isspace():
+        text = text[:cut].strip()
+    return "" if text == '""' else text
+
+
+def _is_comment(raw: str) -> bool:
+    # Circus's reader: `#`/`;` in the first column, or a `rem` line (an old Windows INI habit).
+    first = raw[:1]
+    return first in ("#", ";") or (first in ("r", "R") and raw.split(None, 1)[0].lower() == "rem")
 
 
 def parse_ini(text: str) -> list[IniSection]:
-    """Sections of `text` in file order; `#`/`;` full-line comments, indented continuations."""
+    """Sections of `text` in file order. As in Circus: blank lines and comment lines in the
+    first column are dropped; a line indented deeper than its key continues the value, even one
+    starting with `#` or `;`; ` ;` starts an inline comment."""
     builder = _Builder()
     for number, raw in enumerate(text.split("\n"), start=1):
         stripped = raw.strip()
-        if stripped.startswith(_COMMENT_PREFIXES):
-            continue  # configparser drops comment lines, even inside a multi-line value
-        if not stripped:
-            builder.add_value_line("")
+        if not stripped or _is_comment(raw):
             continue
         indent = len(raw) - len(raw.lstrip())
         if builder.continues_value(indent):
             builder.add_value_line(stripped)
+        elif stripped.startswith(_COMMENT_PREFIXES):
+            continue  # an indented comment outside a value
         elif stripped.startswith("["):
             builder.start_section(_section_name(stripped, number), number)
         elif not builder.in_section:

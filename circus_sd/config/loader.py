@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any
 
+from circus_sd.config.env_file import EnvFileError, EnvFileRef, env_file_paths, read_env_file
 from circus_sd.config.ini import IniSection, IniSyntaxError, parse_ini
 from circus_sd.config.model import (
     HOOK_NAMES,
@@ -21,8 +22,14 @@ from circus_sd.config.model import (
     SocketConfig,
     WatcherConfig,
 )
-from circus_sd.config.options import OptionValueError, boolean, integer, options_of
-from circus_sd.config.placeholders import UnsetVariable, substitute_env
+from circus_sd.config.options import (
+    OptionValueError,
+    boolean,
+    integer,
+    options_of,
+    unknown_account,
+)
+from circus_sd.config.placeholders import substitute_env
 from circus_sd.config.watcher_changes import (
     Notice,
     WatcherOptionError,
@@ -151,6 +158,10 @@ _FLAPPING_KEYS: Mapping[str, str] = {
 }
 _PLUGIN_KEYS = frozenset({"use", "active", "priority"})
 
+# In [watcher:…] and [env…] sections alike (where it is the one key that is no variable).
+_ENV_FILE = "env_file"
+
+
 def _is_env_section(name: str) -> bool:
     return name == "env" or name.startswith("env:")
 
@@ -162,6 +173,7 @@ def _is_env_section(name: str) -> bool:
 class _Value:
     text: str
     location: Location
+    key: str = ""
 
 
 @dataclasses.dataclass
@@ -172,31 +184,24 @@ class _Section:
     values: dict[str, _Value]
 
 
-def _sections_of(path: str, parsed: list[IniSection]) -> dict[str, _Section]:
-    """One file's sections by name, keys normalised; a repeated section or key is an error."""
+def _sections_of(
+    path: str, parsed: list[IniSection]
+) -> tuple[dict[str, _Section], list[tuple[str, _Value]]]:
+    """One file's sections by name, keys normalised, and the values set again, which Circus
+    ignores: a repeated section adds to the first, a repeated key keeps its first value."""
     own: dict[str, _Section] = {}
+    ignored: list[tuple[str, _Value]] = []
     for raw in parsed:
-        location = Location(path, raw.line)
-        if raw.name in own:
-            first_line = own[raw.name].location.line
-            raise ConfigError.at(
-                location, f"section defined twice in this file (first at line {first_line})",
-                raw.name,
-            )
+        section = own.setdefault(raw.name, _Section(raw.name, Location(path, raw.line), {}))
         keep_case = _is_env_section(raw.name)  # environment variable names are case-sensitive
-        values: dict[str, _Value] = {}
         for entry in raw.entries:
             key = entry.key if keep_case else entry.key.lower()
-            if key in values:
-                raise ConfigError.at(
-                    Location(path, entry.line),
-                    f"set twice (first at line {values[key].location.line})",
-                    raw.name,
-                    key,
-                )
-            values[key] = _Value(entry.value, Location(path, entry.line))
-        own[raw.name] = _Section(raw.name, location, values)
-    return own
+            value = _Value(entry.value, Location(path, entry.line), key)
+            if key in section.values:
+                ignored.append((raw.name, value))
+            else:
+                section.values[key] = value
+    return own, ignored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +221,7 @@ class _Loader:
         self.read_from: dict[str, str] = {}  # real path -> path shown, of every file read
         self.socket_names: list[str] = []  # [socket:NAME] sections, for the watchers' checks
         self.config_dir: str | None = None  # the main file's, where hooks are imported from too
+        self.env_cache: dict[str, dict[str, str]] = {}  # [env…] section name -> its variables
 
     def warn(
         self,
@@ -271,7 +277,11 @@ class _Loader:
             self.check_name_clash(watcher, by_folded_name)
             by_folded_name[watcher.name.lower()] = watcher
             context = WatcherContext(
-                self.socket_names, self.environ, self.euid == 0, self.config_dir
+                self.socket_names,
+                self.environ,
+                self.euid == 0,
+                self.config_dir,
+                defer_machine_state=True,
             )
             try:
                 watcher, notices = cross_check(watcher, context)
@@ -351,8 +361,10 @@ class _Loader:
             raise ConfigError(error.message, path=path, line=error.line) from None
         self.read_from[visit.real] = path
 
-        own = _sections_of(path, parsed)
+        own, ignored = _sections_of(path, parsed)
         self.sections.extend(own.values())
+        for section_name, value in ignored:
+            self.warn_set_again(own[section_name], value)
 
         circus = own.get("circus")
         if circus is None:
@@ -411,40 +423,49 @@ class _Loader:
         self.read_file(path, stack)
 
     def merge(self) -> dict[str, _Section]:
-        """Sections of all files by name; sections other than watchers/sockets/plugins merge."""
+        """Sections of all files by name, as Circus merges them: the main file first, then its
+        includes in order; a section named again adds its keys, a key set again is ignored.
+        A watcher or plugin section with no keys is skipped, as Circus skips it (a socket
+        section with none binds with the defaults, as it always has here)."""
         merged: dict[str, _Section] = {}
         for section in self.sections:
             first = merged.get(section.name)
             if first is None:
                 merged[section.name] = dataclasses.replace(section, values=dict(section.values))
                 continue
-            if section.name.startswith(("watcher:", "socket:", "plugin:")):
-                raise ConfigError.at(
-                    section.location, f"defined twice (first at {first.location})", section.name
-                )
             for key, value in section.values.items():
                 if key in first.values:
-                    raise ConfigError.at(
-                        value.location,
-                        f"set twice (first at {first.values[key].location})",
-                        section.name,
-                        key,
-                    )
-                first.values[key] = value
+                    self.warn_set_again(first, value)
+                else:
+                    first.values[key] = value
+        for name, section in list(merged.items()):
+            if not section.values and name.startswith(("watcher:", "plugin:")):
+                del merged[name]
+                self.warn(section.location, "has no options: skipped, as Circus does", name)
         return merged
+
+    def warn_set_again(self, first: _Section, value: _Value) -> None:
+        self.warn(
+            value.location,
+            f"set again: ignored, the first value (at {first.values[value.key].location}) is "
+            "used, as in Circus",
+            first.name,
+            value.key,
+        )
 
     # -- values ----------------------------------------------------------------------------------
 
     def substitute(self, value: _Value, env: Mapping[str, str], section: str, key: str) -> str:
-        try:
-            return substitute_env(value.text, env)
-        except UnsetVariable as unset:
-            raise ConfigError.at(
+        text, unset = substitute_env(value.text, env)
+        for placeholder in unset:
+            self.warn(
                 value.location,
-                f"environment variable {unset.name!r} is not set (in {unset.placeholder})",
+                f"{placeholder} names no variable of the arbiter's environment or [env]: "
+                "kept as written, as in Circus",
                 section,
                 key,
-            ) from None
+            )
+        return text
 
     def parse(
         self, parse: Callable[[str], Any], text: str, value: _Value, section: str, key: str
@@ -454,12 +475,36 @@ class _Loader:
         except OptionValueError as error:
             raise ConfigError.at(value.location, str(error), section, key) from None
 
-    @staticmethod
-    def raw_env(section: _Section | None) -> dict[str, str]:
+    def raw_env(self, section: _Section | None) -> dict[str, str]:
+        """An [env…] section's variables: its keys, then its `env_file` files' over them (as
+        systemd's EnvironmentFile= over Environment=). Read once per load, however many
+        watchers the section matches."""
         # Left unsubstituted: the spawn path resolves `$(circus.…)` in env values per process.
         if section is None:
             return {}
-        return {key: value.text for key, value in section.values.items()}
+        cached = self.env_cache.get(section.name)
+        if cached is not None:
+            return cached
+        env = {key: value.text for key, value in section.values.items() if key != _ENV_FILE}
+        files = section.values.get(_ENV_FILE)
+        if files is not None:
+            env.update(self.env_files(files, self.environ, section.name))
+        self.env_cache[section.name] = env
+        return env
+
+    def env_files(self, value: _Value, lookup: Mapping[str, str], section: str) -> dict[str, str]:
+        """The variables of the files an `env_file` value names, later files over earlier
+        ones; a relative path is taken from the directory of the file the value is in."""
+        text = self.substitute(value, lookup, section, _ENV_FILE)
+        words = self.parse(env_file_paths, text, value, section, _ENV_FILE)
+        base = os.path.dirname(value.location.path) or self.config_dir
+        env: dict[str, str] = {}
+        for word in words:
+            try:
+                env.update(read_env_file(EnvFileRef.parse(word), base))
+            except EnvFileError as error:
+                raise ConfigError.at(value.location, str(error), section, _ENV_FILE) from None
+        return env
 
     @staticmethod
     def env_applies(env_section: _Section, watcher_section: _Section) -> bool:
@@ -619,9 +664,15 @@ class _Loader:
                 f"invalid watcher name {name!r}: use letters, digits, '_', '.' and '-'",
                 section.name,
             )
+        files = section.values.get(_ENV_FILE)
+        if files is not None:
+            # The watcher's own files, over what the [env…] sections gave it.
+            env = {**env, **self.env_files(files, {**self.environ, **env}, section.name)}
         lookup = {**self.environ, **env}
         extra: dict[str, str] = {}
         values: list[tuple[WatcherKey, str]] = []
+        # uid/gid names with no account yet, looked up at each spawn.
+        later: dict[str, str] = {}
         for key, value in section.values.items():
             declared = _WATCHER_OPTIONS.get(key)
             if declared is not None and declared[1].spawn_time:
@@ -637,6 +688,18 @@ class _Loader:
                 else:
                     message = "unknown option (ignored; kept for plugins)"
                 self.warn(value.location, message, section.name, key)
+            elif resolved.field in ("uid", "gid") and (
+                name_later := unknown_account(resolved.field, text)
+            ):
+                what = "user" if resolved.field == "uid" else "group"
+                later[resolved.field] = name_later
+                self.warn(
+                    value.location,
+                    f"no {what} {name_later!r} exists (yet): looked up again at each spawn; "
+                    "the processes fail to start until it exists",
+                    section.name,
+                    key,
+                )
             elif resolved.field == "hooks" and resolved.sub not in HOOK_NAMES:
                 self.warn(
                     value.location,
@@ -651,6 +714,8 @@ class _Loader:
             env=MappingProxyType(env),
             extra=MappingProxyType(extra),
             location=section.location,
+            user_name=later.get("uid"),
+            group_name=later.get("gid"),
         )
         try:
             changes = parse_changes(values)
@@ -661,7 +726,9 @@ class _Loader:
                 {os.path.dirname(v.location.path) for k, v in section.values.items()
                  if k.startswith("hooks.") and v.location.path}
             )
-            watcher, notices = apply_changes(new, changes, self.config_dir, hook_dirs)
+            watcher, notices = apply_changes(
+                new, changes, self.config_dir, hook_dirs, defer_hook_imports=True
+            )
         except WatcherOptionError as error:
             raise self.option_error(section, error) from None
         self.notify(section, notices)

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from circus_sd.access import Tier
+from circus_sd.config.env_file import env_file_paths
 from circus_sd.config.options import (
     OptionValueError,
     boolean,
@@ -178,6 +179,12 @@ class WatcherConfig:
     )
     copy_env: bool = option(boolean, False, "Start from the arbiter's environment.")
     copy_path: bool = option(boolean, False, "Copy the arbiter's PATH (and sys.path) to children.")
+    env_file: tuple[str, ...] = option(
+        env_file_paths,
+        tuple[str, ...](),
+        "Files of `KEY=VALUE` lines (systemd's `EnvironmentFile=` syntax) for the environment, "
+        "over `[env]` sections; `-PATH`: may be missing. Read at start and at each reload.",
+    )
     virtualenv: str | None = option(
         optional_text, None, "A virtualenv whose `bin` and site-packages the children use."
     )
@@ -394,6 +401,10 @@ class WatcherConfig:
     hooks: Mapping[str, HookSpec] = dataclasses.field(
         default_factory=_no_hooks, metadata={"live": True}
     )
+    # A `uid`/`gid` name this machine had no account for when the file was read: looked up again
+    # at each spawn (spawn_plan.with_accounts), which fails until the account exists.
+    user_name: str | None = None
+    group_name: str | None = None
     location: Location | None = dataclasses.field(default=None, compare=False)
 
     @property

@@ -292,6 +292,23 @@ def user_id(raw: str) -> int | None:
     raise OptionValueError(f"expected a user name or uid, but no user {raw!r} exists")
 
 
+# What useradd(8)/groupadd(8) accept (NAME_REGEX, with upper case and Samba's trailing `$`).
+_ACCOUNT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
+
+
+def unknown_account(field: str, raw: str) -> str | None:
+    """The name in `raw` if it is a user (`uid`) or group (`gid`) name this machine has no
+    account for yet, else None (a number, a known name, or empty)."""
+    value = raw.strip()
+    if not _ACCOUNT_NAME.fullmatch(value):
+        return None  # a number, or no name any account could have: the parser says which
+    try:
+        (pwd.getpwnam if field == "uid" else grp.getgrnam)(value)
+    except KeyError:
+        return value
+    return None
+
+
 def primary_group(uid: int) -> int | None:
     """The primary group of user `uid`: what a watcher with `uid` and no `gid` runs as (never
     the arbiter's own group). None for a uid without a passwd entry."""

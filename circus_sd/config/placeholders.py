@@ -30,15 +30,11 @@ def lookup(name: str, env: Mapping[str, str]) -> str | None:
     return None
 
 
-class UnsetVariable(LookupError):
-    def __init__(self, name: str, placeholder: str) -> None:
-        super().__init__(name)
-        self.name = name
-        self.placeholder = placeholder
-
-
-def substitute_env(text: str, env: Mapping[str, str]) -> str:
-    """Replace `$(circus.env.X)`; other `$(circus.…)` placeholders are the spawn path's."""
+def substitute_env(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """`text` with `$(circus.env.X)` replaced (other `$(circus.…)` placeholders are the spawn
+    path's), and the placeholders naming a variable `env` lacks: kept as written, as Circus
+    keeps them."""
+    unset: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
         prefix, _, variable = placeholder_name(match).partition(".")
@@ -46,7 +42,8 @@ def substitute_env(text: str, env: Mapping[str, str]) -> str:
             return match.group(0)
         found = lookup(variable, env)
         if found is None:
-            raise UnsetVariable(variable, match.group(0))
+            unset.append(match.group(0))
+            return match.group(0)
         return found
 
-    return PLACEHOLDER.sub(replace, text)
+    return PLACEHOLDER.sub(replace, text), unset

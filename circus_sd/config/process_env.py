@@ -4,6 +4,7 @@ what `--check` accepts is what the spawn runs."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
@@ -11,10 +12,14 @@ import resource
 import sys
 from collections.abc import Mapping
 
+from circus_sd.config.env_file import EnvFileValue
 from circus_sd.config.model import WatcherConfig
 
 # `$(circus.wid)`, `$(circus.env.HOME)`, `$(circus.sockets.web)`; case-insensitive as in Circus.
 _PLACEHOLDER = re.compile(r"\$\(circus\.([\w.]+)\)", re.IGNORECASE)
+# `$NAME` as Circus expands it in environment values (upper-case names only, so that a `$` in
+# a password mostly survives), and `${Name}`, which any name may use.
+_VARIABLE = re.compile(r"\$(?:([A-Z][A-Z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
 # Variables that describe the arbiter's own relation to systemd: never a child's.
 _PRIVATE_ENV = (
     "NOTIFY_SOCKET",
@@ -102,12 +107,31 @@ def _placeholder_value(
     return None
 
 
+def expand_variables(text: str, known: Mapping[str, str]) -> tuple[str, list[str]]:
+    """`text` with `$NAME` and `${NAME}` replaced by their value in `known`, and the names
+    `known` lacks: they expand to an empty string, as Circus's `parse_env_dict` does."""
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in known:
+            missing.append(name)
+        return known.get(name, "")
+
+    return _VARIABLE.sub(replace, text), missing
+
+
 def child_environment(
     config: WatcherConfig,
     wid: int,
     defaults: ChildDefaults,
     sockets: Mapping[str, int] = _NO_SOCKETS,
+    unset: list[tuple[str, str]] | None = None,
 ) -> dict[str, str]:
+    """The environment of process `wid`. Each `env` value gets its `$(circus.…)` filled, then
+    its `$NAME`/`${NAME}` expanded against the values set before it and the arbiter's
+    environment (`PATH = $PATH:/opt/bin`); `unset` collects (variable, NAME) of the names
+    found in neither."""
     env: dict[str, str] = {}
     if config.copy_env:
         env.update(defaults.environ)
@@ -117,8 +141,15 @@ def child_environment(
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     for name in _PRIVATE_ENV:
         env.pop(name, None)
+    arbiter_env = {k: v for k, v in defaults.environ.items() if k not in _PRIVATE_ENV}
     for name, value in config.env.items():
-        env[name] = substitute(value, wid, env, sockets)
+        if isinstance(value, EnvFileValue):
+            env[name] = str(value)  # as the file wrote it
+            continue
+        filled = substitute(value, wid, env, sockets)
+        env[name], missing = expand_variables(filled, collections.ChainMap(env, arbiter_env))
+        if unset is not None:
+            unset += [(name, variable) for variable in missing]
     if config.virtualenv:
         _apply_virtualenv(env, config.virtualenv)
     env["CIRCUS_WID"] = str(wid)

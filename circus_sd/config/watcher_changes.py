@@ -86,10 +86,14 @@ def apply_changes(
     changes: OptionChanges,
     config_dir: str | None,
     hook_dirs: Sequence[str] = (),
+    *,
+    defer_hook_imports: bool = False,
 ) -> tuple[WatcherConfig, list[Notice]]:
     """`config` with `changes` applied, and what the streams' options warn about. Hooks are
     imported now (from `hook_search_path(config_dir, ...)`, then `hook_dirs`: the directories
-    of the files their lines are in, for included files) so that a typo fails here.
+    of the files their lines are in, for included files) so that a typo fails here; with
+    `defer_hook_imports` (the config file) one that cannot be imported yet is only a notice,
+    as a hook is imported again when it is due.
 
     Not yet cross-checked (see watcher_checks): a new `uid` without a `gid` clears the gid, for
     the checks to give it the new user's primary group."""
@@ -111,19 +115,31 @@ def apply_changes(
         notices += [Notice(f"{prefix}.{sub}", message) for sub, message in warnings]
     if changes.env is not None:
         updates["env"] = MappingProxyType(dict(changes.env))
-    if "uid" in updates and "gid" not in updates:
-        updates["gid"] = None
+    if "uid" in updates:
+        updates["user_name"] = None  # a uid given now replaces one still to be looked up
+        if "gid" not in updates:
+            updates["gid"] = None
+    if "gid" in updates:
+        updates["group_name"] = None
     changed = dataclasses.replace(config, **updates)
     if changes.hooks:
-        hooks = _hooks(changed, changes.hooks, [*hook_search_path(config_dir, changed), *hook_dirs])
+        search = [*hook_search_path(config_dir, changed), *hook_dirs]
+        hooks, failures = _hooks(changed, changes.hooks, search)
+        if failures and not defer_hook_imports:
+            raise failures[0]
+        notices += [
+            Notice(f.key, f"{f.message}: imported again when it is due") for f in failures
+        ]
         changed = dataclasses.replace(changed, hooks=hooks)
     return changed, notices
 
 
 def _hooks(
     config: WatcherConfig, changes: Mapping[str, HookSpec | None], search: Sequence[str]
-) -> Mapping[str, HookSpec]:
+) -> tuple[Mapping[str, HookSpec], list[WatcherOptionError]]:
+    """The hooks with `changes` applied, and the import failures of the new ones."""
     hooks = dict(config.hooks)
+    failures: list[WatcherOptionError] = []
     for name, spec in changes.items():
         if spec is None:
             hooks.pop(name, None)  # Circus has no way to remove one; an empty value does here
@@ -131,6 +147,6 @@ def _hooks(
         try:
             spec.resolve(search)
         except HookImportError as exc:
-            raise WatcherOptionError(f"hooks.{name}", str(exc)) from None
+            failures.append(WatcherOptionError(f"hooks.{name}", str(exc)))
         hooks[name] = spec
-    return MappingProxyType(hooks)
+    return MappingProxyType(hooks), failures

@@ -4,10 +4,12 @@ config file and on what `add` and `set` make, so that neither accepts what the o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from circus_sd.config.env_file import EnvFileValue
 from circus_sd.config.model import WatcherConfig
 from circus_sd.config.options import primary_group
 from circus_sd.config.placeholders import PLACEHOLDER, has_placeholder, placeholder_name
@@ -40,6 +42,10 @@ class WatcherContext:
     is_root: bool
     # The config file's directory, where hooks are imported from too (hook_search_path).
     config_dir: str | None = None
+    # What depends on the machine's state (a program, a directory, a socket the processes are
+    # not given) only warns: the config file's watchers then fail at their spawns, alone, and
+    # start once it is fixed. False for `add`/`set`, which refuse it at once.
+    defer_machine_state: bool = False
 
     @classmethod
     def of_this_process(
@@ -57,18 +63,48 @@ def cross_check(
         raise WatcherOptionError("cmd", "missing or empty", on_line=False)
     check_socket_references(config, context.socket_names)
     check_ready_log_line(config)
-    env = _first_process_environment(config, context)
+    program_of(config)
+    env, unset = _first_process_environment(config, context)
     notices = _unfilled_placeholders(config, env, context.socket_names or ())
-    check_working_dir(config)
-    check_program(config, env)
-    if (config.uid is not None or config.gid is not None) and not context.is_root:
+    notices += [
+        Notice(
+            f"env {name}",
+            f"${variable} is set neither before it nor in the arbiter's environment: it "
+            "expands to an empty string, as in Circus",
+            on_line=False,
+        )
+        for name, variable in unset
+    ]
+    machine_state: list[Callable[[], None]] = [
+        functools.partial(check_socket_placeholders, config, context.socket_names),
+        functools.partial(check_working_dir, config),
+        functools.partial(check_program, config, env),
+    ]
+    for check in machine_state:
+        try:
+            check()
+        except WatcherOptionError as error:
+            if not context.defer_machine_state:
+                raise
+            notices.append(machine_state_notice(error))
+    switches_user = config.uid is not None or config.user_name is not None
+    if (switches_user or config.gid is not None or config.group_name) and not context.is_root:
         notices.append(Notice(
-            "uid" if config.uid is not None else "gid",
+            "uid" if switches_user else "gid",
             "switching user or group needs the arbiter to run as root; "
             "the processes may fail to start",
             on_line=False,
         ))
     return with_primary_group(config), notices
+
+
+def machine_state_notice(error: WatcherOptionError) -> Notice:
+    """What a config file is told of a watcher that cannot start on this machine as it is."""
+    return Notice(
+        error.key,
+        f"{error.message}: its processes fail to start until this is fixed",
+        on_line=error.on_line,
+    )
 
 
 def with_primary_group(config: WatcherConfig) -> WatcherConfig:
@@ -80,12 +116,10 @@ def with_primary_group(config: WatcherConfig) -> WatcherConfig:
 
 
 def check_socket_references(config: WatcherConfig, socket_names: Sequence[str] | None) -> None:
-    """Sockets named by `stdin_socket`, `listen_fds` and `$(circus.sockets.NAME)` exist and
-    are passed to the processes."""
+    """Sockets named by `stdin_socket` and `listen_fds` exist, each named once."""
     if socket_names is None:
         return
     known = set(socket_names)
-    passed: set[str] = set(known) if config.use_sockets else set()
     named = {
         "stdin_socket": [config.stdin_socket] if config.stdin_socket is not None else [],
         "listen_fds": list(config.listen_fds),
@@ -96,13 +130,28 @@ def check_socket_references(config: WatcherConfig, socket_names: Sequence[str] |
                 raise WatcherOptionError(key, f"no [socket:{socket_name}] section")
         if len(set(names)) != len(names):
             raise WatcherOptionError(key, "a socket is named twice")
-        passed.update(names)
+
+
+def check_socket_placeholders(
+    config: WatcherConfig, socket_names: Sequence[str] | None
+) -> None:
+    """Sockets named by `$(circus.sockets.NAME)` exist and are passed to the processes."""
+    if socket_names is None:
+        return
+    known = set(socket_names)
+    passed = set(known) if config.use_sockets else {*config.listen_fds}
+    if config.stdin_socket is not None:
+        passed.add(config.stdin_socket)
     texts = [
         (key, value, True)
         for key in ("cmd", "args", "shell_args", "executable")
         if (value := getattr(config, key))
     ]
-    texts += [(f"env {name}", raw, False) for name, raw in config.env.items()]
+    texts += [
+        (f"env {name}", raw, False)
+        for name, raw in config.env.items()
+        if not isinstance(raw, EnvFileValue)  # given as written: no placeholder in it
+    ]
     for key, text, on_line in texts:
         for match in PLACEHOLDER.finditer(text):
             prefix, _, socket_name = placeholder_name(match).partition(".")
@@ -149,23 +198,27 @@ def check_working_dir(config: WatcherConfig) -> None:
         )
 
 
+def program_of(config: WatcherConfig) -> tuple[str, str]:
+    """(the program a watcher runs, the key that names it); raises for a `cmd` that cannot be
+    read (unbalanced quotes, no word): an error whatever the machine holds."""
+    if config.executable is not None:
+        return config.executable, "executable"
+    if config.shell:
+        return "/bin/sh", "shell"
+    try:
+        words = shlex.split(config.cmd)
+    except ValueError as error:
+        message = f"cannot split into words: {error}"
+        raise WatcherOptionError("cmd", message, on_line=False) from None
+    if not words or not words[0]:
+        raise WatcherOptionError("cmd", "no program to run", on_line=False)
+    return words[0], "cmd"
+
+
 def check_program(config: WatcherConfig, env: Mapping[str, str] | None) -> None:
     """The program exists and is executable, found as the spawn finds it (`find_program`);
     `env`: the processes' environment, None when only known per process."""
-    if config.executable is not None:
-        program, key = config.executable, "executable"
-    elif config.shell:
-        program, key = "/bin/sh", "shell"
-    else:
-        try:
-            words = shlex.split(config.cmd)
-        except ValueError as error:
-            raise WatcherOptionError(
-                "cmd", f"cannot split into words: {error}", on_line=False
-            ) from None
-        program, key = (words[0] if words else ""), "cmd"
-        if not program:
-            raise WatcherOptionError("cmd", "no program to run", on_line=False)
+    program, key = program_of(config)
     if has_placeholder(program):
         return  # only known per process
     if not os.path.isabs(program) and has_placeholder(config.working_dir or ""):
@@ -180,14 +233,16 @@ def check_program(config: WatcherConfig, env: Mapping[str, str] | None) -> None:
 
 def _first_process_environment(
     config: WatcherConfig, context: WatcherContext
-) -> dict[str, str] | None:
-    """The environment of the watcher's first process, or None when it cannot be told here."""
+) -> tuple[dict[str, str] | None, list[tuple[str, str]]]:
+    """The environment of the watcher's first process, or None when it cannot be told here,
+    and the (variable, NAME) of its `$NAME` references to nothing."""
     defaults = ChildDefaults(context.environ, (0, 0), context.is_root)
     sockets = dict.fromkeys(context.socket_names or (), LISTEN_FDS_START)
+    unset: list[tuple[str, str]] = []
     try:
-        return child_environment(config, 1, defaults, sockets)
+        return child_environment(config, 1, defaults, sockets, unset), unset
     except ChildSetupError:
-        return None  # a socket placeholder the processes cannot fill: refused above if known
+        return None, []  # a socket placeholder the processes cannot fill: checked apart
 
 
 def _unfilled_placeholders(

@@ -4,23 +4,19 @@ parsed, for the config file and `add`/`set` alike; and back, the keys a watcher 
 from __future__ import annotations
 
 import dataclasses
-import resource
 from typing import Any
 
 from circus_sd.access import Tier
 from circus_sd.config.model import HOOK_NAMES, HookSpec, WatcherConfig
 from circus_sd.config.options import (
-    RLIMITS,
     OptionValueError,
     field_tier,
     options_of,
     rlimit_setting,
 )
-from circus_sd.config.streams import stream_options
 
 OPTIONS = options_of(WatcherConfig)
 STREAMS = ("stdout_stream", "stderr_stream")
-_RLIMIT_NAMES = {number: key for key, number in RLIMITS.items()}
 # What a caller below the admin tier does not see in `options` and `get`: the environment holds
 # secrets (database passwords, API tokens; a plugin's options travel there too).
 SECRET_KEYS = frozenset({"env"})
@@ -82,28 +78,3 @@ def sent_as_text(key: str) -> bool:
     """Does circusctl send this option's value as the text typed (see Option.sent_as_text)?"""
     found = OPTIONS.get(fold_key(key))
     return found is not None and found[1].sent_as_text
-
-
-def option_values(config: WatcherConfig, caller: Tier = Tier.ADMIN) -> dict[str, Any]:
-    """Every option of a watcher, keyed as in the INI file; secrets only for the admin tier."""
-    values: dict[str, Any] = {
-        key: getattr(config, field) for key, (field, _declared) in OPTIONS.items()
-    }
-    if caller >= Tier.ADMIN:
-        values["env"] = dict(config.env)
-    for number, soft, hard in config.rlimits:
-        values[_RLIMIT_NAMES[number]] = _limit_text(soft, hard)
-    for prefix in STREAMS:
-        stream = getattr(config, prefix)
-        if stream is not None:
-            values.update({f"{prefix}.{k}": v for k, v in stream_options(stream).items()})
-    values.update({f"hooks.{name}": str(spec) for name, spec in config.hooks.items()})
-    values.update(config.extra)
-    return values
-
-
-def _limit_text(soft: int, hard: int) -> str:
-    def one(value: int) -> str:
-        return "infinity" if value == resource.RLIM_INFINITY else str(value)
-
-    return one(soft) if soft == hard else f"{one(soft)}:{one(hard)}"

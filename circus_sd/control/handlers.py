@@ -10,9 +10,11 @@ the request says `waiting`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import fnmatch
+import itertools
 import os
 import re
 import shlex
@@ -21,6 +23,7 @@ from typing import Any
 
 from circus_sd.access import Tier
 from circus_sd.arbiter import Arbiter, Request
+from circus_sd.config.loader import ConfigError
 from circus_sd.config.model import WatcherConfig
 from circus_sd.config.watcher_checks import WatcherContext
 from circus_sd.control.param_checks import prop_signal
@@ -41,6 +44,7 @@ from circus_sd.control.watcher_options import (
     parse_options,
 )
 from circus_sd.process_bound import ProcessBoundError
+from circus_sd.start_order import DependencyError, by_priority, start_order
 from circus_sd.states import ProcessState
 
 
@@ -125,9 +129,49 @@ def _matching(arbiter: Arbiter, props: dict[str, Any]) -> list[str]:
 
 async def _each(arbiter: Arbiter, names: list[str], work: Callable[[str], Awaitable[None]]) -> None:
     for name in names:
-        async with arbiter.lock(name):
-            if name in arbiter.watchers:
-                await work(name)
+        await _locked(arbiter, name, work)
+
+
+async def _locked(arbiter: Arbiter, name: str, work: Callable[[str], Awaitable[None]]) -> None:
+    async with arbiter.lock(name):
+        if name in arbiter.watchers:
+            await work(name)
+
+
+def _start_sequence(arbiter: Arbiter, names: list[str]) -> list[str]:
+    """`names` in the order the daemon starts watchers (arbiter.start_all): priority, highest
+    first, and `after`; among equal priorities Circus's order, by name."""
+    every = [w.config for w in arbiter.watchers.values()]
+    try:
+        ordered = start_order(every)
+    except DependencyError:  # an `add`ed watcher's `after` naming no watcher: priority alone
+        ordered = by_priority(every)
+    wanted = set(names)
+    return [c.name for c in ordered if c.name in wanted]
+
+
+async def _start_several(arbiter: Arbiter, names: list[str], every: bool) -> None:
+    """Several watchers one after another in start order, `warmup_delay` apart, as the
+    daemon's own start-up; `start` of all (`every`), as Circus's, starts only the `autostart`
+    ones, while a pattern starts what it matches."""
+    delay = arbiter.config.arbiter.warmup_delay
+    due = [
+        n for n in _start_sequence(arbiter, names)
+        if not every or arbiter.watchers[n].config.autostart
+    ]
+    for index, name in enumerate(due):
+        if index and delay:
+            await asyncio.sleep(delay)
+        await _locked(arbiter, name, arbiter.start_watcher)
+
+
+async def _stop_several(arbiter: Arbiter, names: list[str]) -> None:
+    """In reverse start order; watchers of equal priority together (as arbiter.stop_all)."""
+    ordered = reversed(_start_sequence(arbiter, names))
+    for _priority, group in itertools.groupby(
+        ordered, key=lambda n: arbiter.watchers[n].config.priority
+    ):
+        await asyncio.gather(*(_locked(arbiter, n, arbiter.stop_watcher) for n in group))
 
 
 # -- lifecycle ---------------------------------------------------------------------------------
@@ -138,13 +182,13 @@ def start(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     names = _matching(arbiter, props)
 
     async def work() -> dict[str, Any] | None:
-        before = {n: set(arbiter.watchers[n].pids) for n in names}
-        await _each(arbiter, names, arbiter.start_watcher)
-        if _one_named(arbiter, props, names):
-            now = set(arbiter.watchers[names[0]].pids)
-            old = before[names[0]]
-            return {"info": {"started": sorted(now - old), "kept": sorted(now & old)}}
-        return None
+        if not _one_named(arbiter, props, names):
+            await _start_several(arbiter, names, every=props.get("name") is None)
+            return None
+        before = set(arbiter.watchers[names[0]].pids)
+        await _locked(arbiter, names[0], arbiter.start_watcher)
+        now = set(arbiter.watchers[names[0]].pids)
+        return {"info": {"started": sorted(now - before), "kept": sorted(now & before)}}
 
     return Deferred(work())
 
@@ -154,7 +198,7 @@ def stop(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     names = _matching(arbiter, props)
 
     async def work() -> None:
-        await _each(arbiter, names, arbiter.stop_watcher)
+        await _stop_several(arbiter, names)
 
     return Deferred(work())
 
@@ -165,7 +209,7 @@ def restart(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
 
     async def work() -> dict[str, Any] | None:
         before = {n: set(arbiter.watchers[n].pids) for n in names}
-        await _each(arbiter, names, arbiter.restart_watcher)
+        await _each(arbiter, _start_sequence(arbiter, names), arbiter.restart_watcher)
         return _replaced(arbiter, props, names, before)
 
     return Deferred(work())
@@ -183,7 +227,8 @@ def reload(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
         async def one(name: str) -> None:
             await arbiter.reload_watcher(name, graceful, sequential)
 
-        await _each(arbiter, names, one)
+        # Each in start order, stopped ones too (they are started, as Circus does).
+        await _each(arbiter, _start_sequence(arbiter, names), one)
         return _replaced(arbiter, props, names, before)
 
     return Deferred(work())
@@ -212,8 +257,15 @@ def _replaced(
 
 @handles("reloadconfig")
 def reloadconfig(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
+    # The file is read and checked now, so that a refused file is the reply's error whether the
+    # client waits or not; applying it (stops, starts, binds) is the deferred part.
+    try:
+        read = arbiter.read_config()
+    except ConfigError as exc:
+        raise CommandError(f"reloadconfig refused: {exc}") from None
+
     async def work() -> dict[str, Any] | None:
-        error = await arbiter.reload_config()
+        error = await arbiter.reload_config(read)
         if error is not None:
             raise CommandError(f"reloadconfig refused: {error}")
         return None

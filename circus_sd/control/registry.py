@@ -61,6 +61,7 @@ class Param(NamedTuple):
     flag: str = ""  # the switch as typed, without `--`; the name with `-` for `_` if empty
     choices: tuple[str, ...] = ()
     default: bool | None = None
+    short: str = ""  # a one-letter spelling, `-n`, beside the long one (tail's `-n N`)
 
     @property
     def word(self) -> str:
@@ -114,7 +115,8 @@ def render_usage(command: str, params: tuple[Param, ...]) -> str:
         elif param.kind is Kind.SWITCH:
             text = f"--{param.switch}"
         elif param.kind is Kind.VALUE:
-            text = f"--{param.switch} " + ("|".join(param.choices) or f"<{word}>")
+            spelled = f"-{param.short}|--{param.switch}" if param.short else f"--{param.switch}"
+            text = f"{spelled} " + ("|".join(param.choices) or f"<{word}>")
         else:
             continue  # Kind.WIRE
         words.append(text if param.required or param.kind is Kind.WORDS else f"[{text}]")

@@ -14,6 +14,7 @@ from typing import Any
 
 from circus_sd.access import Tier
 from circus_sd.config.model import WatcherConfig
+from circus_sd.config.option_view import option_values
 from circus_sd.config.watcher_changes import (
     OptionChanges,
     WatcherOptionError,
@@ -25,7 +26,6 @@ from circus_sd.config.watcher_keys import (
     SECRET_KEYS,
     WatcherKey,
     fold_key,
-    option_values,
     resolve_key,
 )
 from circus_sd.control.protocol import CommandError, Errno
@@ -67,6 +67,9 @@ def parse_options(options: Mapping[str, Any], caller: Tier) -> OptionChanges:
             f"access denied: only root or the arbiter's user may change {', '.join(refused)}",
             Errno.ACCESS_DENIED,
         )
+    if any(key.field == "env_file" for key, _ in resolved):
+        # Its files are read with the configuration file, relative to it, at each reload.
+        raise CommandError("env_file: set it in the configuration file, then reloadconfig")
     try:
         return parse_changes(
             (key, value if key.field == "env" else _as_text(value)) for key, value in resolved

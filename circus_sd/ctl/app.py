@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from circus_sd import __version__, endpoints
-from circus_sd.client import CallError, CircusClient, follow_output, resolve_endpoint, subscribe
+from circus_sd.client import CallError, CircusClient, resolve_endpoint, subscribe
 from circus_sd.ctl.commandline import (
     PROG,
     GlobalOptions,
@@ -17,9 +17,11 @@ from circus_sd.ctl.commandline import (
     UsageError,
     command_help,
     general_help,
+    known_commands,
     parse_argv,
     usage_line,
 )
+from circus_sd.ctl.endpoint_choice import choose_endpoint
 from circus_sd.ctl.plain import format_reply, is_error
 from circus_sd.ctl.properties import build_properties
 
@@ -43,6 +45,7 @@ class Session:
         self.stdout = stdout
         self.stderr = stderr
         self.fancy = stdout.isatty() if fancy is None else fancy
+        # What help shows; the endpoint used is chosen when connecting (endpoint_choice).
         self.endpoint = resolve_endpoint(options.endpoint)
         # Connected on first use: `--help` or a usage error never touch ZMQ.
         self._client = client
@@ -51,6 +54,7 @@ class Session:
     @property
     def client(self) -> CircusClient:
         if self._client is None:
+            self.endpoint = choose_endpoint(self.options.endpoint)
             self._client = CircusClient(self.endpoint, self.options.timeout)
         return self._client
 
@@ -84,13 +88,23 @@ class Session:
                         else general_help(self.endpoint))
                 self.stdout.write(text)
                 return EXIT_OK
+            if command not in known_commands():
+                raise UsageError(f"unknown command {command!r} (see `{PROG} --help`)")
             if invocation.options.help:
                 self.stdout.write(command_help(command))
                 return EXIT_OK
             if command == "listen":
                 return self.listen(invocation)
             if command == "tail":
-                return self.tail(invocation)
+                from circus_sd.ctl.tail import run_tail
+
+                return run_tail(self, invocation)
+            if command in ("is-active", "is-failed"):
+                from circus_sd.ctl.health import run_health
+
+                return run_health(self, invocation)
+            if command == "completion":
+                return self.completion(invocation)
             if command == "top":
                 from circus_sd.ctl.top import run_top
 
@@ -105,12 +119,31 @@ class Session:
             return EXIT_USAGE
         try:
             reply = self.client.call(command, **properties)
+            stats = None
+            if command == "status" and self.fancy and "details" in properties:
+                # The compact table's CPU and memory columns; without them if refused.
+                named = {"name": properties["name"]} if "name" in properties else {}
+                stats = self.client.call("stats", **named)
         except CallError as exc:
             self.error(str(exc))
             return EXIT_CALL_ERROR
         except KeyboardInterrupt:
             return EXIT_CALL_ERROR
+        if stats is not None and not is_error(stats):
+            # `stats NAME` answers {name, info}; `stats` {infos: {name: info}}.
+            infos = stats.get("infos") or (
+                {stats["name"]: stats.get("info") or {}} if "name" in stats else {}
+            )
+            reply = {**reply, "stats": infos, "all": bool(invocation.flags.get("all"))}
         return self.show(command, reply, invocation.options)
+
+    def completion(self, invocation: Invocation) -> int:
+        from circus_sd.ctl.completion import script
+
+        if len(invocation.args) != 1 or invocation.args[0] not in ("bash", "zsh", "fish"):
+            raise UsageError("completion: give one shell: bash, zsh or fish")
+        self.stdout.write(script(invocation.args[0]))
+        return EXIT_OK
 
     def show(self, command: str, reply: dict[str, Any], options: GlobalOptions) -> int:
         """Print a reply as asked (JSON, tables, or Circus's lines); the exit status it means."""
@@ -151,49 +184,6 @@ class Session:
         return EXIT_OK
 
 
-    def tail(self, invocation: Invocation) -> int:
-        """Write a watcher's output lines as they come, until interrupted."""
-        if len(invocation.args) != 1:
-            raise UsageError("tail: give one watcher name")
-        (name,) = invocation.args
-        stream = invocation.flags.get("stream")
-        raw = bool(invocation.flags.get("raw"))
-        try:
-            # Fails early on an unknown name; names match case-insensitively: the real one.
-            known = self.client.call("status", name=name, details=True)
-            if is_error(known):
-                return self.show("status", known, invocation.options)
-            name = next(iter(known.get("details") or {}), name)
-            options = self.client.call("globaloptions").get("options") or {}
-            endpoint = options.get("output_endpoint")
-            if not isinstance(endpoint, str) or not endpoint:
-                self.error("tail: the arbiter publishes no output (output_endpoint = off)")
-                return EXIT_CALL_ERROR
-            out = self.stdout.buffer if hasattr(self.stdout, "buffer") else None
-            for block in follow_output(endpoint, name, stream if isinstance(stream, str) else None):
-                if block.lost:
-                    self.error(f"tail: {block.lost} block(s) of {block.stream} lost: too slow")
-                data = block.data if raw else _prefixed(block.data, f"{name}[{block.wid}] ")
-                if out is not None:
-                    out.write(data)
-                    out.flush()
-                else:
-                    self.stdout.write(data.decode(errors="replace"))
-                    self.stdout.flush()
-        except CallError as exc:
-            self.error(f"tail: {exc}")
-            return EXIT_CALL_ERROR
-        except KeyboardInterrupt:
-            pass
-        return EXIT_OK
-
-
-def _prefixed(data: bytes, prefix: str) -> bytes:
-    """Each line of `data` (whole lines) after `prefix`."""
-    head = prefix.encode()
-    return head + data[:-1].replace(b"\n", b"\n" + head) + data[-1:]
-
-
 def _usage_error(stderr: TextIO, message: str) -> int:
     print(f"{PROG}: {message}", file=stderr)
     print(f"{usage_line()}  (see `{PROG} --help`)", file=stderr)
@@ -208,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _usage_error(stderr, str(exc))
     options = invocation.options
+    if invocation.command is not None and invocation.command not in known_commands():
+        # As Circus's circusctl (argparse): the usage line, exit 2, nothing sent.
+        return _usage_error(stderr, f"unknown command {invocation.command!r}")
     if options.version:
         print(VERSION, file=stdout)
         return EXIT_OK

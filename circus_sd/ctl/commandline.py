@@ -15,6 +15,8 @@ from typing import NamedTuple
 from circus_sd.client import DEFAULT_TIMEOUT
 from circus_sd.control.registry import COMMANDS, Command, Kind, Param, Type, render_usage
 
+SHELLS = ("bash", "zsh", "fish")
+
 
 class UsageError(Exception):
     """A command line circusctl cannot turn into a request (exit status 2)."""
@@ -32,19 +34,51 @@ class ClientCommand(NamedTuple):
         return render_usage(self.name, self.params)
 
 
+QUIET = Param("quiet", Kind.SWITCH, Type.BOOL, short="q")
+
 CLIENT_COMMANDS: dict[str, ClientCommand] = {
     command.name: command
     for command in (
         ClientCommand("listen", "Print the arbiter's events as they happen (`topic json`).",
                       (Param("topics", Kind.WORDS, Type.LIST, metavar="topic"),)),
-        ClientCommand("tail", "Follow a watcher's output live, each line after `name[wid] ` "
-                      "(--raw: the lines alone). Needs the arbiter's output_endpoint.",
-                      (Param("name", required=True),
+        ClientCommand("tail", "Show watchers' recent output, then follow it live. The last "
+                      "-n N lines (default 10), or those --since a time (-1h, '10 min ago', "
+                      "2026-12-02 10:00), come from their file or the journal; --no-follow "
+                      "stops there. Each line after `name[wid] ` (--raw: alone); names may be "
+                      "globs.",
+                      (Param("names", Kind.WORDS, Type.LIST, required=True, metavar="name"),
+                       Param("lines", Kind.VALUE, Type.INT, metavar="N", short="n"),
+                       Param("since", Kind.VALUE, metavar="time"),
                        Param("stream", Kind.VALUE, choices=("stdout", "stderr")),
+                       Param("no_follow", Kind.SWITCH, Type.BOOL),
                        Param("raw", Kind.SWITCH, Type.BOOL))),
+        ClientCommand("is-active", "Say whether watchers are active, as systemctl does. One "
+                      "word per watcher (active, activating, deactivating, inactive, failed); "
+                      "exit 0 if one is active, else 3 (4: none exists).",
+                      (Param("names", Kind.WORDS, Type.LIST, required=True, metavar="name"),
+                       QUIET)),
+        ClientCommand("is-failed", "Say whether watchers have failed, as systemctl does. One "
+                      "word per watcher, as is-active; exit 0 if one has failed, else 1 (4: "
+                      "none exists).",
+                      (Param("names", Kind.WORDS, Type.LIST, required=True, metavar="name"),
+                       QUIET)),
+        ClientCommand("completion", "Print circusctl's completion script for a shell. "
+                      "bash and zsh: `source <(circusctl completion bash)`; fish: "
+                      "`circusctl completion fish | source`.",
+                      (Param("shell", required=True, choices=SHELLS),)),
         ClientCommand("top", "A live view of watchers and processes (Ctrl-C to quit)."),
         ClientCommand("help", "Help on circusctl or on one command.", (Param("command"),)),
     )
+}
+
+# Switches of arbiter commands that only change how circusctl shows the reply (never sent).
+DISPLAY_SWITCHES: dict[str, tuple[Param, ...]] = {
+    "status": (Param("all", Kind.SWITCH, Type.BOOL),),
+}
+DISPLAY_NOTES = {
+    "status": "On a terminal: one row per watcher (state and reason, processes running of "
+              "wanted, uptime, restarts, CPU, memory); with --all (a display switch, never sent), "
+              "a row per process too. Elsewhere, Circus's lines.",
 }
 
 
@@ -132,7 +166,20 @@ def flags_of(command: str | None) -> dict[str, Param]:
         return {}
     if command in CLIENT_COMMANDS:
         return switches(CLIENT_COMMANDS[command].params)
-    return command_flags(COMMANDS[command]) if command in COMMANDS else {}
+    if command not in COMMANDS:
+        return {}
+    return {**command_flags(COMMANDS[command]), **switches(DISPLAY_SWITCHES.get(command, ()))}
+
+
+def _short_option(token: str, command: str | None) -> tuple[str, str | None] | None:
+    """`-n 3`, `-n3`, `-q`: (the switch's name, the value attached) if `token` spells one."""
+    if len(token) < 2 or token[0] != "-" or token[1] == "-" or not token[1].isalpha():
+        return None
+    for name, param in flags_of(command).items():
+        if param.short == token[1]:
+            attached = token[2:] or None
+            return name, attached
+    return None
 
 
 def parse_argv(argv: Sequence[str], defaults: GlobalOptions | None = None) -> Invocation:
@@ -153,7 +200,18 @@ def parse_argv(argv: Sequence[str], defaults: GlobalOptions | None = None) -> In
         if not literal and token == "--":
             literal = True
             continue
+        short = None if literal else _short_option(token, invocation.command)
         is_option = not literal and (token == "-h" or (token.startswith("--") and len(token) > 2))
+        if short is not None:
+            short_name, attached = short
+            flag = flags_of(invocation.command)[short_name]
+            if flag.kind is Kind.VALUE and attached is None:
+                if index >= len(tokens):
+                    raise UsageError(f"{token} needs a value")
+                attached = tokens[index]
+                index += 1
+            invocation.flags[short_name] = _flag_value(invocation.command, flag, attached)
+            continue
         if not is_option:
             if invocation.command is None:
                 invocation.command = token.lower()
@@ -248,6 +306,8 @@ def command_help(name: str) -> str:
     lines = [f"usage: {PROG} {entry.usage}", "", entry.doc]
     if not isinstance(entry, ClientCommand) and entry.waitable:
         lines += ["", "Replies at once; with --waiting, when the operation is done."]
+    if name in DISPLAY_NOTES:
+        lines += ["", DISPLAY_NOTES[name]]
     return "\n".join(lines) + "\n"
 
 

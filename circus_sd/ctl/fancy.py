@@ -49,25 +49,61 @@ def _details(reply: Reply) -> Mapping[str, Any]:
     return details if isinstance(details, Mapping) else {}
 
 
+def format_bytes(size: float) -> str:
+    """`512B`, `1.5M`, `2.0G`: a memory figure in a narrow column."""
+    for unit in ("B", "K", "M", "G"):
+        if size < 1024 or unit == "G":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}T"  # pragma: no cover - the loop returns at G
+
+
+def _usage(info: Any) -> tuple[float, int]:
+    """(CPU %, RSS bytes) of a process of a `stats` reply and its descendants."""
+    if not isinstance(info, Mapping):
+        return 0.0, 0
+    cpu = info.get("cpu")
+    rss = info.get("rss")
+    total_cpu = float(cpu) if isinstance(cpu, int | float) else 0.0
+    total_rss = int(rss) if isinstance(rss, int) else 0
+    for child in info.get("children") or []:
+        child_cpu, child_rss = _usage(child)
+        total_cpu += child_cpu
+        total_rss += child_rss
+    return total_cpu, total_rss
+
+
+def _state_cell(state: Any, reason: Any) -> Text:
+    text = state_text(state)
+    if reason:
+        text.append(f" ({reason})", style="dim")
+    return text
+
+
 def status_view(reply: Reply, now: float) -> RenderableType:
-    """One row per watcher: state, processes, pids, uptime, restarts (what the reply has)."""
+    """One row per watcher, as `systemctl status` sums a unit up: state (reason), processes
+    running of wanted, uptime, restarts, CPU and memory; its processes below it with `--all`.
+    Cells never wrap: 40 processes are `40/40`, not a wrapped list of pids."""
     details = _details(reply)
     statuses = reply.get("statuses")
     if not details and not isinstance(statuses, Mapping):
         return state_text(reply.get("status"))  # `status NAME` from a plain Circus arbiter
     names = sorted(set(details) | set(statuses or {}))
+    stats = reply.get("stats")
+    usage = stats if isinstance(stats, Mapping) else None
+    show_all = bool(reply.get("all"))
     table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column("watcher")
-    table.add_column("state")
+    table.add_column("watcher", no_wrap=True, overflow="ellipsis")
+    table.add_column("state", no_wrap=True, overflow="ellipsis", ratio=1)
     if details:
-        table.add_column("processes", justify="right")
-        table.add_column("pids")
-        table.add_column("uptime", justify="right")
-        table.add_column("restarts", justify="right")
-        table.add_column("reason")
+        for column in ("procs", "uptime", "restarts"):
+            table.add_column(column, justify="right", no_wrap=True)
+        if usage is not None:
+            table.add_column("cpu", justify="right", no_wrap=True)
+            table.add_column("mem", justify="right", no_wrap=True)
     readiness = any(isinstance(i, Mapping) and "processes" in i for i in details.values())
     if readiness:
-        table.add_column("ready", justify="right")
+        table.add_column("ready", justify="right", no_wrap=True)
     for name in names:
         info = details.get(name)
         if not isinstance(info, Mapping):
@@ -81,16 +117,43 @@ def status_view(reply: Reply, now: float) -> RenderableType:
         count = f"{len(pids)}/{wanted}" if wanted is not None else str(len(pids))
         started = info.get("started")
         uptime = format_duration(now - started) if isinstance(started, int | float) else "-"
-        row = [name, state_text(state), count, ", ".join(str(pid) for pid in pids) or "-",
-               uptime, _dash(info.get("restarts")), _dash(info.get("reason"))]
+        row: list[RenderableType] = [name, _state_cell(state, info.get("reason")), count,
+                                     uptime, _dash(info.get("restarts"))]
+        processes = usage.get(name) if usage is not None else None
+        if usage is not None:
+            figures = [_usage(p) for p in (processes or {}).values()] if isinstance(
+                processes, Mapping) else []
+            row += [f"{sum(c for c, _ in figures):.1f}%" if figures else "-",
+                    format_bytes(sum(r for _, r in figures)) if figures else "-"]
         if readiness:
-            processes = _processes(info)
-            ready = sum(1 for p in processes if p.get("ready"))
-            row.append(f"{ready}/{len(processes)}" if "processes" in info else "-")
+            ready_ones = _processes(info)
+            ready = sum(1 for p in ready_ones if p.get("ready"))
+            row.append(f"{ready}/{len(ready_ones)}" if "processes" in info else "-")
         table.add_row(*row)
+        if show_all:
+            _pid_rows(table, pids, processes if isinstance(processes, Mapping) else {},
+                      usage is not None, readiness)
     if len(names) == 1 and readiness:
         return Group(table, Text(""), _readiness_view(_processes(details[names[0]])))
     return table
+
+
+def _pid_rows(table: Table, pids: list[Any], processes: Mapping[str, Any], with_usage: bool,
+              readiness: bool) -> None:
+    """`status --all`: a row per process under its watcher's."""
+    for index, pid in enumerate(pids):
+        info = processes.get(str(pid))
+        age = info.get("age") if isinstance(info, Mapping) else None
+        branch = "└" if index == len(pids) - 1 else "├"
+        row: list[RenderableType] = [f" {branch} {pid}", "", "",
+                                     format_duration(age) if isinstance(age, int | float)
+                                     else "", ""]
+        if with_usage:
+            cpu, rss = _usage(info)
+            row += [f"{cpu:.1f}%", format_bytes(rss)] if info is not None else ["", ""]
+        if readiness:
+            row.append("")
+        table.add_row(*row, style="dim")
 
 
 def _processes(info: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -76,6 +76,11 @@ class LineAssembler:
         self.split_lines = 0  # lines that had to be cut
 
     @property
+    def plain(self) -> bool:
+        """Lines go out exactly as the process wrote them (no decoration)."""
+        return self._prefix is None
+
+    @property
     def pending(self) -> int:
         """Bytes of an incomplete last line held back."""
         return self._held_size

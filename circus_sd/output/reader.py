@@ -4,13 +4,15 @@ The policy, per reader: READING until the sink says it is full, then PAUSED (the
 read, so the child's writes wait) until the sink has room again; after `backpressure_timeout`
 seconds of waiting, DROPPING: the pipe is read again and the lines the sink has no room for are
 dropped and counted, until the sink has room. A busy pipe is also left alone for GATHER_DELAY
-between reads (GATHERING), so that each read takes a big chunk.
+between reads (GATHERING), so that each read takes a big chunk; but not after a read that found
+the pipe (nearly) full: its writer is already waiting, and waiting longer gains nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import logging
 import os
 import time
@@ -25,6 +27,7 @@ READ_SIZE = 256 << 10
 # that the next read takes a big chunk: 50-100x fewer reads, wakeups and hand-overs at full
 # speed; output that comes now and then is still read at once.
 GATHER_DELAY = 0.002
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 log = logging.getLogger("circus_sd")
 
@@ -79,9 +82,16 @@ class StreamReader:
         self._timer: asyncio.TimerHandle | None = None
         self.read_bytes = 0
         self._last_read = 0.0
+        # A read at least this big found the pipe about full: no gathering after it.
+        self._full_read = READ_SIZE // 2
         self.closed = False
 
     def start(self) -> None:
+        try:
+            capacity = fcntl.fcntl(self.fd, _F_GETPIPE_SZ)
+        except OSError:  # not a pipe
+            capacity = READ_SIZE
+        self._full_read = min(READ_SIZE, capacity) // 2
         self.host.loop.add_reader(self.fd, self.on_readable)
 
     def on_readable(self) -> None:
@@ -101,7 +111,7 @@ class StreamReader:
         now = time.monotonic()
         if (
             self.state is _State.READING
-            and len(data) < READ_SIZE // 2
+            and len(data) < self._full_read
             and now - self._last_read < GATHER_DELAY
         ):
             self._gather()
@@ -121,8 +131,10 @@ class StreamReader:
 
     def _deliver(self, lines: list[Buffer]) -> None:
         """Whole lines as the process wrote them: to the taps, then decorated to the sink."""
-        self._tap(lines)
-        parts = self.assembler.decorate(lines, time.time())
+        if self.host.taps:
+            self._tap(lines)
+        assembler = self.assembler
+        parts = lines if assembler.plain else assembler.decorate(lines, time.time())
         size = 0
         for part in parts:
             size += len(part)

@@ -250,12 +250,13 @@ class Plugin:
                     self.pubsub_endpoint, [*self.topics, self._probe_topic]
                 )
                 early = await self._subscribed(subscription)
+            # The plugin's watcher has `notify`: the arbiter starts the watchers that come
+            # after it (lower priority) once it listens, so their first spawns are seen. Said
+            # before handle_init: a plugin slow or failing to set up holds no watcher back.
+            SystemdNotifier().ready("listening" if subscription is not None else "running")
             await self.handle_init()
             if subscription is not None:
                 self._start(self._pump(subscription, early))
-            # The plugin's watcher has `notify`: the arbiter starts the watchers that come
-            # after it (lower priority) once it listens, so their first spawns are seen.
-            SystemdNotifier().ready("listening" if subscription is not None else "running")
             await self._stop_requested.wait()
             self.log.info("stopping")
         finally:

@@ -234,8 +234,14 @@ class ResourceWatcher(Plugin):
                 except psutil.Error:
                     continue
         usage = self.measure([*status.pids, *children])
+        # A clean check ends a run of restarts only if it measured every process fully: a
+        # check between a kill and the replacement (no pids), or a new process's first (no
+        # CPU figure yet), says nothing about whether the restarts helped.
+        measured = [usage[pid] for pid in status.pids if pid in usage]
         self.backoff.checked(
-            all(not self.counter.violations(usage[pid]) for pid in status.pids if pid in usage)
+            bool(measured)
+            and len(measured) == len(status.pids)
+            and all(u.cpu is not None and not self.counter.violations(u) for u in measured)
         )
         keys: set[Hashable] = set()
         for pid in status.pids:

@@ -9,6 +9,7 @@ directory) is still alive, killing it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -38,6 +39,19 @@ CHILD_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 POLL = 0.01
 STOP_DEADLINE = 10.0
 
+
+
+# linux/capability.h and linux/prctl.h
+CAP_SYS_RESOURCE = 24
+_PR_CAPBSET_DROP = 24
+
+
+def drop_capability(capability: int) -> None:
+    """Drop `capability` from this process's bounding set (in a child before exec: the program
+    it executes, even as root, never has it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 class WaitTimeout(AssertionError):
     """A condition a test waited for did not come true before its deadline."""
@@ -358,14 +372,20 @@ class Circus:
         env: dict[str, str] | None = None,
         nofile: tuple[int, int] | None = None,
         running: bool = True,
+        capped: bool = True,
     ) -> Arbiter:
         """Start `circus-sd CONFIG ARGS` in tmp_path; wait until it says it runs (unless not
-        `running`: a test of its start-up)."""
+        `running`: a test of its start-up). `nofile`: its RLIMIT_NOFILE, which it cannot raise
+        past the hard limit unless not `capped`."""
         log_path = self.tmp / f"arbiter-{len(self.arbiters) + 1}.log"
 
         def limits() -> None:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+                # An administrator's cap: root without CAP_SYS_RESOURCE cannot raise it (a root
+                # arbiter outside systemd raises its hard limit when it can).
+                if capped:
+                    drop_capability(CAP_SYS_RESOURCE)
 
         with open(log_path, "wb") as log, open(os.devnull, "rb") as stdin:
             popen = subprocess.Popen(

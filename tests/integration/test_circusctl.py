@@ -216,10 +216,14 @@ def _first_spawn(circus: Circus, listener: subprocess.Popen[str], lines: queue.Q
     raise AssertionError("no watcher.web.spawn event within 10 s")
 
 
-def test_an_unknown_command_exits_3_with_the_arbiters_error(two_watchers: Circus) -> None:
+def test_an_unknown_command_exits_2_with_the_usage_line(two_watchers: Circus) -> None:
+    # As Circus's circusctl (argparse): nothing is sent, the usage line says how to call it.
     result = ctl(two_watchers, "bogus")
-    assert (result.returncode, result.stdout) == (3, "")
-    assert result.stderr == "error: unknown command: 'bogus'\n"
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "circusctl: unknown command 'bogus'",
+        "usage: circusctl [options] <command> [args]  (see `circusctl --help`)",
+    ]
 
     missing = ctl(two_watchers, "status", "nosuch")
     assert (missing.returncode, missing.stdout) == (3, "")
@@ -238,7 +242,7 @@ def test_json_prints_the_raw_reply(two_watchers: Circus) -> None:
     assert set(reply["details"]["web"]["pids"]) == pids_of(circus, "web")
     assert "details" not in json.loads(ok_out(circus, "--json", "status"))
 
-    error = ctl(circus, "--json", "bogus")
+    error = ctl(circus, "--json", "status", "nosuch")
     assert error.returncode == 3
     assert json.loads(error.stdout)["status"] == "error"
 

@@ -28,8 +28,8 @@ def _marker_watcher(circus: Circus) -> str:
 
 BAD_CONFIGS = {
     "bad value": ("numprocesses = lots", "numprocesses"),
-    "unknown user": ("uid = no-such-user-here", "uid"),
-    "missing executable": ("cmd = {tmp}/no-such-program", "cmd"),
+    "not a user name": ("uid = -1", "uid"),
+    "unbalanced quotes": ("cmd = {tmp}/program 'oops", "cmd"),
 }
 
 
@@ -45,7 +45,7 @@ def test_bad_config_exits_78_and_starts_nothing(circus: Circus, case: str) -> No
         path = circus.write_config(f"{_marker_watcher(circus)}\n[watcher:bad]\n{cmd}{bad}\n")
         lines = [_line_of(path, bad)]
         if option == "cmd":
-            # The program is checked once the whole section is read: the error may point at
+            # The command is split once the whole section is read: the error may point at
             # the section's header instead of the cmd line.
             lines.append(_line_of(path, "[watcher:bad]"))
         line = "|".join(str(n) for n in lines)

@@ -174,7 +174,9 @@ def test_get_options_and_globaloptions(circus: Circus, zmq_clients: Clients) -> 
         assert key in values, key
     assert values["endpoint"] == control_endpoint(circus.tmp)
     assert values["pubsub_endpoint"] == events_endpoint(circus.tmp)
-    assert values["multicast_endpoint"] is None, "multicast discovery stays off"
+    # Circus's types: "" is Circus's own "none" (multicast discovery stays off).
+    assert (values["multicast_endpoint"], values["stats_endpoint"]) == ("", "")
+    assert values["check_delay"] == 5.0
     reply = ctl.ok("globaloptions", option="endpoint")
     assert reply["options"] == {"endpoint": control_endpoint(circus.tmp)}
     ctl.error("globaloptions", 3, option="nope")
@@ -277,6 +279,23 @@ def test_reload_graceful_sequential_and_terminate(circus: Circus, zmq_clients: C
     assert reply["info"]["started"] == wait_count(arbiter, "web", 3)
     reply = ctl.ok("reload", waiting=True)
     assert set(reply) == BARE_REPLY
+
+
+def test_a_pattern_starts_what_it_matches_and_start_of_all_only_autostart(
+    circus: Circus, zmq_clients: Clients
+) -> None:
+    """As Circus: `autostart = false` keeps a watcher out of `start` with no name, not out of
+    a start that names it (one name or a pattern)."""
+    _arbiter, ctl = _up(circus, zmq_clients, {
+        "job-1": {"autostart": "false"}, "job-2": {"autostart": "false"}, "web": {}})
+
+    def statuses() -> dict[str, str]:
+        return dict(ctl.ok("status")["statuses"])
+
+    ctl.ok("start", waiting=True)
+    assert statuses() == {"job-1": "stopped", "job-2": "stopped", "web": "active"}
+    ctl.ok("start", name="job-*", waiting=True)
+    assert statuses() == {"job-1": "active", "job-2": "active", "web": "active"}
 
 
 def test_match_simple_glob_and_regex(circus: Circus, zmq_clients: Clients) -> None:

@@ -47,15 +47,18 @@ from control_helpers import (
     wait_count,
 )
 
+from circus_sd.config.env_file import env_file_paths
 from circus_sd.config.model import ArbiterConfig, SocketConfig, WatcherConfig
 from circus_sd.config.options import (
     RLIMITS,
     OptionValueError,
+    group_id,
     name_list,
     optional_text,
     options_of,
     rlimit_pair,
     text,
+    user_id,
 )
 from circus_sd.config.streams import STREAM_OPTIONS, file_path
 from circus_sd.fd_reserve import RESERVE
@@ -533,11 +536,15 @@ def test_fork_failing_with_eagain_backs_off_without_spinning(
 
 # Tried in order as a wrong value for each option: the first its own parser rejects is used.
 WRONG_VALUES = ("not-a-value", "-5", "1.5", "99999999", "", "(unclosed", "ipc://@abstract")
-FREE_TEXT = {text, optional_text, name_list, file_path}
+FREE_TEXT = {text, optional_text, name_list, file_path, env_file_paths}
+# A user or group name this machine has no account for is a condition of the machine (that
+# watcher fails until it has one), not a mistake in the file: these take a wrong number.
+MACHINE_NAMES = {user_id, group_id}
 
 
 def _wrong_value(parse: Callable[[str], Any]) -> str | None:
-    for candidate in WRONG_VALUES:
+    candidates = ("-5",) if parse in MACHINE_NAMES else WRONG_VALUES
+    for candidate in candidates:
         try:
             parse(candidate)
         except OptionValueError:
@@ -568,8 +575,14 @@ def _bad_config(circus: Circus, section: str, key: str, value: str) -> tuple[Pat
         if key != "stdout_stream.class":
             watcher += "stdout_stream.class = FileStream\n"
         watcher += f"stdout_stream.filename = {directory}/out.log\n"
-    arbiter = (f"[circus]\nendpoint = ipc://{directory}/c.sock\n"
-               f"pubsub_endpoint = ipc://{directory}/e.sock\n")
+    # The endpoints in the test's directory, unless the bad value is one of them (a key given
+    # twice keeps its first value, as in Circus).
+    endpoints = {"endpoint": f"ipc://{directory}/c.sock",
+                 "pubsub_endpoint": f"ipc://{directory}/e.sock"}
+    arbiter = "[circus]\n" + "".join(
+        f"{name} = {value}\n" for name, value in endpoints.items()
+        if not (section == "circus" and name == key)
+    )
     if section == "circus":
         arbiter += bad + "\n"
     elif section == "watcher:w":
@@ -708,9 +721,9 @@ def test_reloadconfig_with_a_broken_file_keeps_the_running_config(
             lambda: circus.write_config(good + "\nthis line means nothing\n"),
             f"{config}:",
         ),
-        "an unknown user": (
-            lambda: circus.write_config(good + "uid = no-such-user-here\n"),
-            "[watcher:db] uid: ",
+        "a wrong type": (
+            lambda: circus.write_config(good + "graceful_timeout = soon\n"),
+            "[watcher:db] graceful_timeout: ",
         ),
         "invalid UTF-8": (lambda: config.write_bytes(b"[watcher:web]\ncmd = \xff\n"),
                           "not valid UTF-8"),

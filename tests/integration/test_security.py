@@ -51,8 +51,9 @@ def test_a_command_runs_without_a_shell_unless_shell_is_true(circus: Circus) -> 
     """Shell syntax in cmd, args and substituted values reaches the program as literal words
     (report.py records its argv); with `shell = true` the same syntax is run by /bin/sh."""
     tmp = circus.tmp
+    # (` ;` after a blank would start a comment, as in Circus's INI reader: `x;` stays a word.)
     hostile = (
-        f"; touch {tmp}/pwned-semicolon $(touch {tmp}/pwned-subst) `touch {tmp}/pwned-tick` "
+        f"x;touch {tmp}/pwned-semicolon $(touch {tmp}/pwned-subst) `touch {tmp}/pwned-tick` "
         f"&& touch {tmp}/pwned-and || touch {tmp}/pwned-or | tee {tmp}/pwned-pipe "
         f"> {tmp}/pwned-redirect * ~ $HOME {{a,b}}"
     )

@@ -175,14 +175,20 @@ def journald_outage(system: System, main: str) -> None:
 
 
 def ticks(system: System) -> list[dict[str, str]]:
-    return [e for e in system.journal("WATCHER=ticker") if "tick" in e.get("MESSAGE", "")]
+    # The ticker's output: its lifecycle lines share WATCHER=ticker, with a MESSAGE_ID.
+    return [
+        e for e in system.journal("WATCHER=ticker")
+        if "tick" in e.get("MESSAGE", "") and "MESSAGE_ID" not in e
+    ]
 
 
 
 def own_log(system: System, since: float) -> list[str]:
-    """The arbiter's own log lines (not its processes' output) written after `since`."""
+    """The arbiter's own log lines (not its processes' output) written after `since`: its
+    lifecycle lines carry their watcher's fields too, with a MESSAGE_ID that output lacks."""
     entries = system.journal("_SYSTEMD_UNIT=circus-sd.service")
     return [
         e.get("MESSAGE", "") for e in entries
-        if "WATCHER" not in e and float(e["__REALTIME_TIMESTAMP"]) / 1e6 > since
+        if ("WATCHER" not in e or "MESSAGE_ID" in e)
+        and float(e["__REALTIME_TIMESTAMP"]) / 1e6 > since
     ]

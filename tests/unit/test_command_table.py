@@ -126,7 +126,9 @@ def test_usage_lines_read_as_before(name: str, usage: str) -> None:
 
 def test_client_commands_usage_lines() -> None:
     assert CLIENT_COMMANDS["listen"].usage == "listen [<topic> ...]"
-    assert CLIENT_COMMANDS["tail"].usage == "tail <name> [--stream stdout|stderr] [--raw]"
+    assert CLIENT_COMMANDS["tail"].usage == (
+        "tail <name> [<name> ...] [-n|--lines <N>] [--since <time>] [--stream stdout|stderr] "
+        "[--no-follow] [--raw]")
 
 
 # -- circusctl's properties pass the server's check ----------------------------------------------

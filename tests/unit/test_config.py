@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import pwd
@@ -42,6 +41,13 @@ def messages(warnings: list[ConfigWarning]) -> list[str]:
     return [str(w) for w in warnings]
 
 
+def warning_of(path: Path, option: str, environ: Mapping[str, str] = ENV) -> ConfigWarning:
+    """The one warning about `option` of a file that loads."""
+    _config, warnings = load(path, environ)
+    (found,) = [w for w in warnings if w.option == option]
+    return found
+
+
 # -- error and warning format --------------------------------------------------------------------
 
 
@@ -62,29 +68,8 @@ def test_error_str_names_every_known_part_and_omits_the_rest() -> None:
     assert str(ConfigWarning(None, None, None, "hello")) == "hello"
 
 
-# -- rule 1: INI syntax as configparser reads it ------------------------------------------------
-
-CONFIGPARSER_SAMPLES = [
-    "[a]\nk = v\n",
-    "[a]\nk: v\nother=1\n",
-    "[a]\nk = first\n  second\n\n  third\n\n",
-    "[a]\n# comment\n; other comment\nk = v\n  # dropped inside a value\n  more\n",
-    "[a]\nk = v: with colon = and equals\n",
-    "[a]\n  indented = key\n[b]\nx =\n",
-    "[a]\nMixed_Case = Value\n",
-]
-
-
-@pytest.mark.parametrize("text", CONFIGPARSER_SAMPLES)
-def test_ini_reader_agrees_with_configparser(text: str) -> None:
-    reference = configparser.RawConfigParser(strict=True)
-    reference.optionxform = str  # type: ignore[assignment,method-assign]
-    reference.read_string(text)
-    ours = {
-        section.name: {entry.key: entry.value for entry in section.entries}
-        for section in parse_ini(text)
-    }
-    assert ours == {name: dict(reference.items(name)) for name in reference.sections()}
+# -- rule 1: INI syntax as Circus reads it (tests/unit/test_config_circus_grammar.py compares
+# with Circus 0.19 itself) ------------------------------------------------------------------------
 
 
 def test_ini_reader_tracks_lines() -> None:
@@ -126,28 +111,38 @@ def test_key_before_any_section_is_an_error(tmp_path: Path) -> None:
     assert error.line == 1
 
 
-def test_duplicate_key_names_both_lines(tmp_path: Path) -> None:
+def test_a_key_set_again_keeps_its_first_value_and_warns_with_both_lines(tmp_path: Path) -> None:
     path = write(tmp_path, "circus.ini", """
         [watcher:web]
         cmd = sleep 1
         NUMPROCESSES = 2
         numprocesses = 3
     """)
-    error = error_of(path)
-    assert (error.line, error.section, error.option) == (4, "watcher:web", "numprocesses")
-    assert "first at line 3" in error.message
+    config, _ = load(path)
+    assert config.watchers[0].numprocesses == 2  # Circus's reader ignores a key set again
+    warning = warning_of(path, "numprocesses")
+    assert warning.location == Location(str(path), 4)
+    assert f"the first value (at {path}:3) is used" in warning.message
 
 
-def test_duplicate_section_in_one_file_names_both_lines(tmp_path: Path) -> None:
+def test_a_section_named_again_in_one_file_adds_to_the_first(tmp_path: Path) -> None:
     path = write(tmp_path, "circus.ini", """
         [circus]
         loglevel = info
+        [watcher:web]
+        cmd = sleep 1
         [circus]
         umask = 022
+        loglevel = debug
+        [watcher:web]
+        numprocesses = 4
     """)
-    error = error_of(path)
-    assert (error.line, error.section) == (3, "circus")
-    assert "first at line 1" in error.message
+    config, warnings = load(path)
+    assert (config.arbiter.loglevel, config.arbiter.umask) == ("info", 0o022)
+    assert config.watchers[0].numprocesses == 4
+    assert [(w.location, w.option) for w in warnings] == [
+        (Location(str(path), 7), "loglevel"),
+    ]
 
 
 def test_unknown_section_warns(tmp_path: Path) -> None:
@@ -255,20 +250,49 @@ def test_include_matching_nothing_warns(tmp_path: Path) -> None:
     ]
 
 
-def test_watcher_defined_in_two_files_names_both(tmp_path: Path) -> None:
-    main = write(tmp_path, "circus.ini", "[circus]\ninclude = web.ini\n[watcher:web]\ncmd = a\n")
-    other = write(tmp_path, "web.ini", "# comment\n[watcher:web]\ncmd = sleep 1\n")
-    error = error_of(main)
-    assert (error.path, error.line, error.section) == (str(other), 2, "watcher:web")
-    assert f"first at {main}:3" in error.message
+def test_a_watcher_in_two_files_merges_the_main_file_first(tmp_path: Path) -> None:
+    main = write(tmp_path, "circus.ini", """
+        [circus]
+        include = web.ini more.ini
+        [watcher:web]
+        cmd = sleep 1
+    """)
+    write(tmp_path, "web.ini", "# comment\n[watcher:web]\ncmd = sleep 2\nnumprocesses = 3\n")
+    other = write(tmp_path, "more.ini", "[watcher:web]\nnumprocesses = 5\npriority = 2\n")
+    config, warnings = load(main)
+    (web,) = config.watchers
+    assert (web.cmd, web.numprocesses, web.priority) == ("sleep 1", 3, 2)
+    assert [(w.location, w.option) for w in warnings] == [
+        (Location(str(tmp_path / "web.ini"), 3), "cmd"),
+        (Location(str(other), 2), "numprocesses"),
+    ]
 
 
-def test_same_key_in_two_files_names_both(tmp_path: Path) -> None:
+def test_same_key_in_two_files_keeps_the_first(tmp_path: Path) -> None:
     main = write(tmp_path, "circus.ini", "[circus]\ninclude = more.ini\n[env]\nA = 1\n")
     other = write(tmp_path, "more.ini", "[env]\nB = 2\nA = 3\n")
-    error = error_of(main)
-    assert (error.path, error.line, error.option) == (str(other), 3, "A")
-    assert f"first at {main}:4" in error.message
+    write(tmp_path, "more.ini", "[env]\nB = 2\nA = 3\n[watcher:w]\ncmd = sleep 1\n")
+    config, _ = load(main)
+    assert dict(config.watchers[0].env) == {"A": "1", "B": "2"}
+    warning = warning_of(main, "A")
+    assert (warning.location, warning.section) == (Location(str(other), 3), "env")
+    assert f"(at {main}:4)" in warning.message
+
+
+def test_an_empty_watcher_or_plugin_section_is_skipped(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:empty]
+        [plugin:nothing]
+        ; a comment only
+        [watcher:web]
+        cmd = sleep 1
+    """)
+    config, warnings = load(path)
+    assert [w.name for w in config.watchers] == ["web"]
+    assert messages(warnings) == [
+        f"{path}:1: [watcher:empty] has no options: skipped, as Circus does",
+        f"{path}:2: [plugin:nothing] has no options: skipped, as Circus does",
+    ]
 
 
 def test_include_loop_is_an_error(tmp_path: Path) -> None:
@@ -352,15 +376,28 @@ def test_env_sections_feed_substitution(tmp_path: Path) -> None:
     assert config.watchers[0].working_dir == f"{tmp_path}/app"
 
 
-def test_unknown_variable_is_an_error_with_file_and_line(tmp_path: Path) -> None:
+def test_unknown_variable_is_kept_as_written_with_a_warning(tmp_path: Path) -> None:
     path = write(tmp_path, "circus.ini", """
         [watcher:web]
         cmd = sleep 1
         working_dir = $(circus.env.NOPE)/x
     """)
+    config, warnings = load(path)
+    assert config.watchers[0].working_dir == "$(circus.env.NOPE)/x"  # as Circus keeps it
+    (warning,) = [w for w in warnings if w.option == "working_dir"]
+    assert warning.location == Location(str(path), 3)
+    assert "$(circus.env.NOPE) names no variable" in warning.message
+
+
+def test_an_unset_variable_in_a_number_is_an_error_on_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        numprocesses = $(circus.env.NOPE)
+    """)
     error = error_of(path)
-    assert (error.path, error.line, error.option) == (str(path), 3, "working_dir")
-    assert "'NOPE'" in error.message
+    assert (error.line, error.option) == (3, "numprocesses")
+    assert "'$(circus.env.NOPE)'" in error.message
 
 
 # -- rule 4: watcher options ---------------------------------------------------------------------
@@ -392,7 +429,7 @@ def test_watcher_options_are_parsed(tmp_path: Path) -> None:
         ("numprocesses", "-1", "expected an integer >= 0, got '-1'"),
         ("respawn", "maybe", "expected a boolean (true/false), got 'maybe'"),
         ("stop_signal", "SIGNOPE", "expected a signal name or number"),
-        ("uid", "no-such-user-here", "no user 'no-such-user-here' exists"),
+        ("uid", "-1", "no user '-1' exists"),
         ("graceful_timeout", "soon", "expected a number of seconds"),
     ],
 )
@@ -717,11 +754,12 @@ def executable(directory: Path, name: str, mode: int = 0o755) -> Path:
     return path
 
 
-def test_missing_executable_on_path(tmp_path: Path) -> None:
+def test_missing_executable_on_path_is_a_warning_at_the_section(tmp_path: Path) -> None:
     path = write(tmp_path, "circus.ini", "# comment\n[watcher:web]\ncmd = no-such-program --flag\n")
-    error = error_of(path)
-    assert (error.line, error.section, error.option) == (2, "watcher:web", "cmd")
-    assert "'no-such-program' not found" in error.message
+    warning = warning_of(path, "cmd")
+    assert (warning.location, warning.section) == (Location(str(path), 2), "watcher:web")
+    assert "'no-such-program' not found" in warning.message
+    assert warning.message.endswith("its processes fail to start until this is fixed")
 
 
 @pytest.mark.parametrize(
@@ -735,7 +773,7 @@ def test_program_paths_are_checked(tmp_path: Path, target: str, problem: str) ->
         cmd = {target}
         working_dir = {tmp_path}
     """)
-    assert problem in error_of(path).message
+    assert problem in warning_of(path, "cmd").message
 
 
 def test_program_resolution_rules(tmp_path: Path) -> None:
@@ -779,7 +817,7 @@ def test_executable_option_is_checked(tmp_path: Path) -> None:
         cmd = sleep 1
         executable = /nonexistent/python
     """)
-    assert error_of(path).option == "executable"
+    assert "'/nonexistent/python' does not exist" in warning_of(path, "executable").message
 
 
 def test_unbalanced_quotes_in_cmd(tmp_path: Path) -> None:
@@ -793,9 +831,25 @@ def test_missing_working_dir(tmp_path: Path) -> None:
         cmd = sleep 1
         working_dir = {tmp_path}/gone
     """)
-    error = error_of(path)
-    assert (error.line, error.option) == (1, "working_dir")
-    assert "is not an existing directory" in error.message
+    warning = warning_of(path, "working_dir")
+    assert warning.location == Location(str(path), 1)
+    assert "is not an existing directory" in warning.message
+
+
+def test_a_user_or_group_not_there_yet_is_looked_up_at_each_spawn(tmp_path: Path) -> None:
+    path = write(tmp_path, "circus.ini", """
+        [watcher:web]
+        cmd = sleep 1
+        uid = no-such-user-here
+        gid = no-such-group-here
+    """)
+    config, _ = load(path)
+    web = config.watchers[0]
+    assert (web.uid, web.gid) == (None, None)
+    assert (web.user_name, web.group_name) == ("no-such-user-here", "no-such-group-here")
+    warning = warning_of(path, "uid")
+    assert warning.location == Location(str(path), 3)
+    assert "no user 'no-such-user-here' exists (yet)" in warning.message
 
 
 def test_uid_gives_the_primary_group(tmp_path: Path) -> None:

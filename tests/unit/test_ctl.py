@@ -13,7 +13,19 @@ from rich.console import Console
 
 from circus_sd import client
 from circus_sd.control.registry import COMMANDS
-from circus_sd.ctl import app, fancy, plain, properties, shell, top
+from circus_sd.ctl import (
+    app,
+    endpoint_choice,
+    fancy,
+    health,
+    output_history,
+    plain,
+    properties,
+    shell,
+    since,
+    tail,
+    top,
+)
 from circus_sd.ctl.commandline import (
     CLIENT_COMMANDS,
     GlobalOptions,
@@ -422,13 +434,43 @@ def rendered(command: str, reply: dict[str, Any], now: float = 1100.0) -> tuple[
     return out.getvalue(), err.getvalue()
 
 
-def test_status_table_shows_state_processes_uptime_restarts() -> None:
+STATS = {
+    "web": {"12": {"cpu": 1.5, "rss": 2 * 1024 * 1024, "age": 100.0,
+                   "children": [{"cpu": 2.0, "rss": 1024 * 1024, "children": []}]},
+            "13": {"cpu": 0.5, "rss": 1024 * 1024, "age": 50.0, "children": []}},
+    "db": {},
+}
+
+
+def test_status_table_is_one_compact_row_per_watcher() -> None:
     out, _ = rendered("status", ok(statuses={"web": "active", "db": "stopped"}, details=DETAILS))
     web = next(line for line in out.splitlines() if line.startswith("web"))
     db = next(line for line in out.splitlines() if line.startswith("db"))
-    assert web.split() == ["web", "active", "2/2", "12,", "13", "1m40s", "1", "-"]
-    assert db.split() == ["db", "paused", "0/1", "-", "-", "5", "flapping"]
+    assert web.split() == ["web", "active", "2/2", "1m40s", "1"]
+    assert db.split() == ["db", "paused", "(flapping)", "0/1", "-", "5"]
     assert out.index("db") < out.index("web")
+
+
+def test_status_table_sums_cpu_and_memory_of_processes_and_descendants() -> None:
+    reply = ok(statuses={"web": "active", "db": "stopped"}, details=DETAILS, stats=STATS)
+    out, _ = rendered("status", reply)
+    assert out.splitlines()[0].split() == [
+        "watcher", "state", "procs", "uptime", "restarts", "cpu", "mem"]
+    web = next(line for line in out.splitlines() if line.startswith("web"))
+    assert web.split()[-2:] == ["4.0%", "4.0M"]
+    assert len(out.splitlines()) == 3  # no pids without --all
+    out, _ = rendered("status", {**reply, "all": True})
+    rows = [line.split() for line in out.splitlines()]
+    assert ["├", "12", "1m40s", "3.5%", "3.0M"] in rows
+    assert ["└", "13", "50s", "0.5%", "1.0M"] in rows
+
+
+def test_a_narrow_terminal_cuts_the_reason_rather_than_wrapping() -> None:
+    details = {"db": {**DETAILS["db"], "reason": "flapping: 5 restarts in 1 s, retrying in 7 s"}}
+    out, err = io.StringIO(), io.StringIO()
+    fancy.render(Console(file=out, width=50), Console(file=err, width=50), "status",
+                 ok(statuses={"db": "stopped"}, details=details, stats={"db": {}}), 0.0)
+    assert len(out.getvalue().splitlines()) == 2, out.getvalue()
 
 
 def test_status_of_a_watcher_with_readiness_shows_each_process() -> None:
@@ -596,3 +638,120 @@ def test_events_decode() -> None:
         "watcher.web.spawn", {"process_pid": 12})
     assert client.decode_event([b"t", b"[1]"]) == ("t", {"data": [1]})
     assert client.decode_event([b"t", b"\xff"]) == ("t", {"raw": "\ufffd"})
+
+
+# -- tail: --since, where history is, reading files -----------------------------------------------
+
+
+def test_since_reads_journalctls_common_spellings() -> None:
+    now = 1_800_000_000.0
+    assert since.parse_since("-1h", now) == now - 3600
+    assert since.parse_since("10 min ago", now) == now - 600
+    assert since.parse_since("1h 30min ago", now) == now - 5400
+    assert since.parse_since("-90s", now) == now - 90
+    assert since.parse_since("now", now) == now
+    assert since.parse_since("2026-12-02 10:00", now) == time_of("2026-12-02 10:00:00")
+    assert since.parse_since("2026-12-02T10:00:05", now) == time_of("2026-12-02 10:00:05")
+    assert since.parse_since("2026-12-02", now) == time_of("2026-12-02 00:00:00")
+    assert since.parse_since("yesterday", now) == since.parse_since("today", now) - 86400
+    for bad in ("-1 fortnight", "soon", "2026-13-02", "ago", "-"):
+        with pytest.raises(since.SinceError, match="--since: expected"):
+            since.parse_since(bad, now)
+
+
+def time_of(text: str) -> float:
+    import datetime
+
+    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()
+
+
+def test_tail_takes_n_since_and_no_follow() -> None:
+    invocation = parse_argv(["tail", "web", "db*", "-n", "3", "--no-follow"])
+    request = tail.tail_request(invocation, 1000.0)
+    assert request == tail.TailRequest(("web", "db*"), 3, None, None, False, False)
+    assert parse_argv(["tail", "web", "-n5"]).flags == {"lines": "5"}
+    assert parse_argv(["tail", "web", "--lines=5"]).flags == {"lines": "5"}
+    request = tail.tail_request(parse_argv(["tail", "web", "--since", "-1h"]), 10000.0)
+    assert (request.lines, request.since, request.follow) == (None, 6400.0, True)
+    with pytest.raises(UsageError, match="-n/--lines must be a number"):
+        tail.tail_request(parse_argv(["tail", "web", "-n", "x"]), 0.0)
+    with pytest.raises(UsageError, match="give one or more watcher names"):
+        tail.tail_request(parse_argv(["tail"]), 0.0)
+    with pytest.raises(UsageError, match="unknown option --x"):
+        parse_argv(["tail", "web", "--x"])
+
+
+def test_tail_names_are_globs_matched_once_each() -> None:
+    known = ["web1", "web2", "db", "Api"]
+    assert tail.match_watchers(("web*", "web1", "api"), known) == (["web1", "web2", "Api"], [])
+    assert tail.match_watchers(("nosuch", "db"), known) == (["db"], ["nosuch"])
+
+
+def test_where_a_watchers_output_is_kept() -> None:
+    where = output_history.stream_target
+    file_ = {"stdout_stream.class": "FileStream", "stdout_stream.filename": "/l/web.out"}
+    assert where(file_, "stdout") == output_history.StreamTarget(output_history.Where.FILE,
+                                                                 "/l/web.out")
+    assert where(file_, "stderr").where is output_history.Where.NOWHERE
+    circus_style = {"stderr_stream_conf": {"class": "circus.stream.TimedRotatingFileStream",
+                                           "filename": "/l/err"}}
+    assert where(circus_style, "stderr").path == "/l/err"
+    assert where({"stdout_stream.filename": "/l/x"}, "stdout").path == "/l/x"
+    assert where({"stdout_stream.class": "JournalStream"}, "stdout").where is (
+        output_history.Where.JOURNAL)
+    direct = where({"stdout_stream.class": "JournalStream", "stdout_stream.direct": True},
+                   "stdout")
+    assert direct.where is output_history.Where.NOWHERE and "direct" in direct.why
+
+
+def test_file_tail_reads_the_last_lines_and_reaches_into_backups(tmp_path: Path) -> None:
+    import os
+
+    log = tmp_path / "web.out"
+    backup = tmp_path / "web.out.1"
+    older = tmp_path / "web.out.2"
+    older.write_bytes(b"".join(b"old %d\n" % i for i in range(3)))
+    backup.write_bytes(b"".join(b"mid %d\n" % i for i in range(100_000)))
+    log.write_bytes(b"new 0\nnew 1\n")
+    os.utime(older, (1, 1))
+    os.utime(backup, (2, 2))
+    lines = [line.data for line in output_history.file_tail(str(log), 4)]
+    assert lines == [b"mid 99998", b"mid 99999", b"new 0", b"new 1"]
+    assert [line.data for line in output_history.file_tail(str(log), 1)] == [b"new 1"]
+    assert output_history.file_tail(str(tmp_path / "none"), 3) == []
+    everything = output_history.file_tail(str(log), 200_000)
+    assert len(everything) == 100_005 and everything[0].data == b"old 0"
+
+
+def test_health_verdicts_follow_systemctl() -> None:
+    states = {"web": "active", "db": "stopped", "api": "failed", "job": "paused"}
+    active, failed = health.CHECKS["is-active"], health.CHECKS["is-failed"]
+    assert health.verdict(active, ["web"], states) == (["active"], 0)
+    assert health.verdict(active, ["db", "job"], states) == (["inactive", "activating"], 3)
+    assert health.verdict(active, ["nosuch"], states) == (["inactive"], 4)
+    assert health.verdict(active, ["nosuch", "db"], states) == (["inactive", "inactive"], 3)
+    assert health.verdict(failed, ["a*"], states) == (["failed"], 0)
+    assert health.verdict(failed, ["WEB"], states) == (["active"], 1)
+    assert health.verdict(failed, ["x*"], states) == ([], 4)
+
+
+def test_endpoint_choice_falls_back_to_circus_port(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setattr("circus_sd.endpoints.client_default_endpoint",
+                        lambda: f"ipc://{tmp_path}/control.sock")
+    choose = endpoint_choice.choose_endpoint
+    assert choose("ipc:///given", {}) == "ipc:///given"
+    assert choose(None, {"CIRCUSCTL_ENDPOINT": "tcp://h:1"}) == "tcp://h:1"
+    assert choose(None, {}, probe=lambda _: None) == "tcp://127.0.0.1:5555"
+    with pytest.raises(client.CallError) as refused:
+        choose(None, {}, probe=lambda _: "Connection refused")
+    assert f"ipc://{tmp_path}/control.sock" in str(refused.value)
+    assert "tcp://127.0.0.1:5555 (connection refused)" in str(refused.value)
+    (tmp_path / "control.sock").touch()
+    assert choose(None, {}, probe=lambda _: None) == f"ipc://{tmp_path}/control.sock"
+
+
+def test_an_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert app.main(["--endpoint", "ipc:///nowhere.sock", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'bogus'" in err and "usage: circusctl" in err

@@ -155,6 +155,8 @@ def test_journald_output_goes_through_the_queue_too(
     root_logging: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(logging_setup, "stderr_is_journal", lambda: True)
+    # Without journald's native socket: the `<N>`-prefixed stream (journal_log.py otherwise).
+    monkeypatch.setattr(logging_setup, "journal_reachable", lambda: False)
     configure_logging(ArbiterConfig(), level="info", output="-")
     assert [type(h) for h in logging.getLogger().handlers] == [DroppingQueueHandler]
     writer = logging_setup._writer

@@ -89,3 +89,8 @@ def test_the_environment_is_shown_to_the_admin_tier_only() -> None:
     config = dataclasses.replace(WatcherConfig(name="w", cmd="/bin/true"), env={"TOKEN": "s3cret"})
     assert option_values(config, Tier.ADMIN)["env"] == {"TOKEN": "s3cret"}
     assert "env" not in option_values(config, Tier.OPERATE)
+
+
+def test_env_file_is_refused_by_set_and_add_even_for_the_admin() -> None:
+    with pytest.raises(CommandError, match="env_file: set it in the configuration file"):
+        parse_options({"env_file": "/etc/default/web"}, Tier.ADMIN)

@@ -14,6 +14,7 @@ import pytest
 from circus_sd.output.console import _atomic_pieces
 from circus_sd.output.files import FileWriter, SizeRotation, TimeRotation
 from circus_sd.output.sink import (
+    HAND_OVER_BYTES,
     Chunk,
     Origin,
     Sink,
@@ -266,5 +267,52 @@ def test_closing_a_failing_sink_counts_what_is_lost() -> None:
         }
         assert total == {ORIGIN: (3, 6)}
         assert sink.queued == 0
+
+    asyncio.run(scenario())
+
+
+class BatchRecorder:
+    """Records how the writer thread got its chunks: one list per write call."""
+
+    description = "recorder"
+
+    def __init__(self) -> None:
+        self.batches: list[list[bytes]] = []
+
+    def write(self, batch: list[Chunk]) -> None:
+        self.batches.append([b"".join(c.parts) for c in batch])
+
+    def close(self) -> None:
+        pass
+
+
+def test_reads_put_close_together_reach_the_writer_in_one_batch() -> None:
+    async def scenario() -> None:
+        writer = BatchRecorder()
+        sink = Sink(writer, asyncio.get_running_loop(), 1 << 20, lambda s, r: None)
+        for line in (b"a\n", b"b\n", b"c\n"):
+            sink.put([line], 2, ORIGIN)
+        await until(lambda: sink.queued == 0)
+        assert writer.batches == [[b"a\n", b"b\n", b"c\n"]]
+        sink.close()
+        assert await sink.wait_closed(5)
+
+    asyncio.run(scenario())
+
+
+def test_a_big_put_goes_to_the_writer_without_waiting_for_the_loop() -> None:
+    async def scenario() -> None:
+        writer = BatchRecorder()
+        sink = Sink(writer, asyncio.get_running_loop(), 4 * HAND_OVER_BYTES, lambda s, r: None)
+        big = b"x" * (HAND_OVER_BYTES - 1) + b"\n"
+        sink.put([big], len(big), ORIGIN)
+        # The loop does not run here: only the size can have sent it to the writer thread.
+        deadline = time.monotonic() + 5
+        while not writer.batches:
+            assert time.monotonic() < deadline, "the writer never got the big chunk"
+            time.sleep(0.005)
+        assert writer.batches == [[big]]
+        sink.close()
+        assert await sink.wait_closed(5)
 
     asyncio.run(scenario())

@@ -145,9 +145,6 @@ def test_watcher_socket_options(tmp_path: Path) -> None:
         ("stdin_socket = nope", "stdin_socket", "no [socket:nope] section"),
         ("listen_fds = a, nope", "listen_fds", "no [socket:nope] section"),
         ("listen_fds = a, a", "listen_fds", "a socket is named twice"),
-        ("args = $(circus.sockets.nope)", "args", "$(circus.sockets.nope): no [socket:nope]"),
-        ("args = $(circus.sockets.a)", "args", "the processes do not get this socket; set "
-                                               "use_sockets = true"),
     ],
 )
 def test_socket_references_are_checked(
@@ -156,6 +153,23 @@ def test_socket_references_are_checked(
     error = error_of(tmp_path, f"[socket:a]\n[watcher:web]\ncmd = /bin/true\n{lines}\n")
     assert (error.section, error.option) == ("watcher:web", option)
     assert message in error.message
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ("args = $(circus.sockets.nope)", "$(circus.sockets.nope): no [socket:nope]"),
+        ("args = $(circus.sockets.a)", "the processes do not get this socket; set "
+                                       "use_sockets = true"),
+    ],
+)
+def test_a_socket_placeholder_the_processes_cannot_fill_fails_that_watcher_alone(
+    tmp_path: Path, lines: str, message: str
+) -> None:
+    # As Circus loads it: a warning now, and each spawn of that watcher fails with the reason.
+    _config, warnings = load(tmp_path, f"[socket:a]\n[watcher:web]\ncmd = /bin/true\n{lines}\n")
+    (warning,) = warnings
+    assert message in warning and "[watcher:web] args:" in warning
 
 
 def test_listen_fds_makes_a_placeholder_valid(tmp_path: Path) -> None:

@@ -167,6 +167,17 @@ def test_exit_after_min_uptime_restarts_the_same_wid_at_once() -> None:
     assert h.watcher.restarts == 1
 
 
+def test_a_process_killed_by_command_and_replaced_counts_as_a_restart() -> None:
+    """resource_watcher restarts a process with `kill`: that restart is counted, as an exit's."""
+    h = Harness(numprocesses=2)
+    h.start()
+    first, _second = h.answer_spawns()
+    h.apply(h.watcher.kill(h.now, first))
+    assert h.watcher.restarts == 1
+    h.stop()
+    assert h.watcher.restarts == 1, "a stop restarts nothing"
+
+
 def test_failed_starts_back_off_exponentially_and_reset_after_a_healthy_run() -> None:
     h = Harness(backoff_initial=0.1, backoff_max=1.0, check_flapping=False)
     h.start()

@@ -112,12 +112,17 @@ def test_set_refuses_a_socket_that_is_not_declared(tmp_path: Path) -> None:
     assert error.message == "no [socket:nope] section"
 
 
-def test_a_program_not_on_the_processes_path_is_refused_by_both(tmp_path: Path) -> None:
+def test_a_program_not_on_the_processes_path_is_refused_by_set_and_warned_by_the_file(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(CommandError) as refused:
         _set(SLEEP, {"cmd": "no-such-program --flag"})
-    error = _file_error(tmp_path, "[watcher:web]\ncmd = no-such-program --flag\n")
-    assert str(refused.value) == f"cmd: {error.message}"
-    assert "'no-such-program' not found on the processes' PATH (/bin:/usr/bin)" in error.message
+    path = tmp_path / "circus.ini"
+    path.write_text("[watcher:web]\ncmd = no-such-program --flag\n")
+    _config, warnings = load_config(str(path), ENV)
+    (warning,) = [w for w in warnings if w.option == "cmd"]
+    assert warning.message.startswith(str(refused.value).removeprefix("cmd: "))
+    assert "'no-such-program' not found on the processes' PATH (/bin:/usr/bin)" in warning.message
 
 
 def test_the_program_is_found_where_the_spawn_finds_it(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ run.sh; not collected on the host). Each check also shows the other watcher is u
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -102,3 +103,40 @@ def test_cpu_max_holds_a_busy_loop_near_its_quota_and_set_changes_it_live() -> N
     sh("circusctl set busy cpu_max 50% --waiting")
     assert (SERVICE / "watcher-busy" / "cpu.max").read_text().split() == ["50000", "100000"]
     assert pids("busy") == [busy]  # a limit, not a restart
+
+
+def open_files(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError(f"no open files limit for {pid}")
+
+
+def test_root_outside_systemd_raises_its_descriptor_hard_limit(tmp_path: Path) -> None:
+    """A root shell's hard limit (4096 here) would bound the arbiter far below the machine:
+    outside systemd, root raises it up to fs.nr_open (at most a million); children keep theirs."""
+    ini = tmp_path / "circus.ini"
+    ini.write_text(
+        f"[circus]\nendpoint = ipc://{tmp_path}/c.sock\npubsub_endpoint = ipc://{tmp_path}/e.sock\n"
+        "[watcher:calm]\ncmd = sleep 600\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "NOTIFY_SOCKET")}
+    arbiter = subprocess.Popen(
+        ["prlimit", "--nofile=1024:4096", "circus-sd", str(ini)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        ceiling = min(int(Path("/proc/sys/fs/nr_open").read_text()), 1 << 20)
+        wait_until(lambda: open_files(arbiter.pid) == (ceiling, ceiling), 20, "the raised limit")
+
+        def calm() -> int | None:
+            found = sh(f"pgrep -P {arbiter.pid} -x sleep || true").split()
+            return int(found[0]) if found else None
+
+        wait_until(calm, 20, "the watcher's process")
+        child = calm()
+        assert child is not None and open_files(child) == (1024, 4096)
+    finally:
+        arbiter.terminate()
+        arbiter.wait(timeout=30)
