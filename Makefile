@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-venv python3-dev procps
 EXAMPLE ?= example/circus.ini
 
-.PHONY: all deps venv run check test test-unit test-integration test-system testbed wheel deb lint clean docs bench bench-quick soak
+.PHONY: all deps venv run check test test-unit test-integration test-system testbed wheel deb lint clean docs bench bench-quick bench-scale soak
 
 all: venv
 
@@ -151,6 +151,12 @@ bench: venv $(BENCH_VENV)/.stamp $(BENCH_CHILD)
 
 bench-quick:
 	BENCH_QUICK=1 $(MAKE) bench
+
+# Scale (issue 18): N = 1,000 / 5,000 / 10,000 processes (BENCH_SCALE_N=200,1000 to narrow it),
+# the same peers and machine limits, about 20 minutes; results in bench/results/scale-STAMP.*.
+bench-scale: venv $(BENCH_VENV)/.stamp $(BENCH_CHILD)
+	$(PY) -m compileall -q circus_sd
+	timeout -s TERM 3600 $(BENCH_PY) -m bench.scale --child $(BENCH_CHILD) --project-venv $(VENV)
 
 # The control tests need the real Circus 0.19 client: test_circus_compat.py uses the bench venv
 # above ($CIRCUS_VENV overrides). test_control_access.py sends requests as other users (nobody, a

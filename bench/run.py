@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 
-from bench import journal_sink, machine
+from bench import journal_sink, machine, reexec
 from bench.control import ControlError
 from bench.procs import become_subreaper, reap_orphans
 from bench.results import MACHINE, Metric, Results, dump, load, plot
@@ -62,6 +62,8 @@ class Plan:
     log_reps: int
     pylog_lines: int  # per Python writer (issue 18: 20 MB each in the full run)
     journal_lines: int  # per writer, into the journald sinks (journald: ~50k native entries/s here)
+    reexec_ns: tuple[int, ...]  # circus-sd's `reexec` with N processes and a writer
+    reexec_calls: int
     machine_reps: int
     true_window: float
     supervisors: tuple[str, ...]
@@ -73,7 +75,7 @@ class Plan:
         ns: tuple[int, ...] = (100,) if quick else (100, 500, 1000)
         if os.environ.get("BENCH_N"):
             ns = tuple(int(n) for n in os.environ["BENCH_N"].split(","))
-        every = "machine,spawn,command,idle,respawn,control,log,pylog"
+        every = "machine,spawn,command,idle,respawn,control,log,pylog,reexec"
         return cls(
             quick=quick,
             ns=ns,
@@ -93,6 +95,8 @@ class Plan:
             log_reps=2 if quick else 3,
             pylog_lines=50_000 if quick else 200_000,
             journal_lines=3_000 if quick else 10_000,
+            reexec_ns=ns if os.environ.get("BENCH_N") else (100,) if quick else (500, 1000),
+            reexec_calls=5,
             machine_reps=3 if quick else 5,
             true_window=0.5 if quick else 1.0,
             supervisors=tuple(
@@ -467,6 +471,58 @@ class Bench:
                             self.finding(f"journald {sink} {mode}: {got.check.torn} entries "
                                          "were not one whole line")
 
+    def live_reexec(self, sup: Supervisor, n: int) -> None:
+        """circus-sd's live re-execution (bench/reexec.py): `reexec` with N processes and a
+        writer running; the peers have no such thing."""
+        p, r, who = self.plan, self.results, sup.name
+        key = f"reexec.{{}}.{n}"
+        wall = Metric(key.format("wall"), "reexec: sent → new program answers", "s")
+        reply = Metric(key.format("reply"), "reexec: sent → reply (check included)", "s")
+        logged = Metric(key.format("logged"), "reexec: arbiter's re-executing → re-executed",
+                        "s")
+        stall = Metric(key.format("stall"), "reexec: output stall (longest line delay)", "s")
+        grew = Metric(key.format("file_gap"), "reexec: longest time the file did not grow", "s")
+        gap = Metric(key.format("stamp_gap"), "reexec: largest gap between line stamps", "s")
+        base = Metric(key.format("baseline"), "reexec: longest line delay, no switch", "s")
+        changed = Metric(key.format("pids_changed"), "reexec: pids changed after all", "count")
+        lost = Metric(key.format("lines_lost"), "reexec: writer's lines lost/duplicated", "count")
+        respawned = Metric(key.format("respawn"), "reexec: then kill -9 → replaced", "ms")
+        stopped = Metric(key.format("stop"), "reexec: then SIGTERM → daemon exit", "s")
+        every = (wall, reply, logged, stall, grew, gap, base, changed, lost, respawned, stopped)
+        if who != "circus-sd":
+            for metric in every:
+                r.note(metric, who, "no such thing")
+            return
+        if not self.caps[who]["control"]:
+            for metric in every:
+                r.note(metric, who, NEEDS_CONTROL)
+            return
+        with self.attempt(f"{who} reexec N={n}", (wall, who)):
+            assert isinstance(sup, CircusLike)
+            got = reexec.measure(sup, self.child, self.base, n, p.reexec_calls, timeout=60)
+            r.add(wall, who, *(s.wall for s in got.switches))
+            r.add(reply, who, *(s.reply for s in got.switches))
+            spans = [s.logged for s in got.switches if s.logged is not None]
+            if spans:
+                r.add(logged, who, *spans)
+            else:
+                r.note(logged, who, "log lines not found")
+            r.add(stall, who, *(s.stall for s in got.switches))
+            r.add(grew, who, *(s.file_gap for s in got.switches))
+            r.add(gap, who, *(s.stamp_gap for s in got.switches))
+            r.add(base, who, got.baseline_stall)
+            r.add(changed, who, got.pids_changed)
+            r.add(lost, who, got.lines_lost + got.lines_duplicated)
+            r.add(respawned, who, got.respawn * 1000)
+            r.add(stopped, who, got.stop["daemon_exit"])
+            r.extra.setdefault("reexec", {})[str(n)] = dataclasses.asdict(got)
+            if got.pids_changed or got.processes != n + 1:
+                self.finding(f"reexec N={n}: {got.pids_changed} pid(s) changed, "
+                             f"{got.processes} process(es) listed after, {n + 1} expected")
+            if got.lines_lost or got.lines_duplicated or got.lines_garbled:
+                self.finding(f"reexec N={n}: writer's lines {got.lines_lost} lost, "
+                             f"{got.lines_duplicated} duplicated, {got.lines_garbled} garbled")
+
     # -- the whole run ---------------------------------------------------------------------------
 
     def all(self) -> None:
@@ -509,6 +565,12 @@ class Bench:
         if "pylog" in p.workloads:
             with deadline_alarm(1200):
                 self.py_logs()
+        if "reexec" in p.workloads:
+            for n in p.reexec_ns:
+                for sup in self.supervisors:
+                    self.say(f"{sup.name}: N={n} reexec x{p.reexec_calls}")
+                    with deadline_alarm(300):
+                        self.live_reexec(sup, n)
 
 
 def _version(dist: str) -> str:

@@ -13,9 +13,10 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
+from circus_sd import __version__
 from circus_sd.actions import (
     Action,
     CallHook,
@@ -61,11 +62,15 @@ from circus_sd.watcher_hooks import WatcherHooks
 
 if TYPE_CHECKING:
     from circus_sd import reload_plan
+    from circus_sd.handover import Handover
+    from circus_sd.pidfile import PidFile
 
 log = logging.getLogger("circus_sd")
 
 ConfigLoader = Callable[[str], tuple[Config, list[ConfigWarning]]]
 EventListener = Callable[[str, dict[str, Any]], None]
+# How long a re-execution waits for hooks in flight and spawns to settle, beyond hook_timeout.
+SETTLE_TIMEOUT = 5.0
 
 
 class Request(enum.Enum):
@@ -73,11 +78,18 @@ class Request(enum.Enum):
 
     STOP = "stop"
     RELOAD = "reload"
+    REEXEC = "reexec"  # checked already (check_reexec): switch to the installed program
 
 
 def topic_name(watcher: str) -> str:
     """Circus's event topic spelling of a watcher name."""
     return watcher.lower().replace(" ", "_")
+
+
+# The signals the arbiter handles (Request); blocked across a re-execution's execve.
+HANDLED_SIGNALS = frozenset(
+    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD}
+)
 
 
 def _quiet_signal_wakeup() -> None:
@@ -90,8 +102,7 @@ def _quiet_signal_wakeup() -> None:
     thousands of tracebacks before). The same fd is set again with the report off, at start-up
     before any watcher runs; the signals are held in this thread meanwhile (another thread
     taking one in those microseconds would find no wakeup fd)."""
-    held = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         fd = signal.set_wakeup_fd(-1)
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
@@ -114,6 +125,7 @@ class Arbiter:
         notifier: SystemdNotifier | None = None,
         cgroups: Cgroups | None = None,
         sockets: ListeningSockets | None = None,
+        handover: Handover | None = None,
     ) -> None:
         self.config = config
         self._loader = loader
@@ -132,7 +144,7 @@ class Arbiter:
         self.output.taps.append(self._match_ready_line)
         self._ready_search = ReadyLineSearch()
         # Without cgroups: orphans adopted from workers' sessions, stopped with their watcher.
-        leftovers = None if self.cgroups else Leftovers()
+        leftovers = self._leftovers = None if self.cgroups else Leftovers()
         self.launcher = Launcher(
             spawner,
             self.output,
@@ -153,8 +165,15 @@ class Arbiter:
         self.last_error = ""
         self._status_scheduled = False
         self.watchers: dict[str, Watcher] = {}
-        for watcher_config in config.watchers:
-            self._add_watcher(watcher_config)
+        # A re-execution: the watchers as the previous program left them (run() takes the rest).
+        self._handover = handover
+        if handover is not None:
+            self.watchers = handover.watchers
+            for watcher in self.watchers.values():
+                self._configure_cgroup(watcher.config)
+        else:
+            for watcher_config in config.watchers:
+                self._add_watcher(watcher_config)
         self._timers: dict[tuple[str, Hashable], asyncio.TimerHandle] = {}
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._locks: dict[str, asyncio.Lock] = {}
@@ -164,9 +183,17 @@ class Arbiter:
         self._exit_status = 0
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.started_at = time.time()
+        self.started_at = handover.started_at if handover is not None else time.time()
         # Filled by the control server: the endpoints it bound.
         self.endpoints: dict[str, str] = {}
+        # Re-execution: how many this arbiter went through, what closes the control server
+        # (set by whoever runs it; it returns the endpoints' locks), the pidfile to carry.
+        self.generation = handover.generation if handover is not None else 0
+        self._crash_reexecs = list(handover.crash_reexecs) if handover is not None else []
+        self.close_control: Callable[[], Awaitable[dict[str, int]]] | None = None
+        self.pidfile: PidFile | None = None
+        self._switching = False
+        self._after_switch: list[Request] = []
         # The most processes of all watchers together; computed once, at start.
         self.process_bound = process_bound(config.arbiter.max_processes)
 
@@ -184,20 +211,18 @@ class Arbiter:
         loop.add_signal_handler(signal.SIGHUP, self.request, Request.RELOAD)
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
         _quiet_signal_wakeup()
+        # A previous program of this arbiter blocked them across its execve: those that came
+        # meanwhile are delivered now, to the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         try:
-            if not self._open_sockets():
+            try:
+                await self._run_until_stop()
+            except Exception as exc:
+                # Escaped the loop: re-executed with the state (processes kept), if allowed.
+                await self._reexec_after_crash(exc)
+                raise
+            if self._exit_status and not self._stopping:
                 return self._exit_status
-            if await self._start_unless_stopped():
-                log.info(
-                    "circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid()
-                )
-                self.notifier.ready(self.status_line())
-                self.notifier.start_watchdog(loop)
-                while True:
-                    request = await self._requests.get()
-                    if request is Request.STOP:
-                        break
-                    await self.reload_config()
             log.info("stopping")
             self.notifier.stopping()
             await self.stop_all()
@@ -222,6 +247,34 @@ class Arbiter:
             await self.output.close()
         log.info("stopped")
         return self._exit_status
+
+    async def _run_until_stop(self) -> None:
+        assert self._loop is not None
+        if self._handover is not None:
+            self._resume(self._handover)
+            self._handover = None
+            started = True
+        elif not self._open_sockets():
+            return
+        else:
+            started = await self._start_unless_stopped()
+        if not started:
+            return
+        log.info("circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid())
+        self.notifier.ready(self.status_line())
+        self.notifier.start_watchdog(self._loop)
+        # Now, off the start's path, but before any upgrade: a re-execution must save the
+        # state with this program's format, not with that of a newer one installed since.
+        from circus_sd import handover, reexec  # noqa: F401
+        while True:
+            request = await self._requests.get()
+            if request is Request.STOP:
+                return
+            if request is Request.RELOAD:
+                _inject_fault("reload")
+                await self.reload_config()
+            elif request is Request.REEXEC:
+                await self._switch("asked by circusctl reexec")
 
     async def _start_unless_stopped(self) -> bool:
         """`start_all`, given up as soon as a stop is asked for: a start of thousands of
@@ -252,6 +305,11 @@ class Arbiter:
 
     def request(self, what: Request) -> None:
         """Queue work for the loop (what signal handlers call)."""
+        if self._switching:
+            # Re-executing: the next program does it (a stop, a reload), once it runs.
+            if what in (Request.STOP, Request.RELOAD) and what not in self._after_switch:
+                self._after_switch.append(what)
+            return
         if what is Request.STOP:
             if self._stopping:
                 return
@@ -552,6 +610,9 @@ class Arbiter:
             "output_endpoint": self.endpoints.get("output_endpoint"),
             "pidfile": self.config.arbiter.pidfile,
             "loglevel": self.config.arbiter.loglevel,
+            # Re-executions so far (`reexec`), and the code now running.
+            "generation": self.generation,
+            "version": __version__,
         }
 
     def status_line(self) -> str:
@@ -690,6 +751,196 @@ class Arbiter:
             if running:
                 await self.start_watcher(watcher.name)
         self.publish(watcher.name, "updated", {})
+
+    # -- re-execution (handover.py, reexec.py) ---------------------------------------------------
+
+    async def check_reexec(self) -> str | None:
+        """Whether a re-execution may go ahead: None, or why not. The installed program is run
+        on the state as it is now, as a separate process, and must be able to read it."""
+        if self._stopping:
+            return "the arbiter is stopping"
+        if self._switching:
+            return "a re-execution is already in progress"
+        options = self.config.arbiter
+        for endpoint in (options.endpoint, options.pubsub_endpoint, options.output_endpoint):
+            if endpoint and endpoint.startswith("systemd:"):
+                # ZMQ owns the descriptor systemd passed for it: it cannot be handed on.
+                return f"{endpoint}: an endpoint from systemd's sockets is not carried yet"
+        from circus_sd import handover as handovers
+        from circus_sd import reexec
+
+        try:
+            data = handovers.dump(self._handover_now(preview=True))
+        except Exception as exc:  # an object of a hook's or a stream's that pickle refuses
+            return f"cannot save the state: {type(exc).__name__}: {exc}"
+        assert self._loop is not None
+        try:
+            check = reexec.Check(data)
+        except OSError as exc:
+            return f"cannot run the installed circus-sd ({reexec.command()[0]}): {exc}"
+        # Ours to reap (the check's wait), not a stray's.
+        self.launcher.helpers.add(check.process.pid)
+        try:
+            return await self._loop.run_in_executor(None, check.outcome)
+        finally:
+            self.launcher.helpers.discard(check.process.pid)
+
+    async def _switch(self, reason: str) -> None:
+        """Hand everything to the installed program of circus-sd, in this process (execve).
+        Returns only if that fails (logged; the arbiter then stops as after a crash)."""
+        from circus_sd import handover as handovers
+        from circus_sd import reexec
+
+        assert self._loop is not None
+        if self._stopping:
+            return  # asked to stop since: that comes first
+        self._switching = True
+        self.notifier.reloading()
+        self.notifier.stop_watchdog()
+        log.info("re-executing circus-sd (%s); every process stays", reason,
+                 extra=about(MessageId.REEXEC))
+        # No command from now on; the reply that asked for it has gone out.
+        locks = await self.close_control() if self.close_control is not None else {}
+        await self._settle()
+        # Frozen from here: what happens to processes waits in their pidfds and pipes.
+        timers = [(name, key, handle.when()) for (name, key), handle in self._timers.items()]
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self.launcher.hold()
+        if self.cgroups is not None:
+            self.cgroups.hold()
+        pipes = await self.output.carry()
+        self.spawner.stop()
+        state = self._handover_now(preview=False, timers=timers, pipes=pipes, locks=locks)
+        state.reason = reason
+        from circus_sd.logging_setup import stop_logging
+
+        while not self._requests.empty():  # asked before the switch began, not done yet
+            queued = self._requests.get_nowait()
+            if queued in (Request.STOP, Request.RELOAD) and queued not in self._after_switch:
+                self._after_switch.append(queued)
+        state.requests = [r.value for r in self._after_switch]
+        data = handovers.dump(state)
+        stop_logging()
+        # Held until the next program has its handlers (the default action of SIGTERM would
+        # end the arbiter meanwhile, leaving its processes); the mask survives execve.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            reexec.execute(data, state.fds(), self.notifier.own_variables)
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            log.critical("cannot re-execute %s: %s", reexec.command(), exc)
+            raise
+
+    async def _settle(self) -> None:
+        """Let hooks in flight answer (each within its deadline) and spawns be answered, until
+        both are done at once; bounded."""
+        longest = max((w.config.hook_timeout for w in self.watchers.values()), default=0.0)
+        deadline = self._clock() + longest + SETTLE_TIMEOUT
+        while self._clock() < deadline:
+            await self.hooks.runner.drain(max(0.0, deadline - self._clock()))
+            if self.launcher.settled() and not self.hooks.runner.busy:
+                return
+            await asyncio.sleep(0.01)
+        log.warning("re-executing with spawns or hooks still in flight")
+
+    def _handover_now(
+        self,
+        preview: bool,
+        timers: list[tuple[str, Hashable, float]] | None = None,
+        pipes: list[Any] | None = None,
+        locks: dict[str, int] | None = None,
+    ) -> Handover:
+        """The state as it is. A preview (for the check) leaves every descriptor as it is."""
+        from circus_sd.handover import HANDOVER_VERSION, Handover
+
+        if preview:
+            timers = [(n, k, h.when()) for (n, k), h in self._timers.items()]
+            sockets: dict[str, Any] = {}
+            unused: dict[str, int] = {}
+        else:
+            sockets, unused = self.sockets.carry()
+        leaves: dict[int, str] = {}
+        draining: list[int] = []
+        if self.cgroups is not None:
+            leaves, draining = self.cgroups.carry()
+        notify_directory, _count = self.launcher.notify_directory()
+        return Handover(
+            version=HANDOVER_VERSION,
+            code_version=__version__,
+            config=self.config,
+            watchers=self.watchers,
+            timers=timers or [],
+            processes=self.launcher.carry(inherit=not preview),
+            pipes=pipes or [],
+            sockets=sockets,
+            unused_sockets=unused,
+            endpoint_locks=locks or {},
+            pidfile=None if preview or self.pidfile is None else self.pidfile.carry(),
+            notify_directory=notify_directory,
+            notify_count=_count,
+            systemd_env=self.notifier.own_variables,
+            defaults=self.launcher.defaults,
+            started_at=self.started_at,
+            sessions=self._leftovers.sessions if self._leftovers is not None else {},
+            leaves=leaves,
+            draining=draining,
+            dropped={n: (t[0], t[1]) for n, t in self.output.drops.totals.items()},
+            crash_reexecs=self._crash_reexecs,
+            generation=self.generation + 1,
+            reason="",
+        )
+
+    def _resume(self, state: Handover) -> None:
+        """The first turn of a re-executed arbiter: take back what the previous program held."""
+        assert self._loop is not None
+        self.sockets.adopt_carried(self.config.sockets, state.sockets, state.unused_sockets)
+        self.launcher.resume(state.processes, (state.notify_directory, state.notify_count))
+        for pipe in state.pipes:
+            watcher = self.watchers.get(pipe.watcher)
+            if watcher is None:
+                os.close(pipe.fd)
+                continue
+            self.output.adopt(watcher.config, pipe)
+        if self.cgroups is not None:
+            self.cgroups.resume(state.leaves, state.draining)
+        if self._leftovers is not None:
+            self._leftovers.adopt_sessions(state.sessions)
+        for name, (lines, size) in state.dropped.items():
+            self.output.drops.totals[name] = [lines, size]
+        for name, key, deadline in state.timers:
+            self._timers[(name, key)] = self._loop.call_at(deadline, self._on_timer, name, key)
+        # Workers' orphans (without cgroups) are found again in the sessions carried.
+        self.orphans.scan_soon()
+        log.info(
+            "re-executed (%s): circus-sd %s took over %d process(es) of %d watcher(s)",
+            state.reason, __version__, len(state.processes), len(self.watchers),
+            extra=about(MessageId.REEXEC),
+        )
+        for asked in state.requests:  # a stop or reload that came during the switch
+            self.request(Request(asked))
+
+    async def _reexec_after_crash(self, exc: BaseException) -> None:
+        """Re-execute with the state instead of exiting (processes kept), a few times a minute
+        at most; returns if not allowed or refused (the caller then exits as before)."""
+        from circus_sd import reexec
+
+        now = self._clock()
+        if self._stopping or self._switching:
+            return
+        if not reexec.crash_budget_left(self._crash_reexecs, now):
+            log.critical("the arbiter failed %d times within %g s: exiting",
+                         reexec.CRASH_REEXECS, reexec.CRASH_WINDOW)
+            return
+        log.critical("the arbiter failed; re-executing it with its state", exc_info=exc)
+        refusal = await self.check_reexec()
+        if refusal is not None:
+            log.critical("cannot re-execute: %s", refusal)
+            return
+        self._crash_reexecs = [t for t in self._crash_reexecs if now - t < reexec.CRASH_WINDOW]
+        self._crash_reexecs.append(now)
+        await self._switch("after a failure of the arbiter")
 
     # -- executing actions -----------------------------------------------------------------------
 
@@ -837,6 +1088,13 @@ class Arbiter:
 
     def is_watched(self, name: str) -> bool:
         return name in self.watchers
+
+def _inject_fault(point: str) -> None:
+    """For the tests of what follows a failure of the arbiter (CIRCUS_SD_INJECT_FAULT=reload:
+    a SIGHUP raises in the loop, as a bug would)."""
+    if os.environ.get("CIRCUS_SD_INJECT_FAULT") == point:
+        raise RuntimeError(f"injected fault at {point} (CIRCUS_SD_INJECT_FAULT)")
+
 
 def _stop_time(config: WatcherConfig) -> float:
     """How long stopping a watcher may take: graceful timeout, and its stop hooks'."""

@@ -122,6 +122,34 @@ class CgroupSupervision:
             return False
         return True
 
+    # -- re-execution ----------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Stop reading leaf events (a re-execution): the next program reads the leaves."""
+        if self._loop is not None:
+            self._loop.remove_reader(self._inotify.fd)
+
+    def carry(self) -> tuple[dict[int, str], list[int]]:
+        """Each process's leaf and those draining."""
+        return {pid: str(leaf) for pid, leaf in self.leaves.items()}, sorted(self.draining)
+
+    def resume(self, leaves: dict[int, str], draining: list[int]) -> None:
+        """Watch the leaves a previous program of this arbiter watched; a draining one that
+        emptied meanwhile is reported at once."""
+        for pid, path in leaves.items():
+            leaf = self.leaves[pid] = Path(path)
+            self._leaf_watches[self._inotify.add_watch(str(leaf / "cgroup.events"))] = pid
+        self.draining.update(draining)
+        for pid in draining:
+            emptied = self.leaves.get(pid)
+            if emptied is not None and not self.cgroups.populated(emptied) and self._loop:
+                self._loop.call_soon(self._empty_now, pid)
+
+    def _empty_now(self, pid: int) -> None:
+        if pid in self.draining:
+            self._release(pid)
+            self._on_empty(pid)
+
     def _release(self, pid: int) -> None:
         self.draining.discard(pid)
         leaf = self.leaves.pop(pid, None)

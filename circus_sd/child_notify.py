@@ -36,6 +36,15 @@ class NotifySocket:
         if uid is not None or gid is not None:
             os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
 
+    @classmethod
+    def adopt(cls, fd: int, path: str) -> NotifySocket:
+        """A socket made by a previous program of this arbiter (a re-execution)."""
+        notify = cls.__new__(cls)
+        notify.path = path
+        notify.sock = socket.socket(fileno=fd)
+        notify.sock.set_inheritable(False)
+        return notify
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
@@ -84,6 +93,19 @@ class NotifySockets:
         self._count += 1
         name = f"{watcher}-{wid}-{self._count}.sock"
         return NotifySocket(os.path.join(self._directory, name), uid, gid)
+
+    @property
+    def directory(self) -> str | None:
+        return self._directory
+
+    def adopt(self, directory: str | None, count: int) -> None:
+        """Keep using the directory a previous program of this arbiter made."""
+        self._directory = directory
+        self._count = count
+
+    @property
+    def count(self) -> int:
+        return self._count
 
     def close(self) -> None:
         if self._directory is not None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import resource
+import signal
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from circus_sd.cgroups import Cgroups
     from circus_sd.config.loader import ConfigWarning
     from circus_sd.config.model import Config
+    from circus_sd.handover import Handover
     from circus_sd.spawner import Spawner
 
 EX_CONFIG = 78  # sysexits.h: a bad configuration; the systemd unit does not restart on it.
@@ -65,6 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:  # returns only for --check and errors
+    if os.environ.get("CIRCUS_SD_HANDOVER_CHECK_FD"):
+        # Run by an arbiter about to re-execute: can this code read its state?
+        from circus_sd.reexec import answer_check
+
+        return answer_check()
     args = parse_args(argv)
     if args.make_curve_keys:
         from circus_sd.curve import make_keys
@@ -75,8 +82,14 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
     if not args.config:
         print("circus-sd: a configuration file is required (see --help)", file=sys.stderr)
         return 2
+    handover = _take_handover()
+    warnings: list[ConfigWarning] = []
     try:
-        config, warnings = load_config(args.config)
+        if handover is not None:
+            # Re-executed: the running configuration (what set/add/rm made of it), not the file.
+            config = handover.config
+        else:
+            config, warnings = load_config(args.config)
     except ConfigError as exc:
         print(f"circus-sd: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -108,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
     # fork_spawner again whenever the spawner is lost (killed, stopped, hung).
     spawner = Spawner(spawner_pid, spawner_socket, start=fork_spawner)
     try:
-        status = _run(args, config, warnings, spawner)
+        status = _run(args, config, warnings, spawner, handover)
     except BaseException as exc:
         # Not left to the interpreter's exit: its traceback on stderr and logging's atexit
         # flush can wait forever for an output nobody reads. Logged; the same exit as a run's.
@@ -133,6 +146,30 @@ def main(argv: list[str] | None = None) -> int:  # returns only for --check and 
         logging.shutdown()
         _settle_standard_streams()
     os._exit(status)
+
+
+def _take_handover() -> Handover | None:
+    """The state of the previous program of this arbiter, when it re-executed."""
+    if not os.environ.get("CIRCUS_SD_HANDOVER_FD"):
+        return None
+    from circus_sd import reexec
+    from circus_sd.handover import HandoverError
+    from circus_sd.process import own_children
+
+    try:
+        return reexec.take_handover()
+    except HandoverError as exc:
+        # Passed the check, yet unusable: its processes are stopped, as a restart would, and
+        # the file's configuration starts afresh (the endpoints' locks let go first).
+        print(f"circus-sd: re-executed, but {exc}: stopping the processes it left",
+              file=sys.stderr)
+        for fd in exc.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for pid in own_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        return None
 
 
 def _failure_status(exc: BaseException) -> int:
@@ -180,7 +217,11 @@ def _settle_standard_streams() -> None:
 
 
 def _run(
-    args: argparse.Namespace, config: Config, warnings: list[ConfigWarning], spawner: Spawner
+    args: argparse.Namespace,
+    config: Config,
+    warnings: list[ConfigWarning],
+    spawner: Spawner,
+    handover: Handover | None,
 ) -> int:
     """Everything after the spawner exists: logging, locks, limits, cgroups, the arbiter."""
     import asyncio
@@ -210,7 +251,9 @@ def _run(
 
     pidfile = None
     pidfile_path = args.pidfile or config.arbiter.pidfile
-    if pidfile_path:
+    if handover is not None and handover.pidfile is not None:
+        pidfile = PidFile.adopt(handover.pidfile)  # locked all along
+    elif pidfile_path:
         pidfile = PidFile(pidfile_path)
         try:
             pidfile.acquire()
@@ -221,7 +264,8 @@ def _run(
             log.error("%s", exc)
             return EX_CONFIG
     try:
-        defaults = ChildDefaults.capture()
+        # What children get from us is what the first program of this arbiter found.
+        defaults = handover.defaults if handover is not None else ChildDefaults.capture()
         _raise_nofile_limit()
         if not become_subreaper():
             log.warning("could not become a child subreaper: orphans of children will escape")
@@ -240,14 +284,17 @@ def _run(
             notifier=notifier,
             cgroups=cgroups,
             sockets=ListeningSockets(systemd_sockets.sockets),
+            handover=handover,
         )
-        return asyncio.run(_serve(arbiter))
+        arbiter.pidfile = pidfile
+        locks = handover.endpoint_locks if handover is not None else {}
+        return asyncio.run(_serve(arbiter, locks))
     finally:
         if pidfile is not None:
             pidfile.release()
 
 
-async def _serve(arbiter: Arbiter) -> int:
+async def _serve(arbiter: Arbiter, held_locks: dict[str, int]) -> int:
     """Bind the control and event endpoints, then run the arbiter until it stops."""
     import asyncio
 
@@ -257,6 +304,7 @@ async def _serve(arbiter: Arbiter) -> int:
     server = None
     try:
         server = ControlServer(arbiter, options)
+        server.held_locks = dict(held_locks)
         server.bind()
     except EndpointError as exc:
         log.error("%s", exc)
@@ -264,6 +312,12 @@ async def _serve(arbiter: Arbiter) -> int:
             await server.close()
         return 1 if exc.in_use else EX_CONFIG
     serving = asyncio.create_task(server.serve())
+
+    async def close_for_reexec() -> dict[str, int]:
+        serving.cancel()
+        return await server.close(keep_locks=True)
+
+    arbiter.close_control = close_for_reexec
     try:
         return await arbiter.run()
     finally:

@@ -171,6 +171,11 @@ class HookRunner:
         task.add_done_callback(forget)
         return task
 
+    @property
+    def busy(self) -> bool:
+        """Hooks are running or queued."""
+        return bool(self._tails)
+
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout` s) for the hooks already due, e.g. after_stop at shutdown."""
         pending = list(self._tails.values())

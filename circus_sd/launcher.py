@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from circus_sd.actions import Spawn
 from circus_sd.cgroup_supervision import CgroupSupervision
@@ -32,6 +32,9 @@ from circus_sd.process_table import ExecPhase, ProcessEntry, ProcessTable
 from circus_sd.sockets import ListeningSockets, SocketError
 from circus_sd.spawn_plan import SpawnPlanError, build_request, socket_layout, with_accounts
 from circus_sd.spawner import Spawner, SpawnerLost, SpawnError
+
+if TYPE_CHECKING:
+    from circus_sd.handover import CarriedProcess
 
 log = logging.getLogger("circus_sd")
 
@@ -110,6 +113,8 @@ class Launcher:
         self._execed_batch: list[int] = []
         # Called with the pid of each process forgotten (caches kept elsewhere by pid).
         self.forgotten: list[Callable[[int], None]] = []
+        # Children of ours that whoever started them waits for (a re-execution's check).
+        self.helpers: set[int] = set()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -359,7 +364,7 @@ class Launcher:
 
     def known_pids(self) -> set[int]:
         """Our children that are accounted for: processes in the table, and the spawner."""
-        return set(self.table.pids()) | set(self.spawner.pids)
+        return set(self.table.pids()) | set(self.spawner.pids) | self.helpers
 
     def reap_strays(self) -> None:
         # Children cloned by the spawner are ours before we learn their pid: reaping an unknown
@@ -377,6 +382,73 @@ class Launcher:
             reaped = True
         if reaped:
             self._reports.on_orphans_reaped()
+
+    # -- re-execution ----------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        """No spawn in flight, and every child known to run its program (or draining): what a
+        re-execution waits for, so that no clone or exec-status pipe is in between."""
+        return not (self.spawns_unsettled() or self._pending) and all(
+            entry.phase is not ExecPhase.CLONED for entry in self.table
+        )
+
+    def hold(self) -> None:
+        """Stop listening to the children (exits, sd_notify): from now on, what happens to them
+        waits in their pidfds and sockets for the next program of this arbiter."""
+        assert self._loop is not None
+        for entry in self.table:
+            self._loop.remove_reader(entry.handle.pidfd)
+            if entry.notify is not None:
+                self._loop.remove_reader(entry.notify.fileno())
+
+    @property
+    def defaults(self) -> ChildDefaults:
+        return self._defaults
+
+    def carry(self, inherit: bool = True) -> list[CarriedProcess]:
+        """Every child; with `inherit`, its descriptors are left open across execve."""
+        from circus_sd.handover import CarriedProcess
+
+        carried = []
+        for entry in self.table:
+            notify_fd = notify_path = None
+            if entry.notify is not None:
+                notify_fd, notify_path = entry.notify.fileno(), entry.notify.path
+            if inherit:
+                os.set_inheritable(entry.handle.pidfd, True)
+                if notify_fd is not None:
+                    os.set_inheritable(notify_fd, True)
+            carried.append(CarriedProcess(
+                entry.pid, entry.watcher, entry.spawn_id, entry.handle.pidfd,
+                entry.started_wall, entry.phase.value, entry.exit_code, entry.exec_error,
+                notify_fd, notify_path,
+            ))
+        return carried
+
+    def notify_directory(self) -> tuple[str | None, int]:
+        return self._notify_sockets.directory, self._notify_sockets.count
+
+    def resume(
+        self, carried: list[CarriedProcess], notify_directory: tuple[str | None, int]
+    ) -> None:
+        """Take back the children a previous program of this arbiter had; an exit that came
+        meanwhile waits in its pidfd and is reaped on the loop's first turn."""
+        assert self._loop is not None
+        self._notify_sockets.adopt(*notify_directory)
+        for record in carried:
+            handle = ProcessHandle.adopt(record.pid, record.pidfd)
+            notify = None
+            if record.notify_fd is not None and record.notify_path is not None:
+                notify = NotifySocket.adopt(record.notify_fd, record.notify_path)
+            entry = ProcessEntry(
+                record.pid, record.watcher, record.spawn_id, handle, record.started_wall,
+                notify, ExecPhase(record.phase), record.exit_code, record.exec_error,
+            )
+            self.table.add(entry)
+            if entry.phase is not ExecPhase.DRAINING:
+                self._loop.add_reader(handle.pidfd, self._on_exit, entry.pid)
+            if notify is not None:
+                self._loop.add_reader(notify.fileno(), self._on_notify, entry.pid)
 
     def close(self) -> None:
         """Last: every record forgotten, the notify sockets' directory removed."""

@@ -54,6 +54,14 @@ class Leftovers:
         self._sessions: dict[int, str] = {}
         self._found: dict[int, Leftover] = {}
 
+    @property
+    def sessions(self) -> dict[int, str]:
+        """Session leader -> watcher (carried across a re-execution)."""
+        return dict(self._sessions)
+
+    def adopt_sessions(self, sessions: dict[int, str]) -> None:
+        self._sessions.update(sessions)
+
     def session_started(self, leader: int, watcher: str) -> None:
         """A worker of `watcher` runs as `leader`, leading its own session."""
         self._sessions[leader] = watcher

@@ -48,3 +48,5 @@ class MessageId(enum.Enum):
     ORPHAN_SURVIVES = "81238fa198394095affd2e8da4cf1be7"
     ORPHAN_KILLED = "525682c4f8954bb780180fcb11c7de22"
     ORPHAN_REAPED = "e89fcae9c2a941e2a22af3afb559f211"
+    # The arbiter itself.
+    REEXEC = "3d4838e7207d48b198765363c42cc756"

@@ -54,6 +54,24 @@ class PidFile:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd, self._dir_fd = fd, dir_fd
 
+    def carry(self) -> tuple[str, int, int] | None:
+        """Its path and descriptors, left open (and locked) across a re-execution."""
+        if self._fd is None or self._dir_fd is None:
+            return None
+        os.set_inheritable(self._fd, True)
+        os.set_inheritable(self._dir_fd, True)
+        return self.path, self._fd, self._dir_fd
+
+    @classmethod
+    def adopt(cls, carried: tuple[str, int, int]) -> PidFile:
+        """The pidfile a previous program of this arbiter locked (same pid: its content holds)."""
+        path, fd, dir_fd = carried
+        pidfile = cls(path)
+        os.set_inheritable(fd, False)
+        os.set_inheritable(dir_fd, False)
+        pidfile._fd, pidfile._dir_fd = fd, dir_fd
+        return pidfile
+
     def release(self) -> None:
         if self._fd is None or self._dir_fd is None:
             return

@@ -27,6 +27,15 @@ class ProcessHandle:
         os.set_blocking(status_fd, False)
         self._status = b""
 
+    @classmethod
+    def adopt(cls, pid: int, pidfd: int) -> ProcessHandle:
+        """The handle of a child whose exec is known, from a pidfd a previous program of this
+        arbiter held (a re-execution)."""
+        handle = cls.__new__(cls)
+        handle.pid, handle.pidfd, handle.status_fd, handle._status = pid, pidfd, None, b""
+        os.set_inheritable(pidfd, False)
+        return handle
+
     def drain_status(self) -> bool:
         """Read what the exec-status pipe holds; True once it is at EOF (exec done, or exited)."""
         if self.status_fd is None:

@@ -321,6 +321,10 @@ class SocketChanges:
     removed: tuple[str, ...] = ()
 
 
+# A socket carried across a re-execution: its fd, whether systemd passed it, its file's id.
+CarriedSocket = tuple[int, bool, "tuple[int, int] | None"]
+
+
 class ListeningSockets:
     """Every `[socket:NAME]` of the running configuration, bound or adopted, by name."""
 
@@ -417,6 +421,40 @@ class ListeningSockets:
             self._inherited[name] = listening.sock  # systemd's: kept for a section to come
         else:
             close(listening)
+
+    # -- re-execution ----------------------------------------------------------------------------
+
+    def carry(self) -> tuple[dict[str, CarriedSocket], dict[str, int]]:
+        """The open sockets (fd, from systemd, file id) and systemd's unused ones, by name,
+        their fds left open across execve."""
+        carried = {}
+        for name, listening in self._open.items():
+            listening.sock.set_inheritable(True)
+            carried[name] = (listening.sock.fileno(), listening.adopted, listening.file_id)
+        unused = {}
+        for name, sock in self._inherited.items():
+            sock.set_inheritable(True)
+            unused[name] = sock.fileno()
+        return carried, unused
+
+    def adopt_carried(
+        self,
+        configs: Iterable[SocketConfig],
+        carried: Mapping[str, CarriedSocket],
+        unused: Mapping[str, int],
+    ) -> None:
+        """Hold the sockets a previous program of this arbiter held, as it held them."""
+        for config in configs:
+            if config.name not in carried:
+                continue
+            fd, adopted, file_id = carried[config.name]
+            sock = socket.socket(fileno=fd)
+            sock.set_inheritable(False)
+            self._open[config.name] = ListeningSocket(config, sock, adopted, file_id)
+        for name, fd in unused.items():
+            sock = socket.socket(fileno=fd)
+            sock.set_inheritable(False)
+            self._inherited[name] = sock
 
     def close_all(self) -> None:
         for name in list(self._open):

@@ -28,6 +28,8 @@ class SystemdNotifier:
         self.watchdog_interval = _watchdog_interval(env)
         self._last_status = ""
         self._watchdog: asyncio.TimerHandle | None = None
+        # Kept to give them back to the next program of this arbiter (a re-execution).
+        self.own_variables = {n: env[n] for n in _OWN_VARIABLES if n in env}
         for name in _OWN_VARIABLES:
             env.pop(name, None)
 

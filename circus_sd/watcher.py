@@ -15,7 +15,6 @@ before/after_reap) are run by the arbiter around that I/O and never reach the st
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import random
 import signal
@@ -188,7 +187,7 @@ class Watcher:
         self.processes: dict[int, ProcessRecord] = {}
         self.restarts = 0
         self._rng = rng or random.Random()
-        self._spawn_ids = itertools.count(1)
+        self._last_spawn_id = 0  # a plain int: the watcher is pickled across a re-execution
         self._pids: dict[int, int] = {}
         self._failures: dict[int, int] = {}  # wid -> consecutive failed starts
         self._backoff: set[int] = set()  # wids waiting on a RESTART timer
@@ -1250,7 +1249,8 @@ class Watcher:
             if wid in live_wids or wid in self._backoff or wid in self._retired:
                 continue
             room -= 1
-            spawn_id = next(self._spawn_ids)
+            self._last_spawn_id += 1
+            spawn_id = self._last_spawn_id
             if BEFORE_SPAWN in self.config.hooks:
                 self._born(ProcessRecord(spawn_id, wid, ProcessPhase.BEFORE_SPAWN))
                 actions.append(CallHook(BEFORE_SPAWN, (BEFORE_SPAWN, spawn_id)))

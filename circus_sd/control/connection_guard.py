@@ -244,7 +244,13 @@ class ConnectionGuard:
         self._thread.start()
 
     def stop(self) -> None:
-        """End the thread, stop the monitors, reopen the door (systemd's socket files stay)."""
+        """Stop the monitors, end the thread, reopen the door (systemd's socket files stay)."""
+        # The monitors first, while the thread still reads their events: ZMQ's I/O thread
+        # sends each event with a lock held and blocks while the event pipe is full, and
+        # disable_monitor waits for that lock (a re-execution after many connections hung).
+        for zmq_socket, _ in self._monitored:
+            with contextlib.suppress(zmq.ZMQError):
+                zmq_socket.disable_monitor()
         if self._thread is not None:
             os.write(self._wake_write, b"x")
             self._thread.join()
@@ -252,9 +258,6 @@ class ConnectionGuard:
         else:
             for _, pair in self._monitored:
                 pair.close(linger=0)
-        for zmq_socket, _ in self._monitored:
-            with contextlib.suppress(zmq.ZMQError):
-                zmq_socket.disable_monitor()
         self._monitored.clear()
         for door in self._doors:
             if not self._door.open:

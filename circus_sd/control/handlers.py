@@ -273,6 +273,20 @@ def reloadconfig(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Resul
     return Deferred(work())
 
 
+@handles("reexec")
+def reexec(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
+    # Checked first (the installed code reads the state, as a separate process): a refusal is
+    # the reply. Then the reply goes out, and the switch follows in the loop.
+    async def work() -> dict[str, Any]:
+        refusal = await arbiter.check_reexec()
+        if refusal is not None:
+            raise CommandError(f"reexec refused: {refusal}")
+        arbiter.request(Request.REEXEC)
+        return {"generation": arbiter.generation + 1}
+
+    return Deferred(work(), always=True)
+
+
 @handles("quit")
 def quit_(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     async def work() -> None:

@@ -184,6 +184,13 @@ _ALL = [
     ),
     Command("quit", Tier.ADMIN, "Stop every watcher, then the arbiter.", (WAITING,),
             waitable=True),
+    Command(
+        "reexec",
+        Tier.ADMIN,
+        "Re-execute the arbiter in place with the installed circus-sd (a live upgrade): every "
+        "process keeps running, nothing is restarted. Refused, with the reason, if the "
+        "installed circus-sd cannot take over the running state.",
+    ),
     Command("list", Tier.READ, "List the watchers, or a watcher's pids.", (OPTIONAL_NAME,)),
     Command("listsockets", Tier.READ, "List the sockets."),
     Command(

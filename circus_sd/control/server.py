@@ -141,7 +141,10 @@ class ControlServer:
         self._router_index = 0  # the ROUTER's, for the guard
         self._srcfd_failed = False  # logged once
         self._pending = PendingReplies(self._send_now)
-        self._locks: list[int] = []
+        # The ipc endpoints' lock files, by path: held while we serve, and across a
+        # re-execution (held_locks), so that no other arbiter takes an endpoint meanwhile.
+        self._locks: dict[str, int] = {}
+        self.held_locks: dict[str, int] = {}
         # ipc socket files this server bound: the only ones it may remove when it closes.
         self._bound_paths: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -310,10 +313,15 @@ class ControlServer:
         directory = os.path.dirname(path) or "."
         self._prepare_directory(directory)
         # ZMQ would silently unlink a live socket: a lock beside it tells a second arbiter no.
-        try:  # never through a link, nor in a directory another user may change
-            lock = safe_paths.open_path(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:  # safe_paths.UnsafePath too
-            raise EndpointError(f"{endpoint}: lock {path}.lock: {exc}") from None
+        held = self.held_locks.pop(path + ".lock", None)
+        if held is not None:  # ours already: the lock a previous program of ours held
+            os.set_inheritable(held, False)
+            lock = held
+        else:
+            try:  # never through a link, nor in a directory another user may change
+                lock = safe_paths.open_path(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:  # safe_paths.UnsafePath too
+                raise EndpointError(f"{endpoint}: lock {path}.lock: {exc}") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -322,7 +330,7 @@ class ControlServer:
                 f"{endpoint} is in use by another circus-sd (its lock {path}.lock is held)",
                 in_use=True,
             ) from None
-        self._locks.append(lock)
+        self._locks[path + ".lock"] = lock
         mode = 0o660 if self.group is not None or self.owner_uid is not None else 0o600
         old_umask = os.umask(0o777 & ~mode)
         try:
@@ -618,8 +626,10 @@ class ControlServer:
             if isinstance(sent, asyncio.Future) and sent.done() and not sent.cancelled():
                 sent.exception()
 
-    async def close(self) -> None:
-        """Let replies in flight (e.g. `quit --waiting`) go out, then close everything."""
+    async def close(self, keep_locks: bool = False) -> dict[str, int]:
+        """Let replies in flight (e.g. `quit --waiting`) go out, then close everything. With
+        `keep_locks` (a re-execution), the endpoints' locks stay held and their files stay, for
+        the next program; returned by path."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
         with contextlib.suppress(ValueError):
@@ -642,17 +652,26 @@ class ControlServer:
             self._authenticator = None
         if self._context is not None:
             self._context.term()
+            self._context = None
+        kept: dict[str, int] = {}
+        if keep_locks:
+            for path, lock in self._locks.items():
+                os.set_inheritable(lock, True)
+                kept[path] = lock
+            self._locks.clear()
+            self._bound_paths.clear()
         # Not the files of endpoints we failed to bind: they may be another arbiter's.
         for path in self._bound_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._bound_paths.clear()
-        for lock in self._locks:
+        for lock in self._locks.values():
             os.close(lock)
         self._locks.clear()
         for fd in self._adopted.values():  # systemd's sockets of endpoints never bound
             os.close(fd)
         self._adopted.clear()
+        return kept
 
 
 def _endpoint_of(sock: socket.socket) -> str | None:

@@ -119,6 +119,8 @@ class Session:
             return EXIT_USAGE
         try:
             reply = self.client.call(command, **properties)
+            if command == "reexec" and not is_error(reply):
+                reply = self._took_over(reply)
             stats = None
             if command == "status" and self.fancy and "details" in properties:
                 # The compact table's CPU and memory columns; without them if refused.
@@ -136,6 +138,28 @@ class Session:
             )
             reply = {**reply, "stats": infos, "all": bool(invocation.flags.get("all"))}
         return self.show(command, reply, invocation.options)
+
+    def _took_over(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """`reexec` answers before it switches: wait (within --timeout) until the new program
+        answers, as `systemctl daemon-reexec` returns once systemd is back."""
+        wanted = reply.get("generation", 0)
+        deadline = time.monotonic() + self.options.timeout
+        while time.monotonic() < deadline:
+            # A fresh connection each time: a request sent as the old program closed its end
+            # is lost with that connection.
+            probe = CircusClient(self.endpoint, min(0.25, max(0.05, deadline - time.monotonic())))
+            try:
+                options = probe.call("globaloptions")
+            except CallError:
+                continue  # its endpoint is being bound again
+            finally:
+                probe.close()
+            if options.get("options", {}).get("generation", -1) >= wanted:
+                return reply
+            time.sleep(0.05)
+        return {"status": "error", "reason": (
+            f"the arbiter did not come back within {self.options.timeout:g}s after re-executing "
+            "(see its log)")}
 
     def completion(self, invocation: Invocation) -> int:
         from circus_sd.ctl.completion import script

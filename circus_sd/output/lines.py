@@ -85,6 +85,14 @@ class LineAssembler:
         """Bytes of an incomplete last line held back."""
         return self._held_size
 
+    def held(self) -> bytes:
+        """The incomplete line held so far (a copy; still held)."""
+        return b"".join(self._held)
+
+    def hold(self, data: bytes) -> None:
+        """Begin with `data` as the start of the next line (what a previous reader held)."""
+        self._hold(data)
+
     def feed(self, data: bytes, now: float = 0.0) -> list[Buffer]:
         """Take what was read; return the lines it completes (maybe none), decorated."""
         return self.decorate(self.feed_plain(data), now)

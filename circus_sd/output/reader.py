@@ -199,10 +199,15 @@ class StreamReader:
                 self.sink.put(parts, sum(len(p) for p in parts), self.origin)
         self.finish()
 
-    def finish(self) -> None:
-        """EOF (or shutdown): the last incomplete line goes out, the pipe is closed."""
-        if self.closed:
-            return
+    def carry(self) -> tuple[int, bytes]:
+        """A re-execution: stop reading, keep the pipe open for the next program; its fd and
+        the line begun."""
+        self._detach()
+        os.set_inheritable(self.fd, True)
+        return self.fd, self.assembler.held()
+
+    def _detach(self) -> None:
+        """Off the loop and out of the sink; the fd itself is the caller's to close or keep."""
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -210,6 +215,12 @@ class StreamReader:
         if self.state in (_State.READING, _State.DROPPING):
             self.host.loop.remove_reader(self.fd)
         self.sink.forget(self)
+
+    def finish(self) -> None:
+        """EOF (or shutdown): the last incomplete line goes out, the pipe is closed."""
+        if self.closed:
+            return
+        self._detach()
         lines = self.assembler.flush_plain()
         if lines:
             self._tap(lines)

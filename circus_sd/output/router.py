@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from circus_sd.config.model import WatcherConfig
 from circus_sd.config.streams import (
@@ -47,6 +47,9 @@ from circus_sd.output.sink import (
     Writer,
 )
 from circus_sd.spawn_protocol import JournalStreamSetup
+
+if TYPE_CHECKING:
+    from circus_sd.handover import CarriedPipe
 
 log = logging.getLogger("circus_sd")
 
@@ -390,6 +393,44 @@ class OutputRouter:
         """Read what the pipes still hold, write what the sinks still hold (bounded in time)."""
         for reader in list(self.readers):
             reader.drain()
+        await self._close_sinks(timeout)
+
+    # -- re-execution ----------------------------------------------------------------------------
+
+    async def carry(self, timeout: float = 5.0) -> list[CarriedPipe]:
+        """A re-execution: stop reading every pipe (the children's writes wait meanwhile),
+        write what the sinks hold, and say what the next program reads from where."""
+        from circus_sd.handover import CarriedPipe
+
+        pipes = []
+        for reader, use in list(self.readers.items()):
+            fd, held = reader.carry()
+            origin = reader.origin
+            pipes.append(
+                CarriedPipe(origin.pid, origin.watcher, origin.wid, origin.stream, fd, held)
+            )
+            del self.readers[reader]
+            use.users -= 1
+        await self._close_sinks(timeout)
+        return pipes
+
+    def adopt(self, config: WatcherConfig, pipe: CarriedPipe) -> None:
+        """Read a pipe a previous program of this arbiter read, the line it began first."""
+        chosen = effective_stream(config, pipe.stream, self.journal_default)
+        if chosen is None:  # closed since by `set`: nothing to write it to
+            chosen = StreamConfig(class_name=JOURNAL if self.journal_default else STDOUT)
+        use, style = self._sink_for(config, pipe.wid, pipe.stream, chosen)
+        assembler = LineAssembler(config.max_line, style(pipe.pid))
+        assembler.hold(pipe.held)
+        os.set_inheritable(pipe.fd, False)
+        origin = Origin(config.name, pipe.wid, pipe.pid, pipe.stream)
+        reader = StreamReader(
+            self, pipe.fd, use.sink, assembler, origin, config.backpressure_timeout
+        )
+        self.readers[reader] = use
+        reader.start()
+
+    async def _close_sinks(self, timeout: float) -> None:
         uses = list(self._uses.values())
         self._uses.clear()
         for use in uses:

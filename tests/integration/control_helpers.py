@@ -266,3 +266,19 @@ def loopback_port() -> int:
                 continue
             return port
     raise AssertionError("no free loopback port in 21000-29000")
+
+
+def ask(address: Any, family: int = socket.AF_INET, timeout: float = 5.0) -> int:
+    """Connect to a served socket, send a line, return the pid the worker answers with
+    (children/acceptor.py)."""
+    with socket.socket(family, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(address)
+        conn.sendall(b"hello\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = conn.recv(100)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer)

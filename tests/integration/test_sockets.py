@@ -27,7 +27,7 @@ from arbiter_harness import (
     read_json,
     wait_until,
 )
-from control_helpers import Clients, ControlClient, clients, control_endpoint
+from control_helpers import Clients, ControlClient, ask, clients, control_endpoint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,21 +57,6 @@ def served(
     text = "[socket:web]\n" + "".join(f"{k} = {v}\n" for k, v in sock.items())
     text += "\n[watcher:web]\n" + "".join(f"{k} = {v}\n" for k, v in watcher.items())
     return circus.write_config(text)
-
-
-def ask(address: Any, family: int = socket.AF_INET, timeout: float = 5.0) -> int:
-    """Connect, send a line, return the pid the worker answers with."""
-    with socket.socket(family, socket.SOCK_STREAM) as conn:
-        conn.settimeout(timeout)
-        conn.connect(address)
-        conn.sendall(b"hello\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = conn.recv(100)
-            if not chunk:
-                break
-            answer += chunk
-    return int(answer)
 
 
 def sockets_of(ctl: ControlClient) -> dict[str, dict[str, Any]]:

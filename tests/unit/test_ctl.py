@@ -144,6 +144,7 @@ PROPERTIES = [
     ("reloadconfig --waiting", {"waiting": True}),
     ("quit", {}),
     ("quit --waiting", {"waiting": True}),
+    ("reexec", {}),
     ("list", {}),
     ("list web", {"name": "web"}),
     ("listsockets", {}),
@@ -577,7 +578,7 @@ def scripted_shell(replies: dict[str, dict[str, Any]]
 
 def test_shell_completes_commands_and_watcher_names() -> None:
     ctl_shell, scripted, _, _ = scripted_shell({"list": ok(watchers=["db", "web", "worker"])})
-    assert ctl_shell.completenames("re") == ["reload", "reloadconfig", "restart"]
+    assert ctl_shell.completenames("re") == ["reexec", "reload", "reloadconfig", "restart"]
     assert "exit" in ctl_shell.completenames("")
     assert ctl_shell.completedefault("w", "incr w", 5, 6) == ["web", "worker"]
     assert ctl_shell.completedefault("", "status ", 7, 7) == ["db", "web", "worker"]
