@@ -13,8 +13,8 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from circus_sd import __version__
 from circus_sd.actions import (
@@ -45,6 +45,7 @@ from circus_sd.output.router import OutputRouter
 from circus_sd.output.sink import Origin
 from circus_sd.process_bound import process_bound
 from circus_sd.process_stats import ProcessStats
+from circus_sd.signal_mask import HANDLED_SIGNALS, handled_signals_blocked
 from circus_sd.sockets import ListeningSockets, SocketError
 from circus_sd.spawner import Spawner
 from circus_sd.start_order import by_priority, start_order
@@ -71,6 +72,8 @@ ConfigLoader = Callable[[str], tuple[Config, list[ConfigWarning]]]
 EventListener = Callable[[str, dict[str, Any]], None]
 # How long a re-execution waits for hooks in flight and spawns to settle, beyond hook_timeout.
 SETTLE_TIMEOUT = 5.0
+# ... and for commands at work when it began (a reload that stops a watcher gracefully).
+COMMANDS_TIMEOUT = 120.0
 
 
 class Request(enum.Enum):
@@ -86,12 +89,6 @@ def topic_name(watcher: str) -> str:
     return watcher.lower().replace(" ", "_")
 
 
-# The signals the arbiter handles (Request); blocked across a re-execution's execve.
-HANDLED_SIGNALS = frozenset(
-    {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD}
-)
-
-
 def _quiet_signal_wakeup() -> None:
     """Keep asyncio's signal wakeup fd, without CPython's report of a write to it that failed.
 
@@ -102,12 +99,21 @@ def _quiet_signal_wakeup() -> None:
     thousands of tracebacks before). The same fd is set again with the report off, at start-up
     before any watcher runs; the signals are held in this thread meanwhile (another thread
     taking one in those microseconds would find no wakeup fd)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-    try:
+    with handled_signals_blocked():
         fd = signal.set_wakeup_fd(-1)
         signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class ControlLink(Protocol):
+    """The control server, as a re-execution needs it (cli.py runs it)."""
+
+    def open(self, held_locks: dict[str, int]) -> None: ...
+
+    async def close(self, keep_locks: bool = False) -> dict[str, int]: ...
+
+    def commands_in_flight(self) -> list[str]: ...
+
+    async def wait_for_commands(self, timeout: float) -> list[str]: ...
 
 
 class Arbiter:
@@ -154,6 +160,8 @@ class Arbiter:
             defaults or ChildDefaults.capture(),
             self,
         )
+        # The file names the arbiter to its children (adoption.py): one arbiter runs a file.
+        self.launcher.identity = os.path.realpath(config.path)
         self._stats = ProcessStats()
         self.launcher.forgotten += [self._ready_search.forget, self._stats.forget]
         self.spawner = spawner
@@ -186,11 +194,11 @@ class Arbiter:
         self.started_at = handover.started_at if handover is not None else time.time()
         # Filled by the control server: the endpoints it bound.
         self.endpoints: dict[str, str] = {}
-        # Re-execution: how many this arbiter went through, what closes the control server
-        # (set by whoever runs it; it returns the endpoints' locks), the pidfile to carry.
+        # Re-execution: how many this arbiter went through, its control server (set by whoever
+        # runs it), the pidfile to carry.
         self.generation = handover.generation if handover is not None else 0
         self._crash_reexecs = list(handover.crash_reexecs) if handover is not None else []
-        self.close_control: Callable[[], Awaitable[dict[str, int]]] | None = None
+        self.control: ControlLink | None = None
         self.pidfile: PidFile | None = None
         self._switching = False
         self._after_switch: list[Request] = []
@@ -257,7 +265,9 @@ class Arbiter:
         elif not self._open_sockets():
             return
         else:
+            self._find_left_workers()
             started = await self._start_unless_stopped()
+            self.launcher.adoptable.stop_unclaimed()
         if not started:
             return
         log.info("circus-sd running %d watcher(s), pid %d", len(self.watchers), os.getpid())
@@ -292,6 +302,19 @@ class Arbiter:
         if starting.done() and not starting.cancelled():
             starting.result()  # what start_all raised, if anything
         return not self._stopping
+
+    def _find_left_workers(self) -> None:
+        """Workers a previous arbiter on this file left running, having died without handing
+        its state over: each watcher's start takes them instead of spawning (adoption.py)."""
+        from circus_sd import adoption
+
+        found = adoption.workers(adoption.observe(), self.launcher.identity)
+        if found:
+            log.warning(
+                "%d process(es) left running by a previous arbiter on %s: taking them over",
+                len(found), self.config.path,
+            )
+            self.launcher.adoptable = adoption.Adoptable(found)
 
     def _open_sockets(self) -> bool:
         """Bind or adopt every [socket:NAME] before any watcher starts; False if one fails."""
@@ -754,13 +777,18 @@ class Arbiter:
 
     # -- re-execution (handover.py, reexec.py) ---------------------------------------------------
 
-    async def check_reexec(self) -> str | None:
+    async def check_reexec(self, cut_commands: bool = False) -> str | None:
         """Whether a re-execution may go ahead: None, or why not. The installed program is run
-        on the state as it is now, as a separate process, and must be able to read it."""
+        on the state as it is now, as a separate process, and must be able to read it. Not
+        while a command is at work (a reload, a restart: the execve would cut it halfway),
+        unless `cut_commands` (after a failure, the arbiter goes either way)."""
         if self._stopping:
             return "the arbiter is stopping"
         if self._switching:
             return "a re-execution is already in progress"
+        busy = self.control.commands_in_flight() if self.control is not None else []
+        if busy and not cut_commands:
+            return f"{', '.join(busy)} in progress: try again once it is done"
         options = self.config.arbiter
         for endpoint in (options.endpoint, options.pubsub_endpoint, options.output_endpoint):
             if endpoint and endpoint.startswith("systemd:"):
@@ -781,13 +809,18 @@ class Arbiter:
         # Ours to reap (the check's wait), not a stray's.
         self.launcher.helpers.add(check.process.pid)
         try:
-            return await self._loop.run_in_executor(None, check.outcome)
+            with handled_signals_blocked():  # its thread never takes ours (signal_mask.py)
+                waiting = self._loop.run_in_executor(None, check.outcome)
+            return await waiting
         finally:
             self.launcher.helpers.discard(check.process.pid)
 
     async def _switch(self, reason: str) -> None:
         """Hand everything to the installed program of circus-sd, in this process (execve).
-        Returns only if that fails (logged; the arbiter then stops as after a crash)."""
+
+        Until the freeze, giving up is clean (control opened again, nothing lost). After it,
+        returns only if the execve fails (logged); the arbiter then stops as after a crash,
+        its processes with it."""
         from circus_sd import handover as handovers
         from circus_sd import reexec
 
@@ -796,12 +829,23 @@ class Arbiter:
             return  # asked to stop since: that comes first
         self._switching = True
         self.notifier.reloading()
-        self.notifier.stop_watchdog()
         log.info("re-executing circus-sd (%s); every process stays", reason,
                  extra=about(MessageId.REEXEC))
-        # No command from now on; the reply that asked for it has gone out.
-        locks = await self.close_control() if self.close_control is not None else {}
-        await self._settle()
+        # No command from now on (the reply that asked for it has gone out); those already at
+        # work end first, and hooks and spawns in flight are answered. The loop runs as usual
+        # meanwhile, the systemd watchdog's pings too.
+        control = self.control
+        locks = await control.close(keep_locks=True) if control is not None else {}
+        busy = await control.wait_for_commands(COMMANDS_TIMEOUT) if control is not None else []
+        if busy:
+            await self._give_up_switch(locks, f"{', '.join(busy)} still at work")
+            return
+        if not await self._settle():
+            await self._give_up_switch(locks, "spawns or hooks still in flight")
+            return
+        if Request.STOP in self._after_switch:
+            await self._give_up_switch(locks, "asked to stop meanwhile")
+            return
         # Frozen from here: what happens to processes waits in their pidfds and pipes.
         timers = [(name, key, handle.when()) for (name, key), handle in self._timers.items()]
         for handle in self._timers.values():
@@ -812,20 +856,25 @@ class Arbiter:
             self.cgroups.hold()
         pipes = await self.output.carry()
         self.spawner.stop()
-        state = self._handover_now(preview=False, timers=timers, pipes=pipes, locks=locks)
-        state.reason = reason
-        from circus_sd.logging_setup import stop_logging
-
-        while not self._requests.empty():  # asked before the switch began, not done yet
+        # Signals now stay pending, across execve, for the next program's handlers (the default
+        # action of SIGTERM would end the arbiter meanwhile). Those taken already become
+        # requests in the loop's next turns; no other thread takes one (signal_mask.py).
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        for _turn in range(3):
+            await asyncio.sleep(0)
+        while not self._requests.empty():  # asked before or during the switch, not done yet
             queued = self._requests.get_nowait()
             if queued in (Request.STOP, Request.RELOAD) and queued not in self._after_switch:
                 self._after_switch.append(queued)
+        state = self._handover_now(preview=False, timers=timers, pipes=pipes, locks=locks)
+        state.reason = reason
         state.requests = [r.value for r in self._after_switch]
         data = handovers.dump(state)
+        from circus_sd.logging_setup import stop_logging
+
         stop_logging()
-        # Held until the next program has its handlers (the default action of SIGTERM would
-        # end the arbiter meanwhile, leaving its processes); the mask survives execve.
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        self.notifier.stop_watchdog()
+        self.notifier.watchdog_ping()  # the next program pings again once it runs
         try:
             reexec.execute(data, state.fds(), self.notifier.own_variables)
         except OSError as exc:
@@ -833,17 +882,32 @@ class Arbiter:
             log.critical("cannot re-execute %s: %s", reexec.command(), exc)
             raise
 
-    async def _settle(self) -> None:
+    async def _give_up_switch(self, locks: dict[str, int], why: str) -> None:
+        """Before the freeze: go on as this program, control opened again on its endpoints."""
+        log.error("re-execution given up: %s; this arbiter goes on", why,
+                  extra=about(MessageId.REEXEC))
+        self._switching = False
+        if self.control is not None:
+            try:
+                self.control.open(locks)
+            except Exception:  # the processes are still supervised; only circusctl is lost
+                log.critical("the control endpoints could not be opened again", exc_info=True)
+        self.notifier.ready(self.status_line())
+        asked, self._after_switch = self._after_switch, []
+        for request in asked:  # a stop or reload that came meanwhile
+            self.request(request)
+
+    async def _settle(self) -> bool:
         """Let hooks in flight answer (each within its deadline) and spawns be answered, until
-        both are done at once; bounded."""
+        both are done at once; False if they are not within the bound."""
         longest = max((w.config.hook_timeout for w in self.watchers.values()), default=0.0)
         deadline = self._clock() + longest + SETTLE_TIMEOUT
         while self._clock() < deadline:
             await self.hooks.runner.drain(max(0.0, deadline - self._clock()))
             if self.launcher.settled() and not self.hooks.runner.busy:
-                return
+                return True
             await asyncio.sleep(0.01)
-        log.warning("re-executing with spawns or hooks still in flight")
+        return False
 
     def _handover_now(
         self,
@@ -934,7 +998,7 @@ class Arbiter:
                          reexec.CRASH_REEXECS, reexec.CRASH_WINDOW)
             return
         log.critical("the arbiter failed; re-executing it with its state", exc_info=exc)
-        refusal = await self.check_reexec()
+        refusal = await self.check_reexec(cut_commands=True)
         if refusal is not None:
             log.critical("cannot re-execute: %s", refusal)
             return

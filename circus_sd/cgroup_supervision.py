@@ -122,6 +122,13 @@ class CgroupSupervision:
             return False
         return True
 
+    def adopt_leaf(self, name: str, pid: int, cgroup: str) -> None:
+        """Watch the leaf of a process a previous arbiter left (adoption.py), if it is one of
+        this watcher's leaves (`cgroup` is from /proc/PID/cgroup)."""
+        leaf = self.cgroups.watcher_dir(name) / Path(cgroup).name
+        if Path(cgroup).parent.name == leaf.parent.name and pid in self.cgroups.pids(leaf):
+            self.resume({pid: str(leaf)}, [])
+
     # -- re-execution ----------------------------------------------------------------------------
 
     def hold(self) -> None:

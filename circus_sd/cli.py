@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import resource
-import signal
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -17,10 +16,13 @@ from circus_sd.config.loader import ConfigError, load_config
 from circus_sd.config.options import LOG_LEVELS
 
 if TYPE_CHECKING:
+    import asyncio
+
     from circus_sd.arbiter import Arbiter
     from circus_sd.cgroups import Cgroups
     from circus_sd.config.loader import ConfigWarning
     from circus_sd.config.model import Config
+    from circus_sd.control.server import ControlServer
     from circus_sd.handover import Handover
     from circus_sd.spawner import Spawner
 
@@ -154,21 +156,18 @@ def _take_handover() -> Handover | None:
         return None
     from circus_sd import reexec
     from circus_sd.handover import HandoverError
-    from circus_sd.process import own_children
 
     try:
         return reexec.take_handover()
     except HandoverError as exc:
-        # Passed the check, yet unusable: its processes are stopped, as a restart would, and
-        # the file's configuration starts afresh (the endpoints' locks let go first).
-        print(f"circus-sd: re-executed, but {exc}: stopping the processes it left",
+        # Passed the check, yet unusable: the file's configuration starts afresh, and each
+        # watcher takes over its workers, found by their marks (adoption.py). What the state
+        # described goes (the endpoints' locks, the output pipes), as with a restart.
+        print(f"circus-sd: re-executed, but {exc}: taking over the processes it left",
               file=sys.stderr)
         for fd in exc.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        for pid in own_children():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
         return None
 
 
@@ -294,35 +293,66 @@ def _run(
             pidfile.release()
 
 
-async def _serve(arbiter: Arbiter, held_locks: dict[str, int]) -> int:
-    """Bind the control and event endpoints, then run the arbiter until it stops."""
-    import asyncio
+class _Control:
+    """The arbiter's control server, as its re-execution sees it (arbiter.ControlLink): closed
+    for the switch, opened again on the same endpoints if the switch is given up."""
 
-    from circus_sd.control.server import ControlServer, EndpointError
+    def __init__(self, arbiter: Arbiter) -> None:
+        self._arbiter = arbiter
+        # Kept once closed: the work of its commands may still run (commands_in_flight).
+        self._server: ControlServer | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._closed = True
 
-    options = arbiter.config.arbiter
-    server = None
-    try:
-        server = ControlServer(arbiter, options)
+    def open(self, held_locks: dict[str, int]) -> None:
+        """Bind the control and event endpoints and serve; EndpointError if one cannot be."""
+        import asyncio
+
+        from circus_sd.control.server import ControlServer
+
+        server = self._server = ControlServer(self._arbiter, self._arbiter.config.arbiter)
+        self._closed = False
         server.held_locks = dict(held_locks)
         server.bind()
+        self._serving = asyncio.create_task(server.serve())
+
+    async def close(self, keep_locks: bool = False) -> dict[str, int]:
+        """Stop serving and close; with `keep_locks`, the endpoints' locks, by path."""
+        import asyncio
+
+        if self._serving is not None:
+            self._serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serving
+            self._serving = None
+        if self._closed or self._server is None:
+            return {}
+        self._closed = True
+        return await self._server.close(keep_locks)
+
+    def commands_in_flight(self) -> list[str]:
+        return self._server.commands_in_flight() if self._server is not None else []
+
+    async def wait_for_commands(self, timeout: float) -> list[str]:
+        return await self._server.wait_for_commands(timeout) if self._server else []
+
+
+async def _serve(arbiter: Arbiter, held_locks: dict[str, int]) -> int:
+    """Bind the control and event endpoints, then run the arbiter until it stops."""
+    from circus_sd.control.server import EndpointError
+
+    control = _Control(arbiter)
+    try:
+        control.open(held_locks)
     except EndpointError as exc:
         log.error("%s", exc)
-        if server is not None:
-            await server.close()
+        await control.close()
         return 1 if exc.in_use else EX_CONFIG
-    serving = asyncio.create_task(server.serve())
-
-    async def close_for_reexec() -> dict[str, int]:
-        serving.cancel()
-        return await server.close(keep_locks=True)
-
-    arbiter.close_control = close_for_reexec
+    arbiter.control = control
     try:
         return await arbiter.run()
     finally:
-        serving.cancel()
-        await server.close()
+        await control.close()
 
 
 def _setup_cgroups(mode: str, cgroup_root: str | None, spawner_pid: int) -> Cgroups | None:

@@ -7,9 +7,10 @@ travel as they are (pure state machines, no I/O); the I/O objects (pidfds, pipes
 travel as descriptor numbers with what is needed to rebuild them.
 
 A new program may not understand an old handover: `HANDOVER_VERSION` says the format, and
-`check` walks what was unpickled for dataclasses that miss declared fields and watchers whose
-attributes differ from a fresh one's, so that a change of shape is found by the pre-check
-(run as a separate process by the old arbiter), before the old program is given up.
+`check` walks what was unpickled for dataclasses that miss declared fields (those with a
+default take it) and watchers whose attributes differ from a fresh one's, so that a change of
+shape is found by the pre-check (run as a separate process by the old arbiter), before the old
+program is given up.
 """
 
 from __future__ import annotations
@@ -173,13 +174,27 @@ def check(handover: Handover) -> None:
             # Its own attributes: a field with a default would be found on the class.
             own = vars(thing) if hasattr(thing, "__dict__") else None
             absent = [
-                f.name for f in dataclasses.fields(thing)
+                f for f in dataclasses.fields(thing)
                 if (f.name not in own if own is not None else not hasattr(thing, f.name))
             ]
-            if absent:
+            # A field this code added with a default (a new option, most often) takes it, as
+            # in a file that does not set it; one without a default cannot be made up.
+            unfilled = [f.name for f in absent if not _fill_default(thing, f)]
+            if unfilled:
                 raise HandoverError(
-                    f"{type(thing).__name__}: no {', '.join(absent)} in the saved state"
+                    f"{type(thing).__name__}: no {', '.join(unfilled)} in the saved state"
                 )
+
+
+def _fill_default(thing: Any, field: dataclasses.Field[Any]) -> bool:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return False
+    object.__setattr__(thing, field.name, value)  # frozen ones too: it is being built
+    return True
 
 
 def _walk(thing: Any, seen: set[int]) -> Iterator[Any]:

@@ -24,6 +24,7 @@ from circus_sd.client import AsyncCircusClient, CircusClient
 from circus_sd.config.model import HookImportError, HookSpec
 from circus_sd.journal_log import about
 from circus_sd.message_ids import MessageId
+from circus_sd.signal_mask import handled_signals_blocked
 
 log = logging.getLogger("circus_sd")
 
@@ -140,7 +141,8 @@ def _in_thread(
         with contextlib.suppress(RuntimeError):  # the loop is closed: the arbiter is gone
             loop.call_soon_threadsafe(_settle, future, ok, value)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    with handled_signals_blocked():
+        threading.Thread(target=run, name=name, daemon=True).start()
     return future
 
 

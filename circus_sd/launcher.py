@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from circus_sd.actions import Spawn
+from circus_sd.adoption import ARBITER_ENV, WATCHER_ENV, Adoptable, Found, started_wall, stat_fields
 from circus_sd.cgroup_supervision import CgroupSupervision
 from circus_sd.child_notify import NotifySocket, NotifySockets
 from circus_sd.config.model import WatcherConfig
@@ -115,6 +116,10 @@ class Launcher:
         self.forgotten: list[Callable[[int], None]] = []
         # Children of ours that whoever started them waits for (a re-execution's check).
         self.helpers: set[int] = set()
+        # Marks every child carries (adoption.py): whose it is, for a next arbiter to find.
+        self.identity = ""
+        # Workers a previous arbiter left, taken by the first spawn of their wid.
+        self.adoptable = Adoptable({})
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -130,8 +135,11 @@ class Launcher:
             # Short of descriptors, as if a pipe had failed with EMFILE: a shortage, not a failure.
             self._loop.call_soon(self._failed, name, action.spawn_id, refusal, errno.EMFILE)
             return
+        found = self.adoptable.claim(name, action.wid)
+        if found is not None and self._adopt(config, action, found):
+            return
         pending = self._pending[(name, action.spawn_id)] = _Pending()
-        extra_env = {}
+        extra_env = {WATCHER_ENV: name, ARBITER_ENV: self.identity}
         try:
             # The notify socket is made for the processes' user: a name the file gave before
             # the account existed is looked up first.
@@ -167,6 +175,46 @@ class Launcher:
         self._unclaimed += 1
         output.sent()
         future.add_done_callback(functools.partial(self._on_spawned, name, action.spawn_id))
+
+    def _adopt(self, config: WatcherConfig, action: Spawn, found: Found) -> bool:
+        """Take the worker a previous arbiter left for this wid as this spawn's process; False
+        if it is gone, or cannot be supervised as it is (then stopped)."""
+        assert self._loop is not None
+        name, pid = config.name, found.pid
+        if config.notify and config.watchdog_sec > 0:
+            # Its pings go to the previous arbiter's socket: its watchdog would misfire.
+            self.adoptable.stop(found, "its sd_notify watchdog cannot be taken over")
+            return False
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        try:
+            same = stat_fields(pid)[1] == found.started
+        except (OSError, ValueError):
+            same = False
+        if not same:  # gone, and its pid is another process's now
+            os.close(pidfd)
+            return False
+        entry = ProcessEntry(
+            pid, name, action.spawn_id, ProcessHandle.adopt(pid, pidfd),
+            started_wall(found.started), phase=ExecPhase.EXECED,
+        )
+        self.table.add(entry)
+        self._loop.add_reader(pidfd, self._on_exit, pid)
+        if self._leftovers is not None:
+            self._leftovers.session_started(pid, name)
+        if self._cgroups is not None and found.cgroup is not None:
+            self._cgroups.adopt_leaf(name, pid, found.cgroup)
+        self._loop.call_soon(self._reports.on_spawned, name, [(action.spawn_id, pid)])
+        if config.awaits_readiness:
+            # Its READY=1 or ready line went to the previous arbiter: it has run since then.
+            self._loop.call_soon(self._reports.on_notified, name, pid, {"READY": "1"})
+        log.info(
+            "%s: took over pid %d (wid %d), left running by a previous arbiter",
+            name, pid, action.wid, extra=about(MessageId.PROCESS_ADOPTED, name, action.wid, pid),
+        )
+        return True
 
     def _failed(
         self,

@@ -22,6 +22,7 @@ import urllib.parse
 
 from circus_sd.config.model import ArbiterConfig
 from circus_sd.journal_log import JournalLogHandler, journal_reachable, syslog_priority
+from circus_sd.signal_mask import handled_signals_blocked
 
 # Records queued for the writer at most; later ones are dropped (and counted) until it catches up.
 QUEUE_RECORDS = 1024
@@ -209,7 +210,8 @@ def _start_writer(handlers: list[logging.Handler]) -> None:
     # warnings.warn() writes to stderr itself: through the queue instead.
     logging.captureWarnings(True)
     _writer = LogWriter(queued, handlers)
-    _writer.start()
+    with handled_signals_blocked():
+        _writer.start()
 
 
 def stop_logging(timeout: float = FLUSH_TIMEOUT) -> bool:

@@ -50,3 +50,4 @@ class MessageId(enum.Enum):
     ORPHAN_REAPED = "e89fcae9c2a941e2a22af3afb559f211"
     # The arbiter itself.
     REEXEC = "3d4838e7207d48b198765363c42cc756"
+    PROCESS_ADOPTED = "5c077d1b33d84eea81f9861cee6e3215"

@@ -10,6 +10,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from circus_sd.spawn_protocol import exec_status_errno, parse_exec_status
+from circus_sd.states import EXIT_STATUS_UNKNOWN
 
 if TYPE_CHECKING:
     import psutil
@@ -59,8 +60,8 @@ class ProcessHandle:
         try:
             result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
-            # Someone else reaped it (cannot happen unless our parenthood was lost).
-            return -1
+            # Not our child: one a previous arbiter left (adoption.py); its parent reaped it.
+            return EXIT_STATUS_UNKNOWN
         if result is None or result.si_pid == 0:
             return None
         if result.si_code == os.CLD_EXITED:

@@ -8,6 +8,7 @@ code is what runs: `python3 /usr/bin/circus-sd /etc/circus-sd/circus.ini`, read 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -30,13 +31,20 @@ def command() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
+MEMFD_NAME = "circus-sd-handover"
+# Sealed once written: a process of the same user could otherwise rewrite it through
+# /proc/ARBITER/fd before the next program reads it (and that program unpickles it).
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
 def _memfd(data: bytes) -> int:
-    fd = os.memfd_create("circus-sd-handover", os.MFD_CLOEXEC)
+    fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
         os.lseek(fd, 0, os.SEEK_SET)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
     except BaseException:
         os.close(fd)
         raise
@@ -44,6 +52,11 @@ def _memfd(data: bytes) -> int:
 
 
 def _read_fd(fd: int) -> bytes:
+    """What a sealed handover memfd holds; OSError if `fd` is anything else."""
+    if os.readlink(f"/proc/self/fd/{fd}") != f"/memfd:{MEMFD_NAME} (deleted)":
+        raise OSError(f"fd {fd} is not a circus-sd handover")
+    if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & SEALS != SEALS:
+        raise OSError(f"fd {fd}: the handover is not sealed")
     chunks = []
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
@@ -101,7 +114,41 @@ def answer_check() -> int:
     except handovers.HandoverError as exc:
         print(f"circus-sd: {exc}", file=sys.stderr)
         return 1
+    try:
+        _import_run_path()
+    except Exception as exc:  # a broken install: a module missing, or one that fails to load
+        print(f"circus-sd: the installed code cannot run: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _import_run_path() -> None:
+    """Every module a re-executed arbiter loads before it answers (not only what unpickling
+    needs): a broken install is found here, while the old program still runs."""
+    import importlib
+
+    for name in RUN_PATH:
+        importlib.import_module(name)
+
+
+RUN_PATH = (
+    "asyncio",
+    "zmq",
+    "zmq.asyncio",
+    "psutil",
+    "circus_sd.arbiter",
+    "circus_sd.launcher",
+    "circus_sd.spawner",
+    "circus_sd.control.server",
+    "circus_sd.control.handlers",
+    "circus_sd.output.router",
+    "circus_sd.logging_setup",
+    "circus_sd.cgroups",
+    "circus_sd.sockets",
+    "circus_sd.systemd_notify",
+    "circus_sd.pidfile",
+)
 
 
 def execute(data: bytes, fds: list[int], environ: dict[str, str]) -> NoReturn:
@@ -135,6 +182,8 @@ def take_handover() -> handovers.Handover | None:
     except (ValueError, OSError, KeyError, TypeError) as exc:
         raise handovers.HandoverError(f"cannot read the saved state: {exc}") from None
     try:
+        if os.environ.get("CIRCUS_SD_INJECT_FAULT") == "handover":  # the tests of the fallback
+            raise handovers.HandoverError("injected fault at handover (CIRCUS_SD_INJECT_FAULT)")
         return handovers.load(data)
     except handovers.HandoverError as exc:
         raise handovers.HandoverError(str(exc), fds) from None

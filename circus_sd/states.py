@@ -197,6 +197,10 @@ class ProcessPhase(enum.Enum):
     READY_TIMEOUT_SIGKILL = "ready-timeout-sigkill"
 
 
+# The exit code of a process that was not our child (adopted from a previous arbiter): its
+# parent reaped it, and its status went there. Neither a status (>= 0) nor a signal (-1..-64).
+EXIT_STATUS_UNKNOWN = -256
+
 # No pid yet: only spawn answers and hook answers reach these.
 UNBORN_PHASES = frozenset(
     {

@@ -70,6 +70,11 @@ class SystemdNotifier:
         log.info("systemd watchdog: pinging every %.1f s", period)
         ping()
 
+    def watchdog_ping(self) -> None:
+        """One ping now (the last before a re-execution's execve)."""
+        if self.watchdog_interval is not None:
+            self._send("WATCHDOG=1")
+
     def stop_watchdog(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()

@@ -43,6 +43,7 @@ from circus_sd.restart_policy import (
     shortage_delay,
 )
 from circus_sd.states import (
+    EXIT_STATUS_UNKNOWN,
     FAILED_START_PHASES,
     HALTED_PHASES,
     HOLDS_WORKER_PHASES,
@@ -1269,6 +1270,8 @@ class Watcher:
 
 
 def _describe_exit(exit_code: int) -> str:
+    if exit_code == EXIT_STATUS_UNKNOWN:
+        return "ended (status unknown: a previous arbiter's child)"
     if exit_code < 0:
         try:
             name = signal.Signals(-exit_code).name

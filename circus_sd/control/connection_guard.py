@@ -38,6 +38,7 @@ import zmq
 
 from circus_sd.control.connection_bounds import ConnectionLedger, Door, Refusal, door_margin
 from circus_sd.fd_reserve import nofile_limit
+from circus_sd.signal_mask import handled_signals_blocked
 
 log = logging.getLogger("circus_sd.control")
 
@@ -241,7 +242,8 @@ class ConnectionGuard:
             for zmq_socket, _ in self._monitored
         ]
         self._thread = threading.Thread(target=self._run, name="circus-sd-connections", daemon=True)
-        self._thread.start()
+        with handled_signals_blocked():
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop the monitors, end the thread, reopen the door (systemd's socket files stay)."""

@@ -54,10 +54,14 @@ class Deferred:
 
     `always`: the reply is the work's result (e.g. `stats` with extended_stats hooks), awaited
     whether or not the request says `waiting`.
+    `carried`: what remains of the work, once it began, is in one watcher's state (a stop
+    under way, its deadline), which a re-execution carries: the work may be cut by one. Else
+    a re-execution waits for it (a reload, a restart: steps the execve would cut halfway).
     """
 
     work: Awaitable[dict[str, Any] | None]
     always: bool = False
+    carried: bool = False
 
 
 Result = dict[str, Any] | None | Deferred
@@ -190,7 +194,7 @@ def start(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
         now = set(arbiter.watchers[names[0]].pids)
         return {"info": {"started": sorted(now - before), "kept": sorted(now & before)}}
 
-    return Deferred(work())
+    return Deferred(work(), carried=len(names) == 1)
 
 
 @handles("stop")
@@ -200,7 +204,7 @@ def stop(arbiter: Arbiter, props: dict[str, Any], caller: Tier) -> Result:
     async def work() -> None:
         await _stop_several(arbiter, names)
 
-    return Deferred(work())
+    return Deferred(work(), carried=len(names) == 1)
 
 
 @handles("restart")
@@ -329,7 +333,7 @@ def _resize(arbiter: Arbiter, props: dict[str, Any], sign: int) -> Result:
                 await arbiter.resize(name, target)
             return {"numprocesses": watcher.config.numprocesses}
 
-    return Deferred(work())
+    return Deferred(work(), carried=True)
 
 
 @handles("kill")

@@ -148,6 +148,9 @@ class ControlServer:
         # ipc socket files this server bound: the only ones it may remove when it closes.
         self._bound_paths: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # The work of commands still running (waited for or not) that a re-execution would cut
+        # (handlers.Deferred.carried), by the command's name.
+        self._in_flight: dict[asyncio.Future[Any], str] = {}
         self._tiers: dict[tuple[int, int], Tier | None] = {}
         self._own_uid = os.geteuid()
         # `systemd:NAME` endpoints: the listening fd systemd passed, by the address it has.
@@ -404,6 +407,8 @@ class ControlServer:
             self._stop_reading()
             for task in following:
                 task.cancel()
+            # Ended before close() closes their sockets (a recv on a closed one raises).
+            await asyncio.gather(*following, return_exceptions=True)
 
     def _stop_reading(self) -> None:
         if self._router_fd is not None:
@@ -473,14 +478,35 @@ class ControlServer:
             # Not waited for: the work goes on in the loop, the reply goes now.
             work = asyncio.ensure_future(result.work)
             work.add_done_callback(_log_failure(request.command))
+            if not result.carried:
+                self._track(work, request.command)
             result = None
         if isinstance(result, Deferred):
             task = asyncio.create_task(self._complete(envelope, request, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            if not result.carried:
+                self._track(task, request.command)
         else:
             # Most commands: answered in this very loop turn, without a task.
             self._answer(envelope, request, result)
+
+    def _track(self, work: asyncio.Future[Any], command: str) -> None:
+        self._in_flight[work] = command
+        work.add_done_callback(self._in_flight.pop)
+
+    def commands_in_flight(self) -> list[str]:
+        """The commands at work that a re-execution would cut, but the caller's own."""
+        current = asyncio.current_task()
+        return sorted(name for work, name in self._in_flight.items() if work is not current)
+
+    async def wait_for_commands(self, timeout: float) -> list[str]:
+        """Let the commands in flight end, within `timeout`; those still running."""
+        current = asyncio.current_task()
+        running = [work for work in self._in_flight if work is not current]
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        return self.commands_in_flight()
 
     async def _complete(self, envelope: list[bytes], request: Request, result: Deferred) -> None:
         """The reply to a waited-for command, once its work is done."""

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
 from circus_sd.output.lines import Buffer
+from circus_sd.signal_mask import handled_signals_blocked
 
 log = logging.getLogger("circus_sd")
 
@@ -149,7 +150,8 @@ class Sink:
         self._thread = threading.Thread(
             target=self._run, name=f"circus-sd sink: {self.description}", daemon=True
         )
-        self._thread.start()
+        with handled_signals_blocked():
+            self._thread.start()
 
     # -- the loop's side -------------------------------------------------------------------------
 

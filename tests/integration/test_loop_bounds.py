@@ -243,7 +243,7 @@ FAILING_ARBITER = """
 import sys
 from circus_sd import cli
 
-async def failing(arbiter):
+async def failing(arbiter, *_held_locks):
     cli.log.info("about to fail")
     raise RuntimeError("the arbiter failed")
 

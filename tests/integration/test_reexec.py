@@ -569,7 +569,89 @@ def test_a_refused_reexec_changes_nothing_and_an_upgrade_goes_through(circus: Ci
     assert [len(circus.reports.history("app"))] == [3]
 
 
-# -- 5. a failure of the arbiter's loop -----------------------------------------------------------
+# -- 5. commands at work, and signals, at the moment of the switch -----------------------------
+
+
+def test_a_reexec_waits_for_a_reload_at_work_and_cuts_nothing(circus: Circus) -> None:
+    stamp = child_command("reexec_stamp.py", circus.tmp, "old", "hold-term")
+    keep = report_command(circus.tmp, "keep")
+    both = f"""
+        [watcher:old]
+        cmd = {stamp}
+        graceful_timeout = 3
+
+        [watcher:keep]
+        cmd = {keep}
+        """
+    config = circus.write_config(both)
+    arbiter = circus.start(config)
+    wait_stamps(circus, "old", "start", 1, 5.0)
+    kept = circus.reports.wait("keep", 1)["pid"]
+
+    # The operator removes `old` and adds `new`: the reload stops `old` for 3 s (it holds
+    # SIGTERM), then starts `new`. A package upgrade's reexec comes meanwhile.
+    added = report_command(circus.tmp, "new")
+    circus.write_config(f"""
+        [watcher:keep]
+        cmd = {keep}
+
+        [watcher:new]
+        cmd = {added}
+        """)
+    call(circus, "reloadconfig")  # without waiting: the reply comes at once, the work goes on
+    wait_stamps(circus, "old", "term", 1, 5.0)
+    refused = reexec(circus)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0, said
+    assert "reexec refused: reloadconfig in progress" in said, said
+    assert generation(circus) == 0
+
+    # Once the reload is done (old gone after its SIGKILL, new running), the reexec goes.
+    circus.reports.wait("new", 1, timeout=10.0)
+    wait_until(lambda: sorted(call(circus, "list")["watchers"]) == ["keep", "new"], 5.0,
+               "the reload to be applied", arbiter.log_tail)
+    reexec_ok(circus)
+    assert generation(circus) == 1
+    assert sorted(call(circus, "list")["watchers"]) == ["keep", "new"]
+    assert call(circus, "list", name="keep")["pids"] == [kept]
+    assert len(circus.reports.history("new")) == 1
+
+
+@pytest.mark.parametrize("delay", [None, 0.0, 0.03, 0.08, 0.15, 0.3])
+def test_sigterm_at_any_moment_of_a_switch_stops_everything(
+    circus: Circus, delay: float | None
+) -> None:
+    # SIGTERM during the check (None), or `delay` after the arbiter logs "re-executing": in
+    # the quiet, the execve, the new program's start, or after it. Wherever it lands, the
+    # arbiter stops its processes and exits 0; a signal lost in the switch would leave it
+    # running.
+    config = circus.write_config(f"""
+        [watcher:app]
+        cmd = {report_command(circus.tmp, "app")}
+        numprocesses = 3
+        """)
+    arbiter = circus.start(config)
+    children = [psutil.Process(circus.reports.wait("app", wid)["pid"]) for wid in (1, 2, 3)]
+    asking = subprocess.Popen(
+        [str(CIRCUSCTL), "--endpoint", endpoint(circus), "--timeout", "10", "reexec"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=circus.tmp,
+    )
+    try:
+        if delay is not None:
+            arbiter.wait_log("re-executing circus-sd", timeout=10.0)
+            time.sleep(delay)  # the moment under test, not a wait for something to happen
+        arbiter.send(signal.SIGTERM)
+        status = arbiter.wait_exit(15.0)
+    finally:
+        asking.kill()
+        asking.wait(5)
+    assert status == 0, arbiter.log_tail()
+    assert all(gone(child) for child in children), describe(children)
+    if delay is None:
+        assert arbiter.count("re-executing") == 0, "stopped before any switch began"
+
+
+# -- 6. a failure of the arbiter's loop -----------------------------------------------------------
 
 AFTER_FAILURE = r"re-executing circus-sd \(after a failure of the arbiter\); every process stays"
 

@@ -5,8 +5,7 @@ Like test_deb.py it boots a container of its own with the package installed (the
 other system tests would shadow it). Each test restarts the service with 100 processes: 99
 sleepers and a writer of sequence numbers, whose lines reach the journal through the arbiter.
 Newer builds are made by repacking the .deb (BUILDS); the tests run in file order, each upgrade
-starting from the version the one before installed. Two tests are expected failures: they show
-bugs of circus_sd (the reasons say which).
+starting from the version the one before installed.
 """
 
 from __future__ import annotations
@@ -292,6 +291,45 @@ def test_a_failure_of_the_arbiter_reexecutes_it_under_systemd(bed: System) -> No
         assert_writer_unbroken(bed, unit["InvocationID"], last)
     finally:
         bed.sh("rm -rf /etc/systemd/system/circus-sd.service.d")
+        bed.systemctl("daemon-reload")
+
+
+SLOW_HOOK = "/etc/circus-sd/conf.d/slowhook.py"
+SLOW_HOOK_CODE = """\
+import time
+
+
+def wait(watcher, arbiter, hook_name, **kwargs):
+    time.sleep(5)
+    return True
+"""
+
+
+def test_the_watchdog_is_fed_while_a_switch_waits_for_a_hook(bed: System) -> None:
+    # WatchdogSec=2, and a before_stop hook of 5 s in flight when `reexec` comes: the switch
+    # waits for the hook, well past the watchdog's 2 s. systemd must not kill the arbiter for
+    # it (which would kill and restart every process).
+    bed.write(SLOW_HOOK, SLOW_HOOK_CODE)
+    bed.write(CONF, CONFIG + "hooks.before_stop = slowhook.wait\n")  # on [watcher:writer]
+    bed.dropin("[Service]\nWatchdogSec=2\n")
+    try:
+        unit = started_afresh(bed)
+        sleepers = pids(bed, SLEEPER_CMD)
+        bed.sh("circusctl stop writer")  # without --waiting: its hook runs 5 s from now
+        started = time.monotonic()
+        rc, out, states = while_sampling(bed, "circusctl --timeout 30 reexec")
+        took = time.monotonic() - started
+        assert rc == 0, out
+        assert took > 3.0, f"reexec took {took:.2f} s: it did not wait for the hook"
+        assert set(states) <= ALLOWED_STATES, states
+        assert {p: bed.show(p) for p in unit} == unit  # same MainPID, same invocation
+        assert bed.show("NRestarts") == "0"
+        assert pids(bed, SLEEPER_CMD) == sleepers
+        bed.wait_until(lambda: pids(bed, WRITER_CMD) == [], 30, "the writer to be stopped")
+        assert global_options(bed)["generation"] == 1
+    finally:
+        bed.write(CONF, CONFIG)
+        bed.sh(f"rm -rf /etc/systemd/system/circus-sd.service.d {SLOW_HOOK}")
         bed.systemctl("daemon-reload")
 
 

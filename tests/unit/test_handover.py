@@ -4,7 +4,10 @@ from a real config file and a watcher that ran a few steps."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,11 +92,21 @@ def test_a_watcher_of_another_shape_is_refused_by_name(tmp_path: Path) -> None:
         handovers.load(handovers.dump(sent))
 
 
-def test_a_record_missing_a_field_is_refused(tmp_path: Path) -> None:
+def test_a_record_missing_a_field_without_default_is_refused(tmp_path: Path) -> None:
+    sent = a_handover(tmp_path)
+    del sent.processes[0].spawn_id
+    with pytest.raises(handovers.HandoverError, match="CarriedProcess: no spawn_id"):
+        handovers.load(handovers.dump(sent))
+
+
+def test_a_field_added_with_a_default_takes_it(tmp_path: Path) -> None:
+    # As an upgrade that adds an option: the old program's state has no such field.
     sent = a_handover(tmp_path)
     del sent.processes[0].notify_path
-    with pytest.raises(handovers.HandoverError, match="CarriedProcess: no notify_path"):
-        handovers.load(handovers.dump(sent))
+    object.__delattr__(sent.config.watchers[0], "max_age")
+    got = handovers.load(handovers.dump(sent))
+    assert got.processes[0].notify_path is None
+    assert got.config.watchers[0].max_age == 0
 
 
 def test_what_is_not_a_handover_is_refused() -> None:
@@ -109,3 +122,32 @@ def test_crashes_re_execute_a_few_times_a_minute_then_no_more() -> None:
     assert not reexec.crash_budget_left([950.0, 960.0, 990.0], 1000.0)
     # The window slides: the first of those three is more than a minute old now.
     assert reexec.crash_budget_left([950.0, 960.0, 990.0], 1011.0)
+
+
+def test_only_a_sealed_handover_memfd_is_read(tmp_path: Path) -> None:
+    # As an attacker would try: a pickle of their own on stdin, named as the check's fd.
+    evil = tmp_path / "evil.pickle"
+    evil.write_bytes(pickle.dumps({"version": HANDOVER_VERSION}))
+    with evil.open("rb") as stdin:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "circus-sd")], stdin=stdin, capture_output=True,
+            text=True, env={**os.environ, reexec.CHECK_FD_ENV: "0"}, timeout=30, check=False,
+        )
+    assert result.returncode == 1
+    assert "fd 0 is not a circus-sd handover" in result.stderr
+    # A memfd of that name, but writable still (not sealed): refused too.
+    unsealed = os.memfd_create(reexec.MEMFD_NAME)
+    try:
+        os.write(unsealed, b"{}\n")
+        os.lseek(unsealed, 0, os.SEEK_SET)
+        with pytest.raises(OSError, match="not sealed"):
+            reexec._read_fd(unsealed)
+    finally:
+        os.close(unsealed)
+    sealed = reexec._memfd(b"the state")
+    try:
+        assert reexec._read_fd(sealed) == b"the state"
+        with pytest.raises(PermissionError):
+            os.write(sealed, b"changed")
+    finally:
+        os.close(sealed)
