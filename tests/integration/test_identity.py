@@ -66,17 +66,23 @@ def test_identity_limits_and_environment_from_the_config(circus: Circus) -> None
     assert ident["cwd"] == str(world)
     assert ident["nofile"] == [100, 200]
     assert ident["core"] == [0, 0]
+    # Beside CIRCUS_WID, the marks a next arbiter finds its workers by (README "Live upgrade").
+    marks = {"CIRCUS_SD_ARBITER": str(config.resolve())}
     assert ident["env"] == {
         "SHARED": "for everyone",
         "GREETING": "hello world",
         "WID_COPY": "1",
         "CIRCUS_WID": "1",
+        **marks,
+        "CIRCUS_SD_WATCHER": "ident",
     }
 
     # Without rlimit_nofile: the limit the arbiter was started with, not the one it raised.
     assert psutil.Process(arbiter.pid).rlimit(resource.RLIMIT_NOFILE) == (4096, 4096)
     assert tuple(plain["nofile"]) == ARBITER_NOFILE
-    assert plain["env"] == {"SHARED": "for everyone", "CIRCUS_WID": "1"}
+    assert plain["env"] == {
+        "SHARED": "for everyone", "CIRCUS_WID": "1", **marks, "CIRCUS_SD_WATCHER": "plain"
+    }
     assert plain["cwd"] == str(circus.tmp), "the arbiter's working directory"
 
     assert copied["env"]["ARBITER_ONLY"] == "from the arbiter"

@@ -21,6 +21,8 @@ SPEAKER = "/usr/bin/python3 /opt/payload/speaker.py"
 FLOOD = "/usr/bin/python3 /opt/payload/flood.py"
 TICKER = "/usr/bin/python3 /opt/payload/ticker.py"
 RECORDER = "/usr/bin/python3 /opt/payload/recorder.py"
+# MESSAGE_ID of the arbiter's "web: starting 2 process(es)" (circus_sd.message_ids).
+WATCHER_STARTING = "c14211c01f2b4072bc2254258b5f9235"
 # MESSAGE_ID of journald's "Suppressed N messages from UNIT" (SD_MESSAGE_JOURNAL_DROPPED).
 SUPPRESSED_ID = "a596d6fe7bfa4994828e72309e95d61e"
 JOURNALD_UNITS = (
@@ -301,6 +303,35 @@ def accounted(tally: dict[str, int], written: int) -> int:
     [(FLOOD_LINES, ""), (2 * FLOOD_LINES, "backpressure_timeout = 0.2")],
     ids=["journald-drops", "journald-and-circus-sd-drop"],
 )
+def test_circusctl_tail_reads_a_watchers_history_from_the_journal(system: System) -> None:
+    """`circusctl tail` of a JournalStream watcher: its output lines from the journal (not the
+    arbiter's lines about it), oldest first, each after the worker it came from, as journalctl
+    has them; the last N with -n, all since a time with --since."""
+    system.configure(FIELDS_CONFIG)
+    # --since has a second's resolution: this run starts in a second of its own.
+    before = int(system.sh("date +%s"))
+    system.wait_until(lambda: int(system.sh("date +%s")) > before, 5, "the next second")
+    started = system.sh("date '+%Y-%m-%d %H:%M:%S'").strip()
+    since = cursor(system)
+    assert system.systemctl("start", "circus-sd.service")[0] == 0
+    found: list[dict[str, str]] = []
+
+    def all_lines() -> bool:
+        found[:] = [e for e in entries(system, since, "WATCHER=web") if "MESSAGE_ID" not in e]
+        return len(found) >= 8  # 4 lines of each of the 2 processes
+
+    waiting(system, all_lines, 10, "8 output entries of web", MessagesOf(found))
+    expected = [f"web[{e['WID']}] {e['MESSAGE']}" for e in found]
+    assert entries(system, since, "WATCHER=web", "MESSAGE_ID=" + WATCHER_STARTING), (
+        "the arbiter's own lines about web are in the journal too (and must not be shown)"
+    )
+
+    last = system.sh("circusctl tail -n 3 --no-follow web").splitlines()
+    assert last == expected[-3:]
+    every = system.sh(f"circusctl tail --since '{started}' --no-follow web").splitlines()
+    assert every == expected
+
+
 def test_at_full_speed_every_line_is_received_or_counted_as_dropped(
     system: System, written: int, backpressure: str
 ) -> None:
