@@ -298,11 +298,6 @@ def accounted(tally: dict[str, int], written: int) -> int:
     )
 
 
-@pytest.mark.parametrize(
-    ("written", "backpressure"),
-    [(FLOOD_LINES, ""), (2 * FLOOD_LINES, "backpressure_timeout = 0.2")],
-    ids=["journald-drops", "journald-and-circus-sd-drop"],
-)
 def test_circusctl_tail_reads_a_watchers_history_from_the_journal(system: System) -> None:
     """`circusctl tail` of a JournalStream watcher: its output lines from the journal (not the
     arbiter's lines about it), oldest first, each after the worker it came from, as journalctl
@@ -332,6 +327,11 @@ def test_circusctl_tail_reads_a_watchers_history_from_the_journal(system: System
     assert every == expected
 
 
+@pytest.mark.parametrize(
+    ("written", "backpressure"),
+    [(FLOOD_LINES, ""), (2 * FLOOD_LINES, "backpressure_timeout = 0.2")],
+    ids=["journald-drops", "journald-and-circus-sd-drop"],
+)
 def test_at_full_speed_every_line_is_received_or_counted_as_dropped(
     system: System, written: int, backpressure: str
 ) -> None:
