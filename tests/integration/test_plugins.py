@@ -384,6 +384,10 @@ def test_resource_watcher_restarts_the_process_over_max_mem_only(
     # The lean process is never touched.
     assert started("2") == lean and alive(lean[0])
     assert f"restarting process {first_hog}" in arbiter.log()
+    # Counted in the watcher's restarts, as an exit's would be (status --details, exporter);
+    # the hog may be restarted again meanwhile (it goes over max_mem each time).
+    restarts = control.ok("status", name="hog", details=True)["details"]["hog"]["restarts"]
+    assert 1 <= restarts <= len(started("1"))
 
 
 # -- the publish command ---------------------------------------------------------------------------
