@@ -9,7 +9,15 @@ from __future__ import annotations
 import enum
 
 
-class Want(enum.Enum):
+class _Named(enum.Enum):
+    """An enum whose members hash as the singletons they are (each equal only to itself):
+    Enum's own __hash__ is Python code, run at each set or table lookup of a phase, tens of
+    times per process started and stopped."""
+
+    __hash__ = object.__hash__
+
+
+class Want(_Named):
     """What the operator asked for, kept apart from what is (runit's want vs state)."""
 
     UP = "up"
@@ -19,7 +27,7 @@ class Want(enum.Enum):
 # -- what clients see ------------------------------------------------------------------------------
 
 
-class WatcherState(enum.Enum):
+class WatcherState(_Named):
     STOPPED = "stopped"
     STARTING = "starting"
     ACTIVE = "active"
@@ -52,7 +60,7 @@ WATCHER_TRANSITIONS: dict[WatcherState, frozenset[WatcherState]] = {
 }
 
 
-class WatcherResult(enum.Enum):
+class WatcherResult(_Named):
     """Why a watcher is where it is; the first failure wins until the next explicit start."""
 
     SUCCESS = "success"
@@ -62,7 +70,7 @@ class WatcherResult(enum.Enum):
     HOOK_ABORTED = "hook-aborted"
 
 
-class ProcessState(enum.Enum):
+class ProcessState(_Named):
     # Spawn asked of the spawner (or its before_spawn hook running); no pid yet.
     SPAWNING = "spawning"
     RUNNING = "running"
@@ -87,7 +95,7 @@ PROCESS_TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
 # -- what the watcher's state machine runs on -----------------------------------------------------
 
 
-class WatcherPhase(enum.Enum):
+class WatcherPhase(_Named):
     """Where a watcher is, each wait named: the state its event table is keyed on."""
 
     STOPPED = "stopped"
@@ -158,7 +166,7 @@ WATCHER_PHASE_TRANSITIONS: dict[WatcherPhase, frozenset[WatcherPhase]] = {
 }
 
 
-class SpawnGate(enum.Enum):
+class SpawnGate(_Named):
     """What holds a running watcher's spawns back, each until its own timer (or for good).
 
     Not phases: a gate outlasts the start (a respawn while active warms up too), and the gates
@@ -173,7 +181,7 @@ class SpawnGate(enum.Enum):
     SHUTDOWN = "shutdown"
 
 
-class ProcessPhase(enum.Enum):
+class ProcessPhase(_Named):
     """Where one process of a watcher is, from its spawn request until it is reaped."""
 
     # Its before_spawn hook runs; no spawn asked yet.

@@ -119,6 +119,7 @@ from circus_sd.watcher_events import (
     timer_event,
 )
 from circus_sd.watcher_table import Ignored, Impossible, Table
+from circus_sd.worker_ids import WorkerIds
 
 # Re-exported: callers and tests name timer keys and hooks from here.
 __all__ = [
@@ -191,8 +192,15 @@ class Watcher:
         self._last_spawn_id = 0  # a plain int: the watcher is pickled across a re-execution
         self._pids: dict[int, int] = {}
         self._failures: dict[int, int] = {}  # wid -> consecutive failed starts
-        self._backoff: set[int] = set()  # wids waiting on a RESTART timer
-        self._retired: set[int] = set()  # wids not refilled (respawn = false)
+        # Kept up to date at each change of a process, so that a step reads them instead of
+        # looking at every process (a start of N processes takes about N / SPAWN_WINDOW steps,
+        # and the arbiter asks start_settled after each event): which worker ids are free, held,
+        # backing off or retired; how many processes are in each phase; the workers whose
+        # process runs (is ready), with no after_spawn hook awaited.
+        self._worker_ids = WorkerIds(config.target_processes)
+        self._phase_counts = dict.fromkeys(ProcessPhase, 0)
+        self._running_wids: set[int] = set()
+        self._ready_wids: set[int] = set()
         self._exec_failures = 0
         self._pauses = 0
         self._gates: set[SpawnGate] = set()
@@ -231,7 +239,7 @@ class Watcher:
 
     @property
     def pids(self) -> list[int]:
-        return sorted(p.pid for p in self.processes.values() if p.pid is not None)
+        return sorted(self._pids)
 
     @property
     def wids(self) -> list[int]:
@@ -261,7 +269,15 @@ class Watcher:
         """`start_settled`; without `readiness`, a running process not ready yet counts too."""
         if self.state is not WatcherState.STARTING:
             return True
-        pending = any(self._start_pending(p, readiness) for p in self.processes.values())
+        pending = (
+            self._unborn() > 0
+            or bool(self._after_spawn_awaited)
+            or (
+                readiness
+                and self.config.awaits_readiness
+                and self._phase_counts[ProcessPhase.RUNNING] > 0
+            )
+        )
         gated = self.phase in (WatcherPhase.BEFORE_START, WatcherPhase.AFTER_START)
         return not pending and SpawnGate.WARMUP not in self._gates and not gated
 
@@ -272,7 +288,7 @@ class Watcher:
     def replaced(self, old_pids: set[int]) -> bool:
         """After replace_processes: the replacements are up (as resize_settled) and none of
         `old_pids` is left."""
-        return self.resize_settled() and not old_pids & set(self.pids)
+        return self.resize_settled() and old_pids.isdisjoint(self._pids)
 
     def is_stopping(self, pid: int) -> bool:
         """The process was sent its stop signal, or SIGKILL, by this watcher."""
@@ -284,29 +300,23 @@ class Watcher:
         return None if spawn_id is None else self.processes.get(spawn_id)
 
     def _spawning(self) -> bool:
-        return any(p.state is ProcessState.SPAWNING for p in self.processes.values())
+        return self._unborn() > 0
 
-    def _start_pending(self, process: ProcessRecord, readiness: bool = True) -> bool:
-        """Spawning, waiting for a hook, or running but not ready yet (`awaits_readiness`)."""
-        if process.phase in UNBORN_PHASES or process.spawn_id in self._after_spawn_awaited:
-            return True
-        return (
-            readiness and self.config.awaits_readiness and process.phase is ProcessPhase.RUNNING
-        )
+    def _unborn(self) -> int:
+        """Processes asked of the spawner or of their before_spawn hook, not answered yet (their
+        public state is SPAWNING)."""
+        return sum(self._phase_counts[phase] for phase in UNBORN_PHASES)
 
     def _all_running(self) -> bool:
-        """Every wanted worker has a running (and, if it must say so, ready) process."""
-        awaits = self.config.awaits_readiness
-        running = {
-            p.wid
-            for p in self.processes.values()
-            if p.phase in UP_PROCESS_PHASES
-            and (p.phase is ProcessPhase.READY or not awaits)
-            and p.spawn_id not in self._after_spawn_awaited
-        }
+        """Every wanted worker has a running (and, if it must say so, ready) process (and no
+        after_spawn hook awaited), or is retired."""
+        running = self._ready_wids if self.config.awaits_readiness else self._running_wids
+        retired = self._worker_ids.retired
+        target = self.config.target_processes
+        if len(running) + len(retired) < target:
+            return False  # too few to cover them all: most steps of a start end here
         # Stops at the first missing worker: no set of every wanted wid (numprocesses may be big).
-        wanted = range(1, self.config.target_processes + 1)
-        return all(wid in running or wid in self._retired for wid in wanted)
+        return all(wid in running or wid in retired for wid in range(1, target + 1))
 
     # -- the arbiter's calls: each builds an event ----------------------------------------------
 
@@ -436,7 +446,54 @@ class Watcher:
             raise AssertionError(f"process {process.pid}: {seen} -> {will_see} not allowed")
         if self.observer is not None:
             self.observer.moved(PROCESS_TABLE.name, process.phase, phase)
+        self._tally(process, -1)
+        held, holds = process.phase in HOLDS_WORKER_PHASES, phase in HOLDS_WORKER_PHASES
+        if held and not holds:
+            self._worker_ids.release(process.wid)
+        elif holds and not held:
+            self._worker_ids.hold(process.wid, process.spawn_id)
         process.phase = phase
+        self._tally(process, +1)
+
+    def _born(self, process: ProcessRecord) -> None:
+        self.processes[process.spawn_id] = process
+        self._worker_ids.hold(process.wid, process.spawn_id)  # both birth phases hold it
+        self._tally(process, +1)
+        if self.observer is not None:
+            self.observer.moved(PROCESS_TABLE.name, None, process.phase)
+
+    def _forget(self, process: ProcessRecord) -> None:
+        """The process leaves the table: reaped, or its spawn failed or was dropped."""
+        self._tally(process, -1)
+        if process.phase in HOLDS_WORKER_PHASES:
+            self._worker_ids.release(process.wid)
+        del self.processes[process.spawn_id]
+
+    def _tally(self, process: ProcessRecord, sign: int) -> None:
+        """Count the process in (+1) or out (-1) of the phase counts and the running workers."""
+        phase, wid = process.phase, process.wid
+        self._phase_counts[phase] += sign
+        if phase not in UP_PROCESS_PHASES or process.spawn_id in self._after_spawn_awaited:
+            return
+        # A set, not a count: one process at most holds a worker id (WorkerIds.hold).
+        ready = phase is ProcessPhase.READY
+        if sign > 0:
+            self._running_wids.add(wid)
+            if ready:
+                self._ready_wids.add(wid)
+        else:
+            self._running_wids.discard(wid)
+            if ready:
+                self._ready_wids.discard(wid)
+
+    def _await_after_spawn(self, process: ProcessRecord, awaited: bool) -> None:
+        """While its after_spawn hook runs, a process does not count as running."""
+        self._tally(process, -1)
+        if awaited:
+            self._after_spawn_awaited.add(process.spawn_id)
+        else:
+            self._after_spawn_awaited.discard(process.spawn_id)
+        self._tally(process, +1)
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -448,7 +505,7 @@ class Watcher:
         self._pauses = 0
         self._exec_failures = 0
         self._failures.clear()
-        self._retired.clear()
+        self._worker_ids.clear_retired()
         self._flapping.reset()
         self._end_shortage()
         return actions + self._begin_start(now)
@@ -483,8 +540,13 @@ class Watcher:
 
     def _kill(self, event: KillAsked, now: float) -> list[Action]:
         actions: list[Action] = []
-        for process in list(self.processes.values()):
-            if process.phase in UP_PROCESS_PHASES and event.pid in (None, process.pid):
+        if event.pid is None:
+            chosen = list(self.processes.values())
+        else:  # one process: found by its pid, not among all (plugins kill one at a time)
+            found = self.process_by_pid(event.pid)
+            chosen = [] if found is None else [found]
+        for process in chosen:
+            if process.phase in UP_PROCESS_PHASES:
                 actions += self._stop_process(
                     process, now, event.signum, event.graceful_timeout
                 )
@@ -541,7 +603,7 @@ class Watcher:
         return actions + self._reconcile(now)
 
     def _restart_due(self, event: RestartDue, now: float) -> list[Action]:
-        self._backoff.discard(event.wid)
+        self._worker_ids.end_backoff(event.wid)
         return self._reconcile(now)
 
     def _warmup_over(self, event: WarmupOver, now: float) -> list[Action]:
@@ -662,7 +724,7 @@ class Watcher:
         actions = self._life_begins(process, event.pid, now)
         self._move(process, ProcessPhase.RUNNING)
         if AFTER_SPAWN in self.config.hooks and self.phase in RUNNING_PHASES:
-            self._after_spawn_awaited.add(process.spawn_id)
+            self._await_after_spawn(process, True)
             token = (AFTER_SPAWN, process.spawn_id)
             actions.append(CallHook(AFTER_SPAWN, token, {"pid": event.pid}))
         return actions
@@ -696,7 +758,7 @@ class Watcher:
         return actions
 
     def _spawn_failed(self, process: ProcessRecord, event: SpawnFailed, now: float) -> list[Action]:
-        del self.processes[process.spawn_id]
+        self._forget(process)
         if event.spawner_lost:
             return self._defer(process, event.reason, now, SPAWNER_LOST_CAUSE)
         if is_shortage(event.code):
@@ -706,7 +768,7 @@ class Watcher:
     def _reaped(self, process: ProcessRecord, event: Exited) -> list[Action]:
         spawn_id = process.spawn_id
         del self._pids[event.pid]
-        del self.processes[spawn_id]
+        self._forget(process)
         self._after_spawn_awaited.discard(spawn_id)
         return [
             CancelTimer(KillTimeout(spawn_id).key),
@@ -803,10 +865,10 @@ class Watcher:
     ) -> list[Action]:
         running = self.phase in RUNNING_PHASES
         if not event.approved and running:
-            del self.processes[process.spawn_id]
+            self._forget(process)
             return self._abort(BEFORE_SPAWN, now)
         if not running or process.wid > self.config.target_processes:
-            del self.processes[process.spawn_id]
+            self._forget(process)
             return self._reconcile(now)
         self._move(process, ProcessPhase.SPAWNING)
         return [Spawn(process.spawn_id, process.wid)]
@@ -814,7 +876,7 @@ class Watcher:
     def _before_spawn_done_cancelled(
         self, process: ProcessRecord, event: BeforeSpawnDone, now: float
     ) -> list[Action]:
-        del self.processes[process.spawn_id]
+        self._forget(process)
         if not event.approved and self.phase in RUNNING_PHASES:
             return self._abort(BEFORE_SPAWN, now)
         return self._reconcile(now)
@@ -824,7 +886,7 @@ class Watcher:
     ) -> list[Action]:
         if process.spawn_id not in self._after_spawn_awaited:
             return []
-        self._after_spawn_awaited.discard(process.spawn_id)
+        self._await_after_spawn(process, False)
         if not event.approved and self.phase in RUNNING_PHASES:
             return self._abort(AFTER_SPAWN, now)
         return self._reconcile(now)
@@ -940,8 +1002,9 @@ class Watcher:
 
         With a before_stop hook, the processes are stopped once it has returned.
         """
-        actions: list[Action] = [CancelTimer(RestartDue(wid).key) for wid in sorted(self._backoff)]
-        self._backoff.clear()
+        actions: list[Action] = [
+            CancelTimer(RestartDue(wid).key) for wid in self._worker_ids.clear_backoff()
+        ]
         if SpawnGate.SHORTAGE in self._gates:
             actions.append(CancelTimer(ShortageWaitOver().key))
         self._end_shortage()
@@ -971,7 +1034,7 @@ class Watcher:
         """An unexpected exit that is not flapping: restart the worker, maybe after a backoff."""
         label = self._label(process)
         if not self.config.respawn:
-            self._retired.add(process.wid)
+            self._worker_ids.retire(process.wid)
             return [
                 Log(
                     logging.INFO,
@@ -1006,7 +1069,7 @@ class Watcher:
             # A warning, as with a delay: the process ended without being asked to.
             said = Log(logging.WARNING, f"{what}; restarting", kind, wid=wid, pid=pid)
             return [said, *self._reconcile(now)]
-        self._backoff.add(wid)
+        self._worker_ids.back_off(wid)
         return [
             Log(
                 logging.WARNING,
@@ -1075,7 +1138,7 @@ class Watcher:
             )
         else:
             delay = 0.0
-        running = len(self.pids)
+        running = len(self._pids)
         wanted = self.config.target_processes
         actions: list[Action] = []
         if first and cause == SHORTAGE_CAUSE:
@@ -1191,7 +1254,7 @@ class Watcher:
                 actions.append(
                     Log(
                         logging.INFO,
-                        f"{self.name}: all {len(self.pids)} processes run{over} "
+                        f"{self.name}: all {len(self._pids)} processes run{over} "
                         f"({self.deferred_spawns} spawns deferred so far)",
                         MessageId.SPAWNS_RESUMED,
                     )
@@ -1225,31 +1288,20 @@ class Watcher:
         return actions
 
     def _fill_and_trim(self, now: float) -> list[Action]:
-        target = self.config.target_processes
+        """Stop the processes of workers above numprocesses; spawn the lowest free workers, as
+        many as the spawn window has room for (one at a time with a warmup_delay)."""
+        ids = self._worker_ids
+        if ids.target != self.config.target_processes:  # update_config changed it
+            ids.retarget(self.config.target_processes)
         actions: list[Action] = []
-        live_wids = set()
-        spawning = 0
-        for process in list(self.processes.values()):
-            spawning += process.state is ProcessState.SPAWNING
-            if process.phase not in HOLDS_WORKER_PHASES:
-                continue
-            if process.wid > target:
-                actions += self._stop_process(process, now)
-            else:
-                live_wids.add(process.wid)
-        if SpawnGate.SHORTAGE in self._gates or SpawnGate.SHUTDOWN in self._gates:
+        for spawn_id in ids.surplus():
+            actions += self._stop_process(self.processes[spawn_id], now)
+        if self._gates or self.phase is WatcherPhase.BEFORE_START:  # any SpawnGate holds them
             return actions
-        room = SPAWN_WINDOW - spawning
-        for wid in range(1, target + 1):
-            if (
-                SpawnGate.WARMUP in self._gates
-                or self.phase is WatcherPhase.BEFORE_START
-                or room <= 0
-            ):
-                break
-            if wid in live_wids or wid in self._backoff or wid in self._retired:
-                continue
-            room -= 1
+        room = SPAWN_WINDOW - self._unborn()
+        if self.config.warmup_delay > 0:
+            room = min(room, 1)
+        for wid in ids.take_lowest(room):
             self._last_spawn_id += 1
             spawn_id = self._last_spawn_id
             if BEFORE_SPAWN in self.config.hooks:
@@ -1262,11 +1314,6 @@ class Watcher:
                 self._gates.add(SpawnGate.WARMUP)
                 actions.append(StartTimer(WarmupOver().key, self.config.warmup_delay))
         return actions
-
-    def _born(self, process: ProcessRecord) -> None:
-        self.processes[process.spawn_id] = process
-        if self.observer is not None:
-            self.observer.moved(PROCESS_TABLE.name, None, process.phase)
 
 
 def _describe_exit(exit_code: int) -> str:
