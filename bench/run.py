@@ -640,20 +640,40 @@ def main(argv: list[str] | None = None) -> int:
                    if s.name in plan.supervisors]
     base = tempfile.mkdtemp(prefix="csb-", dir="/tmp")  # short: ipc:// paths have 107 bytes
     bench = Bench(plan, supervisors, child, base, results, seed, args.results)
+    started = float(meta["t0"])  # type: ignore[arg-type]  # Bench.say reads it meanwhile
+
+    def keep() -> None:
+        del meta["t0"]  # monotonic: means nothing in the results
+        write_outputs(results, args.results, plan)
+
+    return measure_and_keep(bench.all, bench.say, meta, base, started, keep)
+
+
+def measure_and_keep(
+    measure: Callable[[], None],
+    say: Callable[[str], None],
+    meta: dict[str, object],
+    base: str,
+    started: float,
+    keep: Callable[[], None],
+) -> int:
+    """Run the measurements; interrupted (^C) or not, the machine is cleaned up (orphans
+    reaped, `base` removed), the run's duration and load at its end are noted in `meta`, and
+    `keep` writes what was measured. The exit status."""
     status = 0
     try:
-        bench.all()
+        measure()
     except KeyboardInterrupt as exc:
-        bench.say(f"interrupted ({exc}): writing what was measured")
+        say(f"interrupted ({exc}): writing what was measured")
         meta["interrupted"] = True
         status = 130
     finally:
         reap_orphans()
         shutil.rmtree(base, ignore_errors=True)
-        meta["duration_s"] = round(time.monotonic() - float(meta.pop("t0")), 1)  # type: ignore[arg-type]
+        meta["duration_s"] = round(time.monotonic() - started, 1)
         with open("/proc/loadavg") as f:
             meta["machine"]["loadavg_end"] = f.read().split()[:3]  # type: ignore[index]
-        write_outputs(results, args.results, plan)
+        keep()
     return status
 
 

@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterator
 from bench import machine
 from bench.announce import Child
 from bench.control import CircusControl, ControlClient, ControlError, SupervisorControl
-from bench.procs import become_subreaper, reap_orphans
+from bench.procs import become_subreaper
 from bench.results import MACHINE, Metric, Results, dump, load
-from bench.run import _version, machine_info
+from bench.run import _version, machine_info, measure_and_keep
 from bench.scale_limits import daemon_limits, machine_limits, raise_own_nofile
 from bench.scale_report import FIGURES, MACHINE_FIGURES, write_outputs
 from bench.supervisors import WATCHER, CircusLike, Supervisor, Workload, all_supervisors
@@ -150,9 +150,7 @@ class Plan:
     def start_bound(n: int) -> float:
         return max(30.0, 0.012 * n)
 
-    @staticmethod
-    def stop_bound(n: int) -> float:
-        return max(30.0, 0.012 * n)
+    stop_bound = start_bound  # a stop of N may take as long as their start
 
     @staticmethod
     def stats_bound(n: int) -> float:
@@ -604,24 +602,14 @@ def main(argv: list[str] | None = None) -> int:
                   started.strftime("%Y%m%d-%H%M%S"))
     scale.define_metrics()
     scale.say(f"limits: {limits}; harness RLIMIT_NOFILE {nofile}")
-    status = 0
-    try:
-        scale.all()
-    except KeyboardInterrupt as exc:
-        scale.say(f"interrupted ({exc}): writing what was measured")
-        meta["interrupted"] = True
-        status = 130
-    finally:
-        reap_orphans()
-        shutil.rmtree(base, ignore_errors=True)
-        meta["duration_s"] = round(time.monotonic() - scale.t0, 1)
-        with open("/proc/loadavg") as f:
-            meta["machine"]["loadavg_end"] = f.read().split()[:3]  # type: ignore[index]
+
+    def keep() -> None:
         out = os.path.join(args.results, f"scale-{scale.stamp}")
         os.makedirs(args.results, exist_ok=True)
         dump(results, out + ".json")
         write_outputs(results, out)
-    return status
+
+    return measure_and_keep(scale.all, scale.say, meta, base, scale.t0, keep)
 
 
 if __name__ == "__main__":

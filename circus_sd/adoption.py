@@ -16,13 +16,14 @@ a session of its own.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import signal
-import time
 from collections.abc import Iterable, Iterator
+
+from circus_sd.cgroups import own_v2_path
+from circus_sd.process import CLOCK_TICKS, boot_time, proc_stat, start_ticks
 
 ARBITER_ENV = "CIRCUS_SD_ARBITER"
 WATCHER_ENV = "CIRCUS_SD_WATCHER"
@@ -79,55 +80,62 @@ def workers(seen: Iterable[Seen], arbiter: str) -> dict[tuple[str, int], Found]:
 # -- reading /proc ---------------------------------------------------------------------------------
 
 
-def observe(proc: str = "/proc") -> Iterator[Seen]:
+def observe() -> Iterator[Seen]:
     """Every process we may read the environment of (root: all), with its marks."""
-    for entry in os.scandir(proc):
+    for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
         try:
-            with open(f"{proc}/{pid}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read()
-            stat = stat_fields(pid, proc)
-        except (OSError, ValueError):
+            fields = proc_stat(pid)[1]
+            ppid, started, session = int(fields[1]), int(fields[19]), int(fields[3])
+        except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, or another user's (not ours to adopt)
         if ARBITER_ENV.encode() not in environ:
-            yield Seen(pid, *stat)
+            yield Seen(pid, ppid, started, session)
             continue
         marks = dict(
             item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item
         )
         wid = marks.get(WID_ENV.encode(), b"")
         yield Seen(
-            pid, *stat,
+            pid, ppid, started, session,
             arbiter=marks.get(ARBITER_ENV.encode(), b"").decode(errors="replace"),
             watcher=marks.get(WATCHER_ENV.encode(), b"").decode(errors="replace"),
             wid=int(wid) if wid.isdigit() else None,
-            cgroup=_cgroup_of(pid, proc),
+            cgroup=_cgroup_of(pid),
         )
 
 
-def stat_fields(pid: int, proc: str = "/proc") -> tuple[int, int, int]:
-    """(parent pid, start time in clock ticks after boot, session) from /proc/PID/stat."""
-    with open(f"{proc}/{pid}/stat", "rb") as f:
-        stat = f.read()
-    # After the command name, which is in parentheses and may hold anything: state, ppid...
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[1]), int(fields[19]), int(fields[3])
-
-
-def _cgroup_of(pid: int, proc: str) -> str | None:
-    with contextlib.suppress(OSError), open(f"{proc}/{pid}/cgroup") as f:
-        for line in f:
-            if line.startswith("0::"):
-                return line[3:].strip()
-    return None
+def _cgroup_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return own_v2_path(f.read())
+    except OSError:
+        return None
 
 
 def started_wall(started: int) -> float:
-    """The wall-clock time of a start time in clock ticks after boot."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + started / ticks
+    """The wall-clock time of a start time in clock ticks after boot, as `stats` shows it."""
+    return boot_time() + started / CLOCK_TICKS
+
+
+def open_if_same(worker: Found) -> int | None:
+    """A pidfd of the worker, if its pid still names it (not another process since)."""
+    try:
+        pidfd = os.pidfd_open(worker.pid)
+    except OSError:
+        return None  # gone
+    try:
+        same = start_ticks(worker.pid) == worker.started
+    except (OSError, ValueError, IndexError):
+        same = False
+    if not same:
+        os.close(pidfd)
+        return None
+    return pidfd
 
 
 class Adoptable:
@@ -136,33 +144,26 @@ class Adoptable:
     def __init__(self, found: dict[tuple[str, int], Found]) -> None:
         self._found = dict(found)
 
-    def __len__(self) -> int:
-        return len(self._found)
-
     def claim(self, watcher: str, wid: int) -> Found | None:
         return self._found.pop((watcher, wid), None)
 
-    def stop_unclaimed(self) -> int:
+    def stop_unclaimed(self) -> None:
         """Stop what no watcher asked for (a wid above numprocesses, a watcher gone from the
-        file or not started), as the previous arbiter would have; how many."""
+        file or not started), as the previous arbiter would have."""
         left, self._found = list(self._found.values()), {}
         for worker in left:
             self.stop(worker, "it is not wanted now")
-        return len(left)
 
     @staticmethod
     def stop(worker: Found, why: str) -> None:
         """SIGTERM to a worker found at start (its descendants are its to stop)."""
-        try:
-            pidfd = os.pidfd_open(worker.pid)
-        except OSError:
-            return  # gone already
-        try:
-            if stat_fields(worker.pid)[1] != worker.started:
-                return  # its pid is another process's now
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        except (OSError, ValueError):
+        pidfd = open_if_same(worker)
+        if pidfd is None:
             return
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        except OSError:
+            return  # ended meanwhile
         finally:
             os.close(pidfd)
         log.warning(

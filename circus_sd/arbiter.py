@@ -838,13 +838,13 @@ class Arbiter:
         locks = await control.close(keep_locks=True) if control is not None else {}
         busy = await control.wait_for_commands(COMMANDS_TIMEOUT) if control is not None else []
         if busy:
-            await self._give_up_switch(locks, f"{', '.join(busy)} still at work")
+            self._give_up_switch(locks, f"{', '.join(busy)} still at work")
             return
         if not await self._settle():
-            await self._give_up_switch(locks, "spawns or hooks still in flight")
+            self._give_up_switch(locks, "spawns or hooks still in flight")
             return
         if Request.STOP in self._after_switch:
-            await self._give_up_switch(locks, "asked to stop meanwhile")
+            self._give_up_switch(locks, "asked to stop meanwhile")
             return
         # Frozen from here: what happens to processes waits in their pidfds and pipes.
         timers = [(name, key, handle.when()) for (name, key), handle in self._timers.items()]
@@ -882,7 +882,7 @@ class Arbiter:
             log.critical("cannot re-execute %s: %s", reexec.command(), exc)
             raise
 
-    async def _give_up_switch(self, locks: dict[str, int], why: str) -> None:
+    def _give_up_switch(self, locks: dict[str, int], why: str) -> None:
         """Before the freeze: go on as this program, control opened again on its endpoints."""
         log.error("re-execution given up: %s; this arbiter goes on", why,
                   extra=about(MessageId.REEXEC))

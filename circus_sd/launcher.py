@@ -17,7 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from circus_sd.actions import Spawn
-from circus_sd.adoption import ARBITER_ENV, WATCHER_ENV, Adoptable, Found, started_wall, stat_fields
+from circus_sd.adoption import (
+    ARBITER_ENV,
+    WATCHER_ENV,
+    Adoptable,
+    Found,
+    open_if_same,
+    started_wall,
+)
 from circus_sd.cgroup_supervision import CgroupSupervision
 from circus_sd.child_notify import NotifySocket, NotifySockets
 from circus_sd.config.model import WatcherConfig
@@ -185,16 +192,8 @@ class Launcher:
             # Its pings go to the previous arbiter's socket: its watchdog would misfire.
             self.adoptable.stop(found, "its sd_notify watchdog cannot be taken over")
             return False
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            return False
-        try:
-            same = stat_fields(pid)[1] == found.started
-        except (OSError, ValueError):
-            same = False
-        if not same:  # gone, and its pid is another process's now
-            os.close(pidfd)
+        pidfd = open_if_same(found)
+        if pidfd is None:  # gone since it was found
             return False
         entry = ProcessEntry(
             pid, name, action.spawn_id, ProcessHandle.adopt(pid, pidfd),

@@ -24,6 +24,8 @@ import os
 import signal
 from collections.abc import Callable, Collection, Iterable
 
+from circus_sd.process import CLOCK_TICKS, start_ticks
+
 
 @dataclasses.dataclass(frozen=True)
 class Leftover:
@@ -128,17 +130,6 @@ class Leftovers:
 
 # -- children of a lost spawner ------------------------------------------------------------------
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def start_ticks(pid: int) -> int:
-    """When process `pid` started, in clock ticks of CLOCK_BOOTTIME (/proc/PID/stat field 22)."""
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        stat = file.read()
-    # The command name, in parentheses, may hold anything: the fields after it, from field 3.
-    return int(stat[stat.rfind(b")") + 2 :].split()[22 - 3])
-
-
 def clones_of_a_lost_spawner(
     candidates: Iterable[int],
     since: float,
@@ -159,7 +150,7 @@ def clones_of_a_lost_spawner(
     in those few seconds is taken for a clone. Call it once the lost spawner is gone (none of
     its clones is missing) and before another clones anything.
     """
-    threshold = int(since * _CLOCK_TICKS)
+    threshold = int(since * CLOCK_TICKS)
     found = []
     for pid in candidates:
         try:

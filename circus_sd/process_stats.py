@@ -15,12 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from circus_sd.process import child_pids
+from circus_sd.process import CLOCK_TICKS, boot_time, child_pids, proc_stat, read_small
 from circus_sd.sizes import human_bytes
 
 NO_SUCH_PROCESS = "No such process (stopped?)"
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The kernel keeps 15 bytes of a program's name (TASK_COMM_LEN); psutil then takes the name
 # from the command line when it begins with those 15.
 _COMM_MAX = 15
@@ -55,23 +54,10 @@ class _Stat:
     threads: int
 
 
-def _read_small(path: str) -> bytes:
-    """A /proc file of less than a page, whole, or the beginning of one: in one read (open() is
-    three times the cost, paid several times per process)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 4096)
-    finally:
-        os.close(fd)
-
-
 def _read_stat(pid: int) -> _Stat:
-    data = _read_small(f"/proc/{pid}/stat")
-    # The name is in parentheses and may hold anything, parentheses and spaces included.
-    close = data.rfind(b")")
-    fields = data[close + 2 :].split()
+    name, fields = proc_stat(pid)
     return _Stat(
-        name=os.fsdecode(data[data.find(b"(") + 1 : close]),
+        name=os.fsdecode(name),
         utime=int(fields[11]),
         stime=int(fields[12]),
         nice=int(fields[16]),
@@ -113,7 +99,7 @@ def _read_status(pid: int) -> _Status:
     """The real uid (psutil's `username`), and the memory sizes psutil reads from statm: the
     same counts (in kB here, in pages there), where stat's rss is the kernel's per-CPU estimate
     (a few hundred kB off). A process without memory (a zombie) has no Vm lines: 0, as in statm."""
-    data = _read_small(f"/proc/{pid}/status")  # about 1.5 kB
+    data = read_small(f"/proc/{pid}/status")  # about 1.5 kB
     return _Status(
         uid=int(_status_field(data, b"Uid:", pid)),
         rss=int(_status_field(data, b"VmRSS:", pid, b"0")) * 1024,
@@ -169,11 +155,7 @@ class _MachineFacts:
             return
         self._read_at = now
         self._users.clear()
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime"):
-                    self._boot_time = float(line.split()[1])
-                    break
+        self._boot_time = boot_time()
 
     def boot_time(self) -> float:
         self._fresh()
@@ -249,8 +231,8 @@ class ProcessStats:
         user = self._facts.user(status.uid)
         name = _full_name(pid, stat.name)
         at = time.monotonic()
-        busy = stat.utime / _CLOCK_TICKS + stat.stime / _CLOCK_TICKS
-        created = stat.started / _CLOCK_TICKS + self._facts.boot_time()
+        busy = stat.utime / CLOCK_TICKS + stat.stime / CLOCK_TICKS
+        created = stat.started / CLOCK_TICKS + self._facts.boot_time()
         now = time.time()
         if before is None or before.started != stat.started:
             # No earlier sample (or the pid is another process's now): its average since it

@@ -369,6 +369,14 @@ def test_dpkg_i_of_a_newer_build_reexecutes_the_running_service(
     assert_writer_unbroken(bed, unit["InvocationID"], last)
 
 
+def started_running(system: System) -> tuple[dict[str, str], list[int], str]:
+    """`started_afresh`, with the workload's pids and the version the arbiter runs."""
+    unit = started_afresh(system)
+    running = global_options(system)["version"]
+    assert isinstance(running, str)
+    return unit, workload(system), running
+
+
 def assert_not_reexecuted(
     bed: System, out: str, running: str, why: str, unit: dict[str, str], before: list[int]
 ) -> None:
@@ -389,9 +397,7 @@ def assert_not_reexecuted(
 def test_an_upgrade_where_policy_rc_d_forbids_it_does_not_reexecute_and_says_so(
     bed: System, builds: tuple[pathlib.Path, dict[str, str]]
 ) -> None:
-    unit = started_afresh(bed)
-    before = workload(bed)
-    running = global_options(bed)["version"]
+    unit, before, running = started_running(bed)
     # The installed build again: an upgrade for dpkg (configure with the old version).
     (deb_name,) = [name for name in builds[1].values() if version_of(name) == running]
     # What chroots and image builders install so that packages leave services alone.
@@ -414,10 +420,7 @@ def test_a_build_that_cannot_take_over_is_refused_every_time_and_the_upgrade_say
     bed: System, builds: tuple[pathlib.Path, dict[str, str]]
 ) -> None:
     deb_name = builds[1]["other-shape"]
-    unit = started_afresh(bed)
-    before = workload(bed)
-    running = global_options(bed)["version"]
-    assert isinstance(running, str)
+    unit, before, running = started_running(bed)
     # The new files without the postinst, then `reexec` asked again and again: each time the new
     # code refuses the state (the check's exit is the arbiter's to wait for, never a stray's).
     dpkg(bed, "dpkg", "--unpack", f"{NEWER_INSIDE}/{deb_name}")
@@ -439,10 +442,7 @@ def test_a_build_with_another_handover_version_is_refused(
     bed: System, builds: tuple[pathlib.Path, dict[str, str]]
 ) -> None:
     deb_name = builds[1]["handover-v2"]
-    unit = started_afresh(bed)
-    before = workload(bed)
-    running = global_options(bed)["version"]
-    assert isinstance(running, str)
+    unit, before, running = started_running(bed)
     out, _states = upgrade(bed, deb_name)
     assert_not_reexecuted(
         bed, out, running,

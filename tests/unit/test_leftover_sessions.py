@@ -7,12 +7,8 @@ import os
 import subprocess
 import time
 
-from circus_sd.leftovers import (
-    _CLOCK_TICKS,
-    Leftovers,
-    clones_of_a_lost_spawner,
-    start_ticks,
-)
+from circus_sd.leftovers import Leftovers, clones_of_a_lost_spawner
+from circus_sd.process import CLOCK_TICKS, start_ticks
 
 
 class FakeKernel:
@@ -141,7 +137,7 @@ def test_the_clones_of_a_lost_spawner_are_the_young_session_leaders_and_those_in
         return ticks[pid]
 
     found = clones_of_a_lost_spawner(
-        sessions, 1000 / _CLOCK_TICKS, own_session, sessions.__getitem__, started
+        sessions, 1000 / CLOCK_TICKS, own_session, sessions.__getitem__, started
     )
 
     assert found == [(10, True), (12, False), (13, True)]
@@ -153,12 +149,12 @@ def test_clones_of_a_lost_spawner_among_real_children() -> None:
     before = subprocess.Popen(sleep, start_new_session=True)
     try:
         # A tick later at least: the older one started before `since`.
-        time.sleep(2 / _CLOCK_TICKS)
+        time.sleep(2 / CLOCK_TICKS)
         since = time.clock_gettime(time.CLOCK_BOOTTIME)
         leader = subprocess.Popen(sleep, start_new_session=True)
         in_ours = subprocess.Popen(sleep)
         try:
-            assert start_ticks(leader.pid) >= int(since * _CLOCK_TICKS)
+            assert start_ticks(leader.pid) >= int(since * CLOCK_TICKS)
             pids = [before.pid, leader.pid, in_ours.pid]
             found = clones_of_a_lost_spawner(pids, since, os.getsid(0))
             assert found == [(leader.pid, True), (in_ours.pid, False)]
