@@ -183,6 +183,16 @@ class Arbiter:
             for watcher_config in config.watchers:
                 self._add_watcher(watcher_config)
         self._timers: dict[tuple[str, Hashable], asyncio.TimerHandle] = {}
+        # What carries out each kind of action a watcher returns.
+        self._executors: dict[type, Callable[[str, Any], None]] = {
+            Spawn: self._execute_spawn,
+            Signal: self._execute_signal,
+            StartTimer: self._execute_start_timer,
+            CancelTimer: self._execute_cancel_timer,
+            Publish: self._execute_publish,
+            CallHook: self._call_hook,
+            Log: self._execute_log,
+        }
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._locks: dict[str, asyncio.Lock] = {}
         self._requests: asyncio.Queue[Request] = asyncio.Queue()
@@ -1009,30 +1019,37 @@ class Arbiter:
     # -- executing actions -----------------------------------------------------------------------
 
     def _feed(self, name: str, actions: list[Action]) -> None:
+        executors = self._executors
         for action in actions:
-            if isinstance(action, Spawn):
-                self.launcher.spawn(self.watchers[name].config, action)
-            elif isinstance(action, Signal):
-                self._signal(action.pid, action.signum, action.tree)
-            elif isinstance(action, StartTimer):
-                self._start_timer(name, action.key, action.delay)
-            elif isinstance(action, CancelTimer):
-                timer = self._timers.pop((name, action.key), None)
-                if timer is not None:
-                    timer.cancel()
-            elif isinstance(action, Publish):
-                self.publish(name, action.event, action.payload)
-            elif isinstance(action, CallHook):
-                self._call_hook(name, action)
-            elif isinstance(action, Log):
-                subject = about(action.kind, name, action.wid, action.pid)
-                log.log(action.level, "%s", action.message, extra=subject)
-                if action.level >= logging.ERROR:
-                    self.last_error = action.message
+            executors[type(action)](name, action)
         self._check_waiters()
         if self.notifier.enabled and not self._status_scheduled and self._loop is not None:
             self._status_scheduled = True
             self._loop.call_soon(self._update_status)
+
+    def _execute_spawn(self, name: str, action: Spawn) -> None:
+        self.launcher.spawn(self.watchers[name].config, action)
+
+    def _execute_signal(self, name: str, action: Signal) -> None:
+        self._signal(action.pid, action.signum, action.tree)
+
+    def _execute_start_timer(self, name: str, action: StartTimer) -> None:
+        self._start_timer(name, action.key, action.delay)
+
+    def _execute_cancel_timer(self, name: str, action: CancelTimer) -> None:
+        timer = self._timers.pop((name, action.key), None)
+        if timer is not None:
+            timer.cancel()
+
+    def _execute_publish(self, name: str, action: Publish) -> None:
+        self.publish(name, action.event, action.payload)
+
+    def _execute_log(self, name: str, action: Log) -> None:
+        if action.level >= logging.ERROR:
+            self.last_error = action.message
+        if log.isEnabledFor(action.level):
+            subject = about(action.kind, name, action.wid, action.pid)
+            log.log(action.level, "%s", action.message, extra=subject)
 
     def _update_status(self) -> None:
         self._status_scheduled = False
@@ -1083,7 +1100,7 @@ class Arbiter:
 
     def _on_sigchld(self) -> None:
         self._child_exited.set()
-        self.launcher.reap_strays()
+        self.launcher.reap_strays_soon()
 
     def _on_leaf_empty(self, pid: int) -> None:
         self.launcher.leaf_empty(pid)

@@ -31,6 +31,7 @@ from circus_sd.config.model import WatcherConfig
 from circus_sd.config.process_env import ChildDefaults
 from circus_sd.endpoints import runtime_dir
 from circus_sd.fd_reserve import FdReserve
+from circus_sd.fd_watch import FdWatch
 from circus_sd.journal_log import about
 from circus_sd.leftovers import Leftovers
 from circus_sd.message_ids import MessageId
@@ -111,12 +112,15 @@ class Launcher:
         self._notify_sockets = NotifySockets(runtime_dir())
         self._fd_reserve = FdReserve()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Every child's pidfd, exec-status pipe and sd_notify socket.
+        self._fds = FdWatch()
         # What each process being spawned holds, by (watcher, spawn id).
         self._pending: dict[tuple[str, int], _Pending] = {}
         # Spawn answers whose _on_spawned has not run yet: the spawner no longer counts them in
         # flight, but their children are not in the table either (see reap_strays).
         self._unclaimed = 0
         self._strays_pending = False
+        self._strays_scheduled = False
         # Children whose exec succeeded this loop turn, told to their watchers at its end.
         self._execed_batch: list[int] = []
         # Called with the pid of each process forgotten (caches kept elsewhere by pid).
@@ -130,6 +134,7 @@ class Launcher:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._fds.attach(loop)
         self.spawner.attach(loop)
 
     # -- spawning --------------------------------------------------------------------------------
@@ -200,7 +205,7 @@ class Launcher:
             started_wall(found.started), phase=ExecPhase.EXECED,
         )
         self.table.add(entry)
-        self._loop.add_reader(pidfd, self._on_exit, pid)
+        self._fds.add(pidfd, self._on_exit, pid)
         if self._leftovers is not None:
             self._leftovers.session_started(pid, name)
         if self._cgroups is not None and found.cgroup is not None:
@@ -256,9 +261,9 @@ class Launcher:
         self.table.add(entry)
         if self._leftovers is not None:
             self._leftovers.session_started(pid, name)  # it calls setsid: its session is its pid
-        self._loop.add_reader(handle.pidfd, self._on_exit, pid)
+        self._fds.add(handle.pidfd, self._on_exit, pid)
         if entry.notify is not None:
-            self._loop.add_reader(entry.notify.fileno(), self._on_notify, pid)
+            self._fds.add(entry.notify.fileno(), self._on_notify, pid)
         if pending.output is not None:
             pending.output.attach(pid)
         if self._cgroups is not None:
@@ -274,15 +279,15 @@ class Launcher:
         if handle.drain_status():
             self._status_done(entry)
         else:
-            self._loop.add_reader(status_fd, self._on_status, pid)
+            self._fds.add(status_fd, self._on_status, pid)
         if self._strays_pending and not self.spawns_unsettled():
             self.reap_strays()
 
     def _on_status(self, pid: int) -> None:
         entry = self.table.get(pid)
         if entry is not None and entry.handle.drain_status():
-            assert self._loop is not None and entry.handle.status_fd is not None
-            self._loop.remove_reader(entry.handle.status_fd)
+            assert entry.handle.status_fd is not None
+            self._fds.remove(entry.handle.status_fd)
             self._status_done(entry)
 
     def _status_done(self, entry: ProcessEntry) -> None:
@@ -329,7 +334,6 @@ class Launcher:
     # -- exits -----------------------------------------------------------------------------------
 
     def _on_exit(self, pid: int) -> None:
-        assert self._loop is not None
         entry = self.table.get(pid)
         if entry is None:
             return
@@ -353,7 +357,7 @@ class Launcher:
         stopping = self._reports.is_stopping(entry.watcher, pid)
         if self._cgroups is not None and self._cgroups.main_exited(pid, stopping):
             # Descendants remain in its leaf: the process ends when the leaf is empty.
-            self._loop.remove_reader(entry.handle.pidfd)
+            self._fds.remove(entry.handle.pidfd)
             entry.phase = ExecPhase.DRAINING
             entry.exit_code, entry.exec_error = exit_code, exec_error
             return
@@ -378,14 +382,12 @@ class Launcher:
         if entry is None:
             return None
         if entry.notify is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(entry.notify.fileno())
+            self._fds.remove(entry.notify.fileno())
             entry.notify.close()
         handle = entry.handle
-        if self._loop is not None:
-            self._loop.remove_reader(handle.pidfd)
-            if handle.status_fd is not None:
-                self._loop.remove_reader(handle.status_fd)
+        self._fds.remove(handle.pidfd)
+        if handle.status_fd is not None:
+            self._fds.remove(handle.status_fd)
         handle.close()
         for forget in self.forgotten:
             forget(pid)
@@ -413,7 +415,16 @@ class Launcher:
         """Our children that are accounted for: processes in the table, and the spawner."""
         return set(self.table.pids()) | set(self.spawner.pids) | self.helpers
 
+    def reap_strays_soon(self) -> None:
+        """After a SIGCHLD: reap strays once this loop turn is done. Exits come in batches, and
+        each look reads the list of all our children: once per signal made a mass stop
+        quadratic."""
+        if not self._strays_scheduled and self._loop is not None:
+            self._strays_scheduled = True
+            self._loop.call_soon(self.reap_strays)
+
     def reap_strays(self) -> None:
+        self._strays_scheduled = False
         # Children cloned by the spawner are ours before we learn their pid: reaping an unknown
         # zombie now could steal a fresh child's status, so wait for the spawner's answers, and
         # for _on_spawned to take each in (a future's callbacks run a loop turn after it is set).
@@ -442,11 +453,10 @@ class Launcher:
     def hold(self) -> None:
         """Stop listening to the children (exits, sd_notify): from now on, what happens to them
         waits in their pidfds and sockets for the next program of this arbiter."""
-        assert self._loop is not None
         for entry in self.table:
-            self._loop.remove_reader(entry.handle.pidfd)
+            self._fds.remove(entry.handle.pidfd)
             if entry.notify is not None:
-                self._loop.remove_reader(entry.notify.fileno())
+                self._fds.remove(entry.notify.fileno())
 
     @property
     def defaults(self) -> ChildDefaults:
@@ -493,13 +503,14 @@ class Launcher:
             )
             self.table.add(entry)
             if entry.phase is not ExecPhase.DRAINING:
-                self._loop.add_reader(handle.pidfd, self._on_exit, entry.pid)
+                self._fds.add(handle.pidfd, self._on_exit, entry.pid)
             if notify is not None:
-                self._loop.add_reader(notify.fileno(), self._on_notify, entry.pid)
+                self._fds.add(notify.fileno(), self._on_notify, entry.pid)
 
     def close(self) -> None:
         """Last: every record forgotten, the notify sockets' directory removed."""
         for entry in self.table:
             self.forget(entry.pid)
+        self._fds.close()
         self._notify_sockets.close()
 

@@ -225,22 +225,30 @@ class TimerFired(Event):
 
     @property
     def key(self) -> tuple[object, ...]:
-        """The key the timer is started and cancelled with (built by hand: several per spawn
-        and per exit, and dataclasses.astuple deep-copies each field)."""
-        names = _FIELD_NAMES.get(type(self))
-        if names is None:
-            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))
-        return (self.kind, *(getattr(self, name) for name in names))
+        """The key the timer is started and cancelled with: its kind, then its fields (spelled
+        out by each class that has fields, not derived: several are made per spawn and exit)."""
+        return (self.kind,)
 
 
-# Each timer event class's field names, in order (looked up once per class).
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+@dataclasses.dataclass(frozen=True)
+class ProcessTimerFired(TimerFired, WatcherEvent, ProcessEvent):
+    """A timer of one process."""
+
+    spawn_id: int
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.kind, self.spawn_id)
 
 
 @dataclasses.dataclass(frozen=True)
 class RestartDue(TimerFired, WatcherEvent):
     kind = RESTART
     wid: int
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.kind, self.wid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,33 +267,28 @@ class RetryDue(TimerFired, WatcherEvent):
 
 
 @dataclasses.dataclass(frozen=True)
-class KillTimeout(TimerFired, WatcherEvent, ProcessEvent):
+class KillTimeout(ProcessTimerFired):
     kind = KILL
-    spawn_id: int
 
 
 @dataclasses.dataclass(frozen=True)
-class MaxAgeReached(TimerFired, WatcherEvent, ProcessEvent):
+class MaxAgeReached(ProcessTimerFired):
     kind = MAX_AGE
-    spawn_id: int
 
 
 @dataclasses.dataclass(frozen=True)
-class MinUptimeReached(TimerFired, WatcherEvent, ProcessEvent):
+class MinUptimeReached(ProcessTimerFired):
     kind = HEALTHY
-    spawn_id: int
 
 
 @dataclasses.dataclass(frozen=True)
-class ReadyTimeout(TimerFired, WatcherEvent, ProcessEvent):
+class ReadyTimeout(ProcessTimerFired):
     kind = READY_TIMEOUT
-    spawn_id: int
 
 
 @dataclasses.dataclass(frozen=True)
-class WatchdogTimeout(TimerFired, WatcherEvent, ProcessEvent):
+class WatchdogTimeout(ProcessTimerFired):
     kind = WATCHDOG
-    spawn_id: int
 
 
 def timer_event(key: Hashable) -> TimerFired:

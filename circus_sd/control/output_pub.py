@@ -21,6 +21,7 @@ import zmq.asyncio
 
 from circus_sd.control.subscriptions import (
     SubscriptionBook,
+    SubscriptionFollower,
     follow_subscriptions,
     limit_subscriptions,
 )
@@ -83,15 +84,14 @@ class OutputPublisher:
 
     def _topic_if_followed(self, watcher: str, stream: str) -> bytes | None:
         topic = output_topic(watcher, stream).encode()
-        if any(topic.startswith(prefix) for prefix in self._book.topics):
-            return topic
-        return None
+        return topic if self._book.follows(topic) else None
 
     async def follow_subscriptions(self) -> None:
         """Keep the set of followed topics current, until cancelled."""
-        await follow_subscriptions(
-            self._socket, self._book, self._admins, self._refuse, self._followed.clear, "output"
+        follower = SubscriptionFollower(
+            self._book, self._admins, self._refuse, self._followed.clear, "output"
         )
+        await follow_subscriptions(self._socket, follower)
 
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):

@@ -25,6 +25,7 @@ from circus_sd.arbiter import Arbiter
 from circus_sd.config.model import ArbiterConfig
 from circus_sd.config.options import decimal_integer
 from circus_sd.control.connection_guard import ConnectionGuard
+from circus_sd.control.event_pub import EventPublisher
 from circus_sd.control.handlers import HANDLERS, Deferred
 from circus_sd.control.output_pub import OutputPublisher
 from circus_sd.control.param_checks import check_properties
@@ -40,11 +41,6 @@ from circus_sd.control.protocol import (
 )
 from circus_sd.control.registry import COMMANDS, Tier
 from circus_sd.control.replies import SEND_HWM, PendingReplies, Sent
-from circus_sd.control.subscriptions import (
-    SubscriptionBook,
-    follow_subscriptions,
-    limit_subscriptions,
-)
 from circus_sd.control.subscriptions import peer_credentials as _peer_credentials
 from circus_sd.curve import make_server
 from circus_sd.endpoints import (
@@ -132,8 +128,7 @@ class ControlServer:
         self._router_fd: int | None = None  # watched by the loop while serving
         self._reading = False  # in a pass of _read_requests
         self._pass_scheduled = False
-        self._pub: zmq.asyncio.Socket | None = None
-        self._events = SubscriptionBook()
+        self._events: EventPublisher | None = None
         self._output: OutputPublisher | None = None
         self._max_message_size = options.max_message_size
         self._guard_bounds = (options.max_connections_per_user, options.max_connections)
@@ -187,11 +182,10 @@ class ControlServer:
         self._bind(self._router, self.endpoint)
         self._add_door(self.endpoint)
         # XPUB rather than PUB: it tells who subscribes to what (subscriptions.py).
-        pub = self._context.socket(zmq.XPUB)
-        pub.linger = 0
-        pub.setsockopt(zmq.SNDHWM, EVENTS_SEND_HWM)
-        limit_subscriptions(pub)
-        self._pub = pub
+        pub = plain.socket(zmq.XPUB)
+        self._events = EventPublisher(
+            pub, EVENTS_SEND_HWM, guard.admins, lambda uid: guard.kick(uid, pub)
+        )
         self._secure(pub, self.pubsub_endpoint)
         guard.watch(pub)
         self._bind(pub, self.pubsub_endpoint)
@@ -200,7 +194,7 @@ class ControlServer:
             "endpoint": self.endpoint,
             "pubsub_endpoint": self.pubsub_endpoint,
         }
-        self.arbiter.listeners.append(self.publish)
+        self.arbiter.listeners.append(self._events.publish)
         log.info("control on %s, events on %s", self.endpoint, self.pubsub_endpoint)
         if self.output_endpoint is not None:
             xpub = self._context.socket(zmq.XPUB)
@@ -390,14 +384,9 @@ class ControlServer:
         self._router_fd = self._router.FD
         loop.add_reader(self._router_fd, self._read_requests)
         self._read_requests()
+        if self._events is not None:
+            self._events.start()
         following = []
-        if self._pub is not None and self._guard is not None:
-            guard, pub = self._guard, self._pub
-            events = follow_subscriptions(
-                pub, self._events, guard.admins, lambda uid: guard.kick(uid, pub), what="events"
-            )
-            following.append(asyncio.create_task(events))
-            following[-1].add_done_callback(_log_failure("following event subscriptions"))
         if self._output is not None:
             following.append(asyncio.create_task(self._output.follow_subscriptions()))
             following[-1].add_done_callback(_log_failure("following output subscriptions"))
@@ -414,6 +403,8 @@ class ControlServer:
         if self._router_fd is not None:
             asyncio.get_running_loop().remove_reader(self._router_fd)
             self._router_fd = None
+        if self._events is not None:
+            self._events.stop()
 
     def _read_requests(self) -> None:
         """One pass: requests until EAGAIN, at most MAX_PER_PASS (the rest on a later turn, so
@@ -640,18 +631,6 @@ class ControlServer:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: dict[str, Any]) -> None:
-        if self._pub is None:
-            return
-        # XPUB never blocks: past the high-water mark a slow subscriber loses messages, not us.
-        with contextlib.suppress(zmq.ZMQError):
-            sent = self._pub.send_multipart(
-                [topic.encode(), json.dumps(payload).encode()], flags=zmq.NOBLOCK
-            )
-            # Done at once; fetch a failure so that asyncio does not report it as never retrieved.
-            if isinstance(sent, asyncio.Future) and sent.done() and not sent.cancelled():
-                sent.exception()
-
     async def close(self, keep_locks: bool = False) -> dict[str, int]:
         """Let replies in flight (e.g. `quit --waiting`) go out, then close everything. With
         `keep_locks` (a re-execution), the endpoints' locks stay held and their files stay, for
@@ -659,7 +638,8 @@ class ControlServer:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
         with contextlib.suppress(ValueError):
-            self.arbiter.listeners.remove(self.publish)
+            if self._events is not None:
+                self.arbiter.listeners.remove(self._events.publish)
         self._stop_reading()  # before its socket is closed (serve may not have ended yet)
         if self._guard is not None:  # before the sockets it watches are closed
             self._guard.stop()
@@ -669,10 +649,12 @@ class ControlServer:
                 self.arbiter.output.taps.remove(self._output.tap)
             self._output.close()
             self._output = None
-        for zmq_socket in (self._router, self._pub):
-            if zmq_socket is not None:
-                zmq_socket.close(linger=100)
-        self._router = self._pub = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        if self._router is not None:
+            self._router.close(linger=100)
+            self._router = None
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None

@@ -56,6 +56,10 @@ class SubscriptionBook:
     def topics(self) -> KeysView[bytes]:
         return self._first.keys()
 
+    def follows(self, topic: bytes) -> bool:
+        """Whether a message on `topic` reaches anyone (a subscription is a prefix)."""
+        return any(topic.startswith(prefix) for prefix in self._first)
+
     def apply(self, message: bytes, uid: int | None) -> bool:
         """Take in an (un)subscription message as XPUB passes it on; whether the topics changed."""
         if not message:
@@ -108,37 +112,52 @@ def peer_credentials(frame: Any) -> tuple[int, int] | None:
         return None
 
 
-async def follow_subscriptions(
-    socket: zmq.asyncio.Socket,
-    book: SubscriptionBook,
-    admins: Collection[int],
-    refuse: Callable[[int | None], int],
-    changed: Callable[[], None] = lambda: None,
-    what: str = "subscriptions",
-) -> None:
-    """Keep `book` current from `socket` (an XPUB) until cancelled; past its limit, `refuse`
-    the offender's connections (returns how many it shut down)."""
-    logged_at = -math.inf
-    while True:
-        frame = await socket.recv(copy=False)
+class SubscriptionFollower:
+    """Keeps a book current from the (un)subscriptions an XPUB passes on; past the book's limit,
+    `refuse`s the offender's connections (which returns how many it shut down)."""
+
+    def __init__(
+        self,
+        book: SubscriptionBook,
+        admins: Collection[int],
+        refuse: Callable[[int | None], int],
+        changed: Callable[[], None] = lambda: None,
+        what: str = "subscriptions",
+    ) -> None:
+        self.book = book
+        self._admins = admins
+        self._refuse = refuse
+        self._changed = changed
+        self._what = what
+        self._logged_at = -math.inf
+
+    def take(self, frame: Any) -> None:
+        """One message received from the XPUB socket."""
+        book = self.book
         credentials = peer_credentials(frame)
         if not book.apply(frame.bytes, None if credentials is None else credentials[0]):
-            continue
-        changed()
+            return
+        self._changed()
         refused = 0
-        offender = book.offender(admins)
+        offender = book.offender(self._admins)
         while offender is not None and not refused:
-            refused = refuse(offender.uid)
+            refused = self._refuse(offender.uid)
             if not refused:
                 book.disown(offender.uid)
-                offender = book.offender(admins)
+                offender = book.offender(self._admins)
         if offender is None:
-            continue
+            return
         now = time.monotonic()
-        if refused and now - logged_at >= LOG_EVERY:
-            logged_at = now
+        if refused and now - self._logged_at >= LOG_EVERY:
+            self._logged_at = now
             who = "the tcp peers" if offender.uid is None else f"uid {offender.uid}"
             log.warning(
                 "%s: more than %d topics subscribed; refused %s (%d connection(s))",
-                what, book.limit, who, refused,
+                self._what, book.limit, who, refused,
             )
+
+
+async def follow_subscriptions(socket: zmq.asyncio.Socket, follower: SubscriptionFollower) -> None:
+    """Feed `follower` from `socket` (an XPUB read through asyncio) until cancelled."""
+    while True:
+        follower.take(await socket.recv(copy=False))

@@ -110,10 +110,13 @@ class ControlClient:
 class EventStream:
     """A SUB socket on the events endpoint that keeps every (topic, payload) it received."""
 
-    def __init__(self, context: zmq.Context[Any], endpoint: str) -> None:
+    def __init__(
+        self, context: zmq.Context[Any], endpoint: str, topics: tuple[str, ...] = ("",)
+    ) -> None:
         self.socket: zmq.Socket[bytes] = context.socket(zmq.SUB)
         self.socket.linger = 0
-        self.socket.subscribe(b"")
+        for topic in topics:
+            self.socket.subscribe(topic.encode())
         self.socket.connect(endpoint)
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
@@ -195,8 +198,9 @@ class Clients:
         self._open.append(client)
         return client
 
-    def events(self, endpoint: str) -> EventStream:
-        stream = EventStream(self.context, endpoint)
+    def events(self, endpoint: str, topics: tuple[str, ...] = ("",)) -> EventStream:
+        """A subscriber to `topics` (prefixes; "" is every event)."""
+        stream = EventStream(self.context, endpoint, topics)
         self._open.append(stream)
         return stream
 
