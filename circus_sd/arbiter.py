@@ -58,6 +58,7 @@ from circus_sd.states import (
 )
 from circus_sd.status_line import status_line
 from circus_sd.systemd_notify import SystemdNotifier
+from circus_sd.timers import Timers
 from circus_sd.watcher import Watcher
 from circus_sd.watcher_hooks import WatcherHooks
 
@@ -182,7 +183,7 @@ class Arbiter:
         else:
             for watcher_config in config.watchers:
                 self._add_watcher(watcher_config)
-        self._timers: dict[tuple[str, Hashable], asyncio.TimerHandle] = {}
+        self._timers = Timers(self._on_timer)
         # What carries out each kind of action a watcher returns.
         self._executors: dict[type, Callable[[str, Any], None]] = {
             Spawn: self._execute_spawn,
@@ -220,6 +221,7 @@ class Arbiter:
     async def run(self) -> int:
         """Start the watchers, serve signals until told to stop, stop everything. Exit status."""
         loop = self._loop = asyncio.get_running_loop()
+        self._timers.attach(loop)
         self.launcher.attach(loop)
         self.orphans.attach(loop)
         if self.cgroups is not None:
@@ -857,9 +859,7 @@ class Arbiter:
             self._give_up_switch(locks, "asked to stop meanwhile")
             return
         # Frozen from here: what happens to processes waits in their pidfds and pipes.
-        timers = [(name, key, handle.when()) for (name, key), handle in self._timers.items()]
-        for handle in self._timers.values():
-            handle.cancel()
+        timers = self._timers.pending()
         self._timers.clear()
         self.launcher.hold()
         if self.cgroups is not None:
@@ -930,7 +930,7 @@ class Arbiter:
         from circus_sd.handover import HANDOVER_VERSION, Handover
 
         if preview:
-            timers = [(n, k, h.when()) for (n, k), h in self._timers.items()]
+            timers = self._timers.pending()
             sockets: dict[str, Any] = {}
             unused: dict[str, int] = {}
         else:
@@ -984,7 +984,7 @@ class Arbiter:
         for name, (lines, size) in state.dropped.items():
             self.output.drops.totals[name] = [lines, size]
         for name, key, deadline in state.timers:
-            self._timers[(name, key)] = self._loop.call_at(deadline, self._on_timer, name, key)
+            self._timers.start_at(name, key, deadline)
         # Workers' orphans (without cgroups) are found again in the sessions carried.
         self.orphans.scan_soon()
         log.info(
@@ -1034,12 +1034,10 @@ class Arbiter:
         self._signal(action.pid, action.signum, action.tree)
 
     def _execute_start_timer(self, name: str, action: StartTimer) -> None:
-        self._start_timer(name, action.key, action.delay)
+        self._timers.start(name, action.key, action.delay)
 
     def _execute_cancel_timer(self, name: str, action: CancelTimer) -> None:
-        timer = self._timers.pop((name, action.key), None)
-        if timer is not None:
-            timer.cancel()
+        self._timers.cancel(name, action.key)
 
     def _execute_publish(self, name: str, action: Publish) -> None:
         self.publish(name, action.event, action.payload)
@@ -1064,15 +1062,7 @@ class Arbiter:
         for listener in self.listeners:
             listener(topic, body)
 
-    def _start_timer(self, name: str, key: Hashable, delay: float) -> None:
-        assert self._loop is not None
-        old = self._timers.pop((name, key), None)
-        if old is not None:
-            old.cancel()
-        self._timers[(name, key)] = self._loop.call_later(delay, self._on_timer, name, key)
-
     def _on_timer(self, name: str, key: Hashable) -> None:
-        self._timers.pop((name, key), None)
         watcher = self.watchers.get(name)
         if watcher is not None:
             self._feed(name, watcher.timer(key, self._clock()))

@@ -36,6 +36,7 @@ from circus_sd.journal_log import about
 from circus_sd.leftovers import Leftovers
 from circus_sd.message_ids import MessageId
 from circus_sd.output.router import OutputRouter, ProcessOutput
+from circus_sd.paced import Paced
 from circus_sd.process import ProcessHandle, reap_strays
 from circus_sd.process_table import ExecPhase, ProcessEntry, ProcessTable
 from circus_sd.sockets import ListeningSockets, SocketError
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from circus_sd.handover import CarriedProcess
 
 log = logging.getLogger("circus_sd")
+
+# At most this often, a look for strays to reap after a SIGCHLD.
+STRAYS_INTERVAL = 0.1
 
 
 class LaunchReports(Protocol):
@@ -120,7 +124,7 @@ class Launcher:
         # flight, but their children are not in the table either (see reap_strays).
         self._unclaimed = 0
         self._strays_pending = False
-        self._strays_scheduled = False
+        self._stray_looks = Paced(self.reap_strays, STRAYS_INTERVAL)
         # Children whose exec succeeded this loop turn, told to their watchers at its end.
         self._execed_batch: list[int] = []
         # Called with the pid of each process forgotten (caches kept elsewhere by pid).
@@ -135,6 +139,7 @@ class Launcher:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._fds.attach(loop)
+        self._stray_looks.attach(loop)
         self.spawner.attach(loop)
 
     # -- spawning --------------------------------------------------------------------------------
@@ -416,15 +421,11 @@ class Launcher:
         return set(self.table.pids()) | set(self.spawner.pids) | self.helpers
 
     def reap_strays_soon(self) -> None:
-        """After a SIGCHLD: reap strays once this loop turn is done. Exits come in batches, and
-        each look reads the list of all our children: once per signal made a mass stop
-        quadratic."""
-        if not self._strays_scheduled and self._loop is not None:
-            self._strays_scheduled = True
-            self._loop.call_soon(self.reap_strays)
+        """After a SIGCHLD: reap strays, paced (each look reads the list of all our children;
+        once per signal made a mass stop quadratic)."""
+        self._stray_looks.request()
 
     def reap_strays(self) -> None:
-        self._strays_scheduled = False
         # Children cloned by the spawner are ours before we learn their pid: reaping an unknown
         # zombie now could steal a fresh child's status, so wait for the spawner's answers, and
         # for _on_spawned to take each in (a future's callbacks run a loop turn after it is set).

@@ -16,10 +16,13 @@ from circus_sd.config.model import WatcherConfig
 from circus_sd.journal_log import about
 from circus_sd.leftovers import Leftover, Leftovers, clones_of_a_lost_spawner
 from circus_sd.message_ids import MessageId
+from circus_sd.paced import Paced
 from circus_sd.process import own_children
 
 log = logging.getLogger("circus_sd")
 
+# At most this often, a look for workers' orphans (it reads the list of all our children).
+SCAN_INTERVAL = 0.1
 # How long processes may take to vanish once SIGKILLed (unless stuck in the kernel: D state).
 KILLED_WAIT = 5.0
 
@@ -51,13 +54,14 @@ class Orphans:
         self._spawners = spawners
         self._publish = publish
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scan_due = False
+        self._scans = Paced(self.scan, SCAN_INTERVAL)
         # Futures of stops waiting for the attributed orphans to change (found, gone,
         # forgotten): each its own, all done at the next change.
         self._change_waiters: list[asyncio.Future[None]] = []
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._scans.attach(loop)
 
     def unowned(self) -> set[int]:
         """Our children that are neither a watcher's processes nor spawners."""
@@ -68,15 +72,12 @@ class Orphans:
 
     def scan_soon(self) -> None:
         """Look for workers' orphans once this loop turn is done (exits come in batches)."""
-        if self._leftovers is None or self._scan_due or self._loop is None:
-            return
-        self._scan_due = True
-        self._loop.call_soon(self.scan)
+        if self._leftovers is not None:
+            self._scans.request()
 
     def scan(self) -> None:
         """Attribute our children that are neither workers nor spawners to watchers, by the
         worker session they are in."""
-        self._scan_due = False
         if self._leftovers is None or self._loop is None:
             return
         for leftover in self._leftovers.scan(self.unowned(), self._workers()):
