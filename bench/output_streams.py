@@ -12,6 +12,18 @@ supervisor's CPU seconds per MB (all its threads), and lines torn, merged or mis
 content). Variants of circus-sd are run in-process with one knob changed (see VARIANTS), so that
 each design choice has a measurement behind it. Needs `make bench` to have built bench-child and
 the peers' venv (for supervisord).
+
+`--user nobody` (the harness itself run by root) runs every supervisor, and so its writers, as
+that user: what a daemon not run by root meets (the kernel's 64 KiB pipes unless it may grow
+them, its pipes counted against `fs.pipe-user-pages-soft`). The user must be able to run the
+venvs' interpreter; where it lives under a 0700 /root (pyenv), run the harness as
+
+    unshare --mount --propagation private -- sh -c 'mkdir -p /tmp/pyenv-bind &&
+      mount --bind /root/.pyenv /tmp/pyenv-bind && mount -t tmpfs -o mode=755 tmpfs /root &&
+      mkdir /root/.pyenv && mount --bind /tmp/pyenv-bind /root/.pyenv &&
+      exec .venv/bin/python -m bench.output_streams --user nobody ...'
+
+(a private mount namespace: /root is opened to other users in it alone).
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import statistics
@@ -78,7 +91,10 @@ VARIANTS: dict[str, str] = {
     "inline-write": _INLINE_SINK,
     "read-64k": "import circus_sd.output.reader as r; r.READ_SIZE = 64 << 10",
     "read-1m": "import circus_sd.output.reader as r; r.READ_SIZE = 1 << 20",
-    "pipe-64k": "import circus_sd.output.router as r; r.PIPE_SIZE = 64 << 10",
+    # Pipes at most this big (pipe-64k: the kernel's default, never grown; before 2026-12-03,
+    # what an arbiter not run by root had).
+    "pipe-64k": "import circus_sd.output.pipe_sizes as p; p.PIPE_MAX = 64 << 10",
+    "pipe-256k": "import circus_sd.output.pipe_sizes as p; p.PIPE_MAX = 256 << 10",
     "no-gather": "import circus_sd.output.reader as r; r.GATHER_DELAY = 0.0",
     "gather-5ms": "import circus_sd.output.reader as r; r.GATHER_DELAY = 0.005",
     # Each read handed to the writer thread at once, not once per turn of the loop.
@@ -121,8 +137,19 @@ def _faults_and_switches(pid: int) -> tuple[int, int]:
     return faults, switches
 
 
+def _as_user(user: str | None, run_dir: str, env: dict[str, str]) -> pwd.struct_passwd | None:
+    """Make the run directory and environment `user`'s (None: the harness's own)."""
+    if user is None:
+        return None
+    entry = pwd.getpwnam(user)
+    os.chown(run_dir, entry.pw_uid, entry.pw_gid)
+    # Its runtime directory (circus-sd's /tmp/circus-sd-UID otherwise) private to this run.
+    env.update(HOME=run_dir, USER=user, LOGNAME=user, XDG_RUNTIME_DIR=run_dir)
+    return entry
+
+
 def one_run(
-    variant: str, lines: int, mode: str, layout: str, writer: str
+    variant: str, lines: int, mode: str, layout: str, writer: str, user: str | None = None
 ) -> tuple[float, float, float, str]:
     """(MB/s landed intact, CPU s/MB of the supervisor, of which system, damage and cost
     summary: page faults and context switches per MB)."""
@@ -131,8 +158,10 @@ def one_run(
     workload = _workload(run_dir, sock, lines, mode, layout, writer)
     files = workload.stdout_files()
     env = dict(os.environ)
+    as_user = _as_user(user, run_dir, env)
     try:
         with Registry(sock) as registry:
+            os.chmod(sock, 0o777)  # the writers may run as another user (--user)
             if variant == "supervisord":
                 config = SUPERVISORD.write_config(run_dir, workload)
                 argv = SUPERVISORD.command(config)
@@ -143,8 +172,17 @@ def one_run(
                     env["PYTHONPATH"] = os.path.abspath(tree)
                 patch = "\n".join(VARIANTS[part] for part in name.split("+"))  # a+b: both
                 argv = [PROJECT_PY, "-c", _LAUNCH.format(patch=patch), config]
+            if as_user:  # what the config made (supervisord's childlogs) is the user's
+                for top, dirs, names in os.walk(run_dir):
+                    for name in dirs + names:
+                        os.chown(os.path.join(top, name), as_user.pw_uid, as_user.pw_gid)
             with open(os.path.join(run_dir, "daemon.log"), "wb") as log:
-                daemon = subprocess.Popen(argv, stdout=log, stderr=log, cwd=run_dir, env=env)
+                daemon = subprocess.Popen(
+                    argv, stdout=log, stderr=log, cwd=run_dir, env=env,
+                    user=as_user.pw_uid if as_user else None,
+                    group=as_user.pw_gid if as_user else None,
+                    extra_groups=[] if as_user else None,
+                )
             try:
                 if not registry.wait_alive(WRITERS, 30):
                     raise RuntimeError(f"{variant}: writers did not start")
@@ -197,11 +235,13 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=["circus-sd", "supervisord"],
                         help="VARIANT or VARIANT@TREE (circus_sd imported from TREE: A/B)")
     parser.add_argument("--layouts", nargs="*", default=["one-file", "file-per-process"])
+    parser.add_argument("--user", help="run the supervisors (and writers) as this user (see above)")
     args = parser.parse_args()
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     print(f"{WRITERS} {args.writer} writers x {args.lines} lines of {LINE_BYTES} B "
-          f"({args.mode} writes), median of {args.reps}, variants interleaved; load {load}")
+          f"({args.mode} writes), median of {args.reps}, variants interleaved, "
+          f"as {args.user or pwd.getpwuid(os.geteuid()).pw_name}; load {load}")
     for layout in args.layouts:
         figures: dict[str, list[tuple[float, float, float, str]]] = {v: [] for v in args.variants}
         for rep in range(args.reps):  # interleaved: a busy moment of the machine hits all alike
@@ -209,7 +249,7 @@ def main() -> None:
             shift = rep % len(args.variants)
             for variant in args.variants[shift:] + args.variants[:shift]:
                 figures[variant].append(
-                    one_run(variant, args.lines, args.mode, layout, args.writer)
+                    one_run(variant, args.lines, args.mode, layout, args.writer, args.user)
                 )
         for variant, runs in figures.items():
             mbps = statistics.median(f[0] for f in runs)

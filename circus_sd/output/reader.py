@@ -5,7 +5,8 @@ read, so the child's writes wait) until the sink has room again; after `backpres
 seconds of waiting, DROPPING: the pipe is read again and the lines the sink has no room for are
 dropped and counted, until the sink has room. A busy pipe is also left alone for GATHER_DELAY
 between reads (GATHERING), so that each read takes a big chunk; but not after a read that found
-the pipe (nearly) full: its writer is already waiting, and waiting longer gains nothing.
+the pipe (nearly) full: its writer is already waiting, and waiting longer gains nothing. A pipe
+found full is grown, if pipe_sizes.py allows it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from circus_sd.output.lines import Buffer, LineAssembler
+from circus_sd.output.pipe_sizes import PipeSizes
 from circus_sd.output.sink import Origin, Sink, count_lines
 
 READ_SIZE = 256 << 10
@@ -27,6 +29,8 @@ READ_SIZE = 256 << 10
 # that the next read takes a big chunk: 50-100x fewer reads, wakeups and hand-overs at full
 # speed; output that comes now and then is still read at once.
 GATHER_DELAY = 0.002
+# A pipe that could not grow is tried again after this long (others may have shrunk by then).
+GROW_RETRY = 1.0
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 log = logging.getLogger("circus_sd")
@@ -71,6 +75,7 @@ class StreamReader:
         assembler: LineAssembler,
         origin: Origin,
         backpressure_timeout: float,
+        pipes: PipeSizes | None = None,
     ) -> None:
         self.host = host
         self.fd = fd
@@ -84,15 +89,41 @@ class StreamReader:
         self._last_read = 0.0
         # A read at least this big found the pipe about full: no gathering after it.
         self._full_read = READ_SIZE // 2
+        self._pipes = pipes
+        self.capacity = 0  # of the pipe; 0: not a pipe
+        # A read at least this big found the pipe about full (3/4: a write of more than a page
+        # leaves pages part empty): grow it, not before _grow_after.
+        self._growth_read = 1 << 62
+        self._grow_after = 0.0
         self.closed = False
 
     def start(self) -> None:
         try:
-            capacity = fcntl.fcntl(self.fd, _F_GETPIPE_SZ)
+            self.capacity = fcntl.fcntl(self.fd, _F_GETPIPE_SZ)
         except OSError:  # not a pipe
-            capacity = READ_SIZE
-        self._full_read = min(READ_SIZE, capacity) // 2
+            self._full_read = READ_SIZE // 2
+        else:
+            self._sized()
+            if self._pipes is not None:
+                self._pipes.opened(self.capacity)
         self.host.loop.add_reader(self.fd, self.on_readable)
+
+    def _sized(self) -> None:
+        self._full_read = min(READ_SIZE, self.capacity) // 2
+        if self._pipes is not None and self.capacity <= READ_SIZE:
+            self._growth_read = self.capacity * 3 // 4
+        else:
+            self._growth_read = 1 << 62
+
+    def _grow(self, now: float) -> None:
+        if self._pipes is None or now < self._grow_after:
+            return
+        grown = self._pipes.grow(self.fd, self.capacity)
+        if grown == self.capacity:
+            self._grow_after = now + GROW_RETRY
+            return
+        self.capacity = grown
+        self._sized()
 
     def on_readable(self) -> None:
         try:
@@ -109,6 +140,9 @@ class StreamReader:
         if lines:
             self._deliver(lines)
         now = time.monotonic()
+        # Only while the sink keeps up: otherwise the sink, not the pipe, holds the writer back.
+        if len(data) >= self._growth_read and self.state is _State.READING:
+            self._grow(now)
         if (
             self.state is _State.READING
             and len(data) < self._full_read
@@ -215,6 +249,8 @@ class StreamReader:
         if self.state in (_State.READING, _State.DROPPING):
             self.host.loop.remove_reader(self.fd)
         self.sink.forget(self)
+        if self._pipes is not None and self.capacity:
+            self._pipes.closed(self.capacity)
 
     def finish(self) -> None:
         """EOF (or shutdown): the last incomplete line goes out, the pipe is closed."""

@@ -1,10 +1,11 @@
 """The arbiter's side of child output: each process's pipes, the sinks they share, the reports.
 
-Data path: child --pipe (1 MiB)--> StreamReader (the loop: reads of up to 256 KiB, reader.py)
---> LineAssembler (whole lines, lines.py) --> Sink (a queue bounded to 4 MiB, sink.py) --> the
-sink's writer thread --> a file (files.py), journald (journal.py), the arbiter's stdout
-(console.py) or a user's class (custom.py). Backpressure: reader.py. Lines dropped anywhere are
-summed up here, logged and published as `watcher.<name>.dropped` at most once a second.
+Data path: child --pipe (64 KiB to 1 MiB: pipe_sizes.py)--> StreamReader (the loop: reads of up
+to 256 KiB, reader.py) --> LineAssembler (whole lines, lines.py) --> Sink (a queue bounded to 4
+MiB, sink.py) --> the sink's writer thread --> a file (files.py), journald (journal.py), the
+arbiter's stdout (console.py) or a user's class (custom.py). Backpressure: reader.py. Lines
+dropped anywhere are summed up here, logged and published as `watcher.<name>.dropped` at most
+once a second.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
 import logging
 import os
 import time
@@ -36,6 +36,7 @@ from circus_sd.output.drops import DropReport
 from circus_sd.output.files import CHECK_INTERVAL, FileWriter, SizeRotation, TimeRotation
 from circus_sd.output.journal import JournalWriter
 from circus_sd.output.lines import LineAssembler, LineStyle
+from circus_sd.output.pipe_sizes import PipeSizes, user_limit
 from circus_sd.output.reader import StreamReader, Tap
 from circus_sd.output.sink import (
     Origin,
@@ -53,11 +54,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("circus_sd")
 
-PIPE_SIZE = 1 << 20
 SINK_LIMIT = 4 << 20
 # An unused sink stays open this long, so that a restarted process finds it still open.
 LINGER = 2.0
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
 
 Publish = Callable[[str, str, dict[str, Any]], None]
@@ -143,6 +142,7 @@ class ProcessOutput:
                 assembler,
                 origin,
                 self.config.backpressure_timeout,
+                self.router.pipes,
             )
             self.router.readers[reader] = pending.use
             reader.start()
@@ -174,6 +174,7 @@ class OutputRouter:
         self.journal_default = journal_default
         self.is_root = os.geteuid() == 0 if is_root is None else is_root
         self.journal_stdout_socket = journal_stdout_socket
+        self.pipes = PipeSizes(user_limit())
         keep_freed_memory()
         self._publish = publish
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -241,11 +242,7 @@ class OutputRouter:
                 )
         # Always a pipe, even in direct mode: the child uses it if it cannot reach journald.
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        if self.is_root:
-            # Only root: other users' pipes count against pipe-user-pages-soft, and past it
-            # every new pipe of theirs shrinks to one page.
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(read_fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        self.pipes.made(read_fd)
         # The child gets a blocking write end: a full pipe makes its writes wait.
         os.set_blocking(write_fd, True)
         output.child_fds.append(write_fd)
@@ -425,7 +422,7 @@ class OutputRouter:
         os.set_inheritable(pipe.fd, False)
         origin = Origin(config.name, pipe.wid, pipe.pid, pipe.stream)
         reader = StreamReader(
-            self, pipe.fd, use.sink, assembler, origin, config.backpressure_timeout
+            self, pipe.fd, use.sink, assembler, origin, config.backpressure_timeout, self.pipes
         )
         self.readers[reader] = use
         reader.start()
