@@ -58,6 +58,8 @@ class Orphans:
         # Futures of stops waiting for the attributed orphans to change (found, gone,
         # forgotten): each its own, all done at the next change.
         self._change_waiters: list[asyncio.Future[None]] = []
+        # Stops waiting for a look at our children that starts after they asked.
+        self._scan_waiters: list[asyncio.Future[None]] = []
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -80,6 +82,10 @@ class Orphans:
         worker session they are in."""
         if self._leftovers is None or self._loop is None:
             return
+        waiters, self._scan_waiters = self._scan_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         for leftover in self._leftovers.scan(self.unowned(), self._workers()):
             self._loop.add_reader(leftover.pidfd, self._exited, leftover.pid)
             log.info(
@@ -130,7 +136,13 @@ class Orphans:
             return
         assert self._loop is not None
         name = config.name
-        self.scan()
+        # The orphans of its last processes are ours since they exited: a look from now on
+        # finds them. Paced, so that one look serves every watcher stopped meanwhile (each
+        # reads the list of all our children: 100 watchers stopped together made 100 looks).
+        scanned = self._loop.create_future()
+        self._scan_waiters.append(scanned)
+        self._scans.request()
+        await scanned
         if not self._leftovers.of(name):
             return
         if extend_timeout is not None:
