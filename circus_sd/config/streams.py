@@ -94,6 +94,8 @@ def syslog_priority(raw: str) -> int | None:
 def file_path(raw: str) -> str | None:
     # Absolute from the arbiter's directory, so that two spellings of one file share its sink.
     value = raw.strip()
+    if "\0" in value:  # (from JSON, through `set`): no system call takes it
+        raise OptionValueError(f"a file name cannot contain a NUL byte, got {raw!r}")
     return os.path.abspath(value) if value else None
 
 
