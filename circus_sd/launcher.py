@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("circus_sd")
 
-# At most this often, a look for strays to reap after a SIGCHLD.
-STRAYS_INTERVAL = 0.1
-
 
 class LaunchReports(Protocol):
     """What the launcher tells the arbiter, which passes it on to the watcher concerned."""
@@ -124,7 +121,7 @@ class Launcher:
         # flight, but their children are not in the table either (see reap_strays).
         self._unclaimed = 0
         self._strays_pending = False
-        self._stray_looks = Paced(self.reap_strays, STRAYS_INTERVAL)
+        self._stray_looks = Paced(self.reap_strays)
         # Children whose exec succeeded this loop turn, told to their watchers at its end.
         self._execed_batch: list[int] = []
         # Called with the pid of each process forgotten (caches kept elsewhere by pid).

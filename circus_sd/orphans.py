@@ -21,8 +21,6 @@ from circus_sd.process import own_children
 
 log = logging.getLogger("circus_sd")
 
-# At most this often, a look for workers' orphans (it reads the list of all our children).
-SCAN_INTERVAL = 0.1
 # How long processes may take to vanish once SIGKILLed (unless stuck in the kernel: D state).
 KILLED_WAIT = 5.0
 
@@ -54,7 +52,7 @@ class Orphans:
         self._spawners = spawners
         self._publish = publish
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scans = Paced(self.scan, SCAN_INTERVAL)
+        self._scans = Paced(self.scan)
         # Futures of stops waiting for the attributed orphans to change (found, gone,
         # forgotten): each its own, all done at the next change.
         self._change_waiters: list[asyncio.Future[None]] = []
@@ -137,8 +135,8 @@ class Orphans:
         assert self._loop is not None
         name = config.name
         # The orphans of its last processes are ours since they exited: a look from now on
-        # finds them. Paced, so that one look serves every watcher stopped meanwhile (each
-        # reads the list of all our children: 100 watchers stopped together made 100 looks).
+        # finds them. Paced (paced.py), so that one look serves every watcher stopped meanwhile
+        # (each reads the list of all our children: 100 watchers stopped together made 100).
         scanned = self._loop.create_future()
         self._scan_waiters.append(scanned)
         self._scans.request()
