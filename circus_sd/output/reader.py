@@ -12,6 +12,7 @@ found full is grown, if pipe_sizes.py allows it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import fcntl
 import logging
@@ -98,11 +99,9 @@ class StreamReader:
         self.closed = False
 
     def start(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # not a pipe: capacity 0, as set, nothing to size
             self.capacity = fcntl.fcntl(self.fd, _F_GETPIPE_SZ)
-        except OSError:  # not a pipe
-            self._full_read = READ_SIZE // 2
-        else:
+        if self.capacity:
             self._sized()
             if self._pipes is not None:
                 self._pipes.opened(self.capacity)
