@@ -2,7 +2,8 @@
 of all of them), run soon after it is asked for, but paced by what it costs: after a run that
 took t, the next waits until t / SHARE has passed since its start. At 10,000 children a look
 takes milliseconds and a mass stop asked for one at every loop turn (a seventh of its time);
-at a few hundred it takes a tenth of a millisecond and waits about 2 ms."""
+at a few hundred it takes a tenth of a millisecond and waits about 2 ms. A look stalled by load
+or swap waits MAX_WAIT at most: every watcher's stop waits for the next look (orphans.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Callable
 
 # The share of the loop's time these looks may take at most.
 SHARE = 0.05
+# The longest wait between two looks, however long the last one took (seconds).
+MAX_WAIT = 0.5
 
 
 class Paced:
@@ -40,4 +43,4 @@ class Paced:
         self._due = False
         started = self._loop.time()
         self._action()
-        self._next = started + (self._loop.time() - started) / SHARE
+        self._next = started + min((self._loop.time() - started) / SHARE, MAX_WAIT)

@@ -84,4 +84,11 @@ class Timers:
             if deadline is None or math.ceil(deadline / SLOT) != slot:
                 continue
             del self._deadlines[timer]
-            self._fire(*timer)
+            try:
+                self._fire(*timer)
+            except Exception as exc:  # a bug with one timer must not lose the rest of its slot
+                assert self._loop is not None
+                self._loop.call_exception_handler({
+                    "message": f"Exception firing timer {timer!r}",
+                    "exception": exc,
+                })

@@ -1,12 +1,13 @@
 """How big the output pipes are: as big as helps, without crowding out the user's other pipes.
 
 A bigger pipe means fewer, bigger reads and hand-overs per MB (issue 18: 64 KiB pipes cost an
-arbiter writing ten files about 50 % more CPU per MB than 1 MiB ones). The kernel counts every
-pipe against its user's `fs.pipe-user-pages-soft` (64 MiB by default) unless the process has
-CAP_SYS_RESOURCE or CAP_SYS_ADMIN; past that limit each new pipe of the user gets one or two
-pages, and growing one is refused. So: with either capability, every pipe is made 1 MiB at
-once; without, only a pipe found (nearly) full, its writer kept waiting by the arbiter, is grown,
-fourfold up to 1 MiB, and only while the arbiter's own pipes stay within a quarter of the limit.
+arbiter writing ten files about 50 % more CPU per MB than 1 MiB ones). The kernel counts every pipe
+against its user's `fs.pipe-user-pages-soft` (64 MiB by default) unless the process has
+CAP_SYS_RESOURCE or CAP_SYS_ADMIN; past that limit each new pipe of the user gets one or two pages,
+and growing one is refused. So: with either capability (in the initial user namespace: not root in
+a rootless container), every pipe is made 1 MiB at once; without, only a pipe found (nearly) full,
+its writer kept waiting by the arbiter, is grown, fourfold up to 1 MiB, and only while the
+arbiter's own pipes stay within a quarter of the limit.
 """
 
 from __future__ import annotations
@@ -40,7 +41,18 @@ def _pipes_uncounted() -> bool:
         for line in f:
             if line.startswith("CapEff:"):
                 effective = int(line.split()[1], 16)
-    return bool(effective & (1 << _CAP_SYS_ADMIN | 1 << _CAP_SYS_RESOURCE))
+    capable = bool(effective & (1 << _CAP_SYS_ADMIN | 1 << _CAP_SYS_RESOURCE))
+    return capable and _in_initial_user_namespace()
+
+
+def _in_initial_user_namespace() -> bool:
+    """The kernel asks for the capability in the initial user namespace: root in a rootless
+    container has every capability in its own, and its pipes are counted all the same."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False  # unknown: counted, the side that cannot use up the user's pipes
 
 
 def user_limit() -> int | None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from circus_sd.output.pipe_sizes import PIPE_MAX, PipeSizes
+from circus_sd.output.pipe_sizes import PIPE_MAX, PipeSizes, user_limit
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 KIB = 1024
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -58,3 +63,21 @@ def test_without_a_limit_every_pipe_is_made_1_mib(pipes: list[int]) -> None:
     counted = PipeSizes(user_limit=64 << 20)
     counted.made(pipes[1])
     assert size(pipes[1]) == 64 * KIB  # grown only once found full
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root outside the namespace, to compare")
+def test_root_in_a_user_namespace_has_its_pipes_counted() -> None:
+    """The kernel skips the count for CAP_SYS_RESOURCE/CAP_SYS_ADMIN in the initial user
+    namespace only: root in a rootless container (every capability in its own namespace) that
+    made every pipe 1 MiB used up its user's 64 MiB in 64 pipes, and every later pipe of that
+    user got 8 KiB. Asked in a real user namespace, as `unshare -r` (podman) makes one."""
+    probe = "from circus_sd.output.pipe_sizes import user_limit; print(user_limit())"
+    inside = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-c", probe],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    if inside.returncode and "unshare failed" in inside.stderr:
+        pytest.skip(f"no user namespaces here: {inside.stderr.strip()}")
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.split() != ["None"] and int(inside.stdout) > 0, inside.stdout
+    assert user_limit() is None  # root in the initial namespace: not counted

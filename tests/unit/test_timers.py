@@ -73,3 +73,35 @@ def test_pending_timers_keep_their_deadlines_for_a_next_program() -> None:
         assert timers.pending() == []
 
     asyncio.run(scenario())
+
+
+def test_a_timer_that_raises_costs_only_itself() -> None:
+    """A stop of thousands puts their kill timeouts in one slot: a bug while handling one must
+    not leave the others unfired (and their processes never killed). Reported, as the loop does
+    for a callback of its own."""
+    fired: list[Hashable] = []
+    reported: list[BaseException] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+        all_fired = asyncio.Event()
+
+        def fire(name: str, key: Hashable) -> None:
+            fired.append(key)
+            if len(fired) == 5:
+                all_fired.set()
+            if key == ("kill", 0):
+                raise RuntimeError("a bug with one process")
+
+        timers = Timers(fire)
+        timers.attach(loop)
+        deadline = loop.time() + 0.01
+        for i in range(5):
+            timers.start_at("w", ("kill", i), deadline)
+        await asyncio.wait_for(all_fired.wait(), timeout=5)
+        assert timers.pending() == []
+
+    asyncio.run(scenario())
+    assert fired == [("kill", i) for i in range(5)]
+    assert [str(exc) for exc in reported] == ["a bug with one process"]
