@@ -45,6 +45,7 @@ from circus_sd.output.router import OutputRouter
 from circus_sd.output.sink import Origin
 from circus_sd.process_bound import process_bound
 from circus_sd.process_stats import ProcessStats
+from circus_sd.shared_warnings import SharedWarnings
 from circus_sd.signal_mask import HANDLED_SIGNALS, handled_signals_blocked
 from circus_sd.sockets import ListeningSockets, SocketError
 from circus_sd.spawner import Spawner
@@ -164,6 +165,7 @@ class Arbiter:
         # The file names the arbiter to its children (adoption.py): one arbiter runs a file.
         self.launcher.identity = os.path.realpath(config.path)
         self._stats = ProcessStats()
+        self._shared_warnings = SharedWarnings()
         self.launcher.forgotten += [self._ready_search.forget, self._stats.forget]
         self.spawner = spawner
         self.orphans = Orphans(
@@ -1056,9 +1058,10 @@ class Arbiter:
     def _execute_log(self, name: str, action: Log) -> None:
         if action.level >= logging.ERROR:
             self.last_error = action.message
-        if log.isEnabledFor(action.level):
+        level = self._shared_warnings.level(action.level, action.kind, self._clock())
+        if log.isEnabledFor(level):
             subject = about(action.kind, name, action.wid, action.pid)
-            log.log(action.level, "%s", action.message, extra=subject)
+            log.log(level, "%s", action.message, extra=subject)
 
     def _update_status(self) -> None:
         self._status_scheduled = False

@@ -103,6 +103,50 @@ def test_running_short_of_descriptors_keeps_what_runs_and_starts_the_rest_later(
     arbiter.wait_log(r"many: all 200 processes run, the resource shortage is over")
 
 
+def test_a_shortage_every_watcher_meets_is_one_warning_and_each_watchers_own_line(
+    circus: Circus, zmq_clients: Clients
+) -> None:
+    """The descriptors are the arbiter's: three watchers running short of them at once make one
+    WARNING (100 watchers of 100 made 70), and each of the others still says it, at INFO, with
+    its own name."""
+    config = circus.write_config(f"""
+        [watcher:a]
+        cmd = {SLEEP}
+        backoff_max = 0.5
+
+        [watcher:b]
+        cmd = {SLEEP}
+        backoff_max = 0.5
+
+        [watcher:c]
+        cmd = {SLEEP}
+        backoff_max = 0.5
+        """)
+    arbiter = circus.start(config)
+    ctl = zmq_clients.control(control_endpoint(circus.tmp))
+    for name in "abc":
+        wait_until(lambda name=name: len(_listed(ctl, name)) == 1, 5, f"{name}'s process")
+
+    _set_nofile(arbiter.pid, 256)
+    short = r"{} (\w+) {}\[\d+\] cannot start for lack of resources \(too many open files: "
+    ctl.ok("incr", name="a", nb=199)  # more than 256 descriptors hold
+    arbiter.wait_log(short.format(r"circus-sd\[\d+\]", "a"))
+    for name in "bc":
+        ctl.ok("incr", name=name, nb=20)
+        arbiter.wait_log(short.format(r"circus-sd\[\d+\]", name))
+    levels = dict(
+        (watcher, level)
+        for level, watcher in re.findall(
+            r"circus-sd\[\d+\] (\w+) (\w+)\[\d+\] cannot start for lack of resources",
+            arbiter.log(),
+        )
+    )
+    assert levels == {"a": "WARNING", "b": "INFO", "c": "INFO"}, arbiter.log_tail()
+    assert all(len(_listed(ctl, name)) >= 1 for name in "abc"), "what runs is kept"
+    _set_nofile(arbiter.pid, 4096)
+    assert arbiter.stop() == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start processes as nobody")
 def test_the_childs_exec_failing_for_its_own_limits_is_given_up_per_max_retry(
     circus: Circus, zmq_clients: Clients
