@@ -2,8 +2,8 @@
 
 An event nobody follows costs a dict lookup, not a JSON encoding and a send: a stop of 10,000
 processes publishes 20,000 events, which took a third of the arbiter's time when each went out.
-The socket is a plain one read from a reader callback on its ZMQ_FD (as the control ROUTER,
-server.py): a send through zmq.asyncio costs a future and a loop callback, 2.5x a plain send.
+The socket is a plain one read from a reader callback on its ZMQ_FD (SubscriptionReader, as the
+control ROUTER): a send through zmq.asyncio costs a future and a loop callback, 2.5x a plain send.
 
 Exact, not eventually right: libzmq changes what its socket knows of subscriptions only inside
 our calls on it, so the book is current after a read until EAGAIN and stays so until the next
@@ -13,7 +13,6 @@ reached the socket before an event gets that event, as from a socket that filter
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Collection
@@ -24,6 +23,7 @@ import zmq
 from circus_sd.control.subscriptions import (
     SubscriptionBook,
     SubscriptionFollower,
+    SubscriptionReader,
     limit_subscriptions,
 )
 
@@ -49,28 +49,21 @@ class EventPublisher:
         self._book = SubscriptionBook()
         # topic -> followed; emptied whenever the subscriptions change.
         self._followed: dict[str, bool] = {}
-        self._follower = SubscriptionFollower(
-            self._book, admins, refuse, self._followed.clear, "events"
-        )
-        self._fd: int | None = None
-        self._pass_scheduled = False
-        self._current = False  # the book holds every subscription the socket took in
+        follower = SubscriptionFollower(self._book, admins, refuse, self._followed.clear, "events")
+        # reader.current: the book holds every subscription the socket took in (see above).
+        self._reader = SubscriptionReader(socket, follower)
 
     def start(self) -> None:
         """Follow subscriptions from the running loop (call in its thread)."""
-        self._fd = self.socket.FD
-        asyncio.get_running_loop().add_reader(self._fd, self._read_subscriptions)
-        self._read_subscriptions()
+        self._reader.start()
 
     def stop(self) -> None:
-        if self._fd is not None:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            self._fd = None
+        self._reader.stop()
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
         followed = self._followed.get(topic)
-        if followed is None or (not followed and not self._current):
-            self._read_subscriptions()
+        if followed is None or (not followed and not self._reader.current):
+            self._reader.read()
             followed = self._book.follows(topic.encode())
             if len(self._followed) >= MAX_REMEMBERED:
                 self._followed.clear()
@@ -83,20 +76,7 @@ class EventPublisher:
                 [topic.encode(), json.dumps(payload).encode()], flags=zmq.NOBLOCK
             )
         # The send may have taken in subscriptions, and the edge of ZMQ_FD with them.
-        self._current = False
-        if not self._pass_scheduled and self._fd is not None:
-            self._pass_scheduled = True
-            asyncio.get_running_loop().call_soon(self._read_subscriptions)
-
-    def _read_subscriptions(self) -> None:
-        self._pass_scheduled = False
-        while True:
-            try:
-                frame = self.socket.recv(zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError:  # EAGAIN: all read (or the socket is closed)
-                break
-            self._follower.take(frame)
-        self._current = True
+        self._reader.after_send()
 
     def close(self) -> None:
         self.stop()

@@ -6,23 +6,22 @@ lookup per read, not a copy and a send. Each message is three frames: the topic
 `output.<watcher>.<stream>`, a JSON header (watcher, wid, pid, stream, seq) and the whole lines
 read. A subscriber that cannot keep up loses messages past the high-water mark (SEND_HWM
 messages of at most one read each: about 2 MiB per follower); the arbiter never waits for it.
-`seq` numbers the messages of each topic, so that a follower counts what it lost.
+`seq` numbers the messages of each topic, so that a follower counts what it lost. The socket is
+a plain one, its subscriptions read from the loop as the events socket's (SubscriptionReader).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Collection
 
 import zmq
-import zmq.asyncio
 
 from circus_sd.control.subscriptions import (
     SubscriptionBook,
     SubscriptionFollower,
-    follow_subscriptions,
+    SubscriptionReader,
     limit_subscriptions,
 )
 from circus_sd.endpoints import output_topic
@@ -38,7 +37,7 @@ class OutputPublisher:
 
     def __init__(
         self,
-        socket: zmq.asyncio.Socket,
+        socket: zmq.Socket[bytes],
         admins: Collection[int] = (),
         refuse: Callable[[int | None], int] = lambda uid: 0,
     ) -> None:
@@ -46,8 +45,6 @@ class OutputPublisher:
         self._socket = socket
         socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         limit_subscriptions(socket)
-        self._admins = admins
-        self._refuse = refuse
         # XPUB passes on each topic's first subscription and its last unsubscription only, so
         # this is exactly the set of topics someone follows.
         self._book = SubscriptionBook()
@@ -55,6 +52,15 @@ class OutputPublisher:
         self._followed: dict[tuple[str, str], bytes | None] = {}
         # Messages published per topic, the last one's number.
         self._sequence: dict[bytes, int] = {}
+        follower = SubscriptionFollower(self._book, admins, refuse, self._followed.clear, "output")
+        self._reader = SubscriptionReader(socket, follower)
+
+    def start(self) -> None:
+        """Follow subscriptions from the running loop (call in its thread)."""
+        self._reader.start()
+
+    def stop(self) -> None:
+        self._reader.stop()
 
     def tap(self, origin: Origin, lines: list[Buffer]) -> None:
         """An output tap (see OutputRouter.taps): called in the loop with every block of lines."""
@@ -74,25 +80,19 @@ class OutputPublisher:
             "seq": seq,
         }
         data = lines[0] if len(lines) == 1 else b"".join(lines)
-        sent = self._socket.send_multipart(
-            [topic, json.dumps(header).encode(), data], flags=zmq.NOBLOCK, copy=True
-        )
-        # Done at once (XPUB drops past the high-water mark rather than fail); a closed socket
-        # fails: fetch the outcome so that asyncio does not report it as never retrieved.
-        if isinstance(sent, asyncio.Future) and sent.done() and not sent.cancelled():
-            sent.exception()
+        # XPUB drops past the high-water mark rather than fail; a closed socket fails.
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.send_multipart(
+                [topic, json.dumps(header).encode(), data], flags=zmq.NOBLOCK
+            )
+        # The send may have taken in subscriptions, and the edge of ZMQ_FD with them.
+        self._reader.after_send()
 
     def _topic_if_followed(self, watcher: str, stream: str) -> bytes | None:
         topic = output_topic(watcher, stream).encode()
         return topic if self._book.follows(topic) else None
 
-    async def follow_subscriptions(self) -> None:
-        """Keep the set of followed topics current, until cancelled."""
-        follower = SubscriptionFollower(
-            self._book, self._admins, self._refuse, self._followed.clear, "output"
-        )
-        await follow_subscriptions(self._socket, follower)
-
     def close(self) -> None:
+        self.stop()
         with contextlib.suppress(zmq.ZMQError):
             self._socket.close(linger=0)

@@ -197,7 +197,7 @@ class ControlServer:
         self.arbiter.listeners.append(self._events.publish)
         log.info("control on %s, events on %s", self.endpoint, self.pubsub_endpoint)
         if self.output_endpoint is not None:
-            xpub = self._context.socket(zmq.XPUB)
+            xpub = plain.socket(zmq.XPUB)
             xpub.linger = 0
             self._output = OutputPublisher(xpub, guard.admins, lambda uid: guard.kick(uid, xpub))
             self._secure(xpub, self.output_endpoint)
@@ -386,18 +386,12 @@ class ControlServer:
         self._read_requests()
         if self._events is not None:
             self._events.start()
-        following = []
         if self._output is not None:
-            following.append(asyncio.create_task(self._output.follow_subscriptions()))
-            following[-1].add_done_callback(_log_failure("following output subscriptions"))
+            self._output.start()
         try:
             await loop.create_future()  # until cancelled
         finally:
             self._stop_reading()
-            for task in following:
-                task.cancel()
-            # Ended before close() closes their sockets (a recv on a closed one raises).
-            await asyncio.gather(*following, return_exceptions=True)
 
     def _stop_reading(self) -> None:
         if self._router_fd is not None:
@@ -405,6 +399,8 @@ class ControlServer:
             self._router_fd = None
         if self._events is not None:
             self._events.stop()
+        if self._output is not None:
+            self._output.stop()
 
     def _read_requests(self) -> None:
         """One pass: requests until EAGAIN, at most MAX_PER_PASS (the rest on a later turn, so

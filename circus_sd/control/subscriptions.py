@@ -10,6 +10,7 @@ first subscription and its last unsubscription, with the subscriber's credential
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -19,7 +20,6 @@ from collections.abc import Callable, Collection, KeysView
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 log = logging.getLogger("circus_sd.control")
 
@@ -157,7 +157,48 @@ class SubscriptionFollower:
             )
 
 
-async def follow_subscriptions(socket: zmq.asyncio.Socket, follower: SubscriptionFollower) -> None:
-    """Feed `follower` from `socket` (an XPUB read through asyncio) until cancelled."""
-    while True:
-        follower.take(await socket.recv(copy=False))
+class SubscriptionReader:
+    """Feeds a follower from an XPUB socket (a plain one) in the running loop: a reader callback
+    on its ZMQ_FD, as the control ROUTER (server.py), not zmq.asyncio's recv (a future per call).
+
+    ZMQ_FD is edge-triggered, and libzmq takes in subscriptions only inside our calls on the
+    socket: each read goes until EAGAIN, and a send, which may consume the edge of a subscription,
+    is followed by a read (after_send). `current`: no call on the socket since the last read.
+    """
+
+    def __init__(self, socket: zmq.Socket[bytes], follower: SubscriptionFollower) -> None:
+        self._socket = socket
+        self._follower = follower
+        self._fd: int | None = None  # watched by the loop while reading
+        self._pass_scheduled = False
+        self.current = False
+
+    def start(self) -> None:
+        """Read from the running loop from now on (call in its thread)."""
+        self._fd = self._socket.FD
+        asyncio.get_running_loop().add_reader(self._fd, self.read)
+        self.read()
+
+    def stop(self) -> None:
+        """Read no more (before the socket is closed)."""
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            self._fd = None
+
+    def read(self) -> None:
+        """Every (un)subscription the socket has, into the follower."""
+        self._pass_scheduled = False
+        while True:
+            try:
+                frame = self._socket.recv(zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:  # EAGAIN: all read (or the socket is closed)
+                break
+            self._follower.take(frame)
+        self.current = True
+
+    def after_send(self) -> None:
+        """A send on the socket happened: read on the next loop turn."""
+        self.current = False
+        if not self._pass_scheduled and self._fd is not None:
+            self._pass_scheduled = True
+            asyncio.get_running_loop().call_soon(self.read)
