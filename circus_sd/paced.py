@@ -2,8 +2,8 @@
 of all of them), run soon after it is asked for, but paced by what it costs: after a run that
 took t, the next waits until t / SHARE has passed since its start. At 10,000 children a look
 takes milliseconds and a mass stop asked for one at every loop turn (a seventh of its time);
-at a few hundred it takes a tenth of a millisecond and waits about 2 ms. A look stalled by load
-or swap waits MAX_WAIT at most: every watcher's stop waits for the next look (orphans.py)."""
+at a few hundred it takes a tenth of a millisecond and waits about 2 ms. After a look stalled by
+load or swap, the next waits MAX_WAIT at most: every watcher's stop waits for one (orphans.py)."""
 
 from __future__ import annotations
 
