@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import gc
 import itertools
 import logging
 import os
@@ -248,6 +249,9 @@ class Arbiter:
                 return self._exit_status
             log.info("stopping")
             self.notifier.stopping()
+            # What lives now lives until the exit: no collection walks it again during the stop
+            # (a full one, over every process's records, took 40-55 ms of a stop of 10,000).
+            gc.freeze()
             await self.stop_all()
             # What no watcher could claim (daemons that made a session of their own): SIGTERM,
             # with the longest grace a `stop_children` watcher gives its descendants (else 1 s).
@@ -268,6 +272,7 @@ class Arbiter:
             self.sockets.close_all()
             loop.remove_signal_handler(signal.SIGCHLD)
             await self.output.close()
+            gc.unfreeze()  # for a caller that goes on (the tests run arbiters in process)
         log.info("stopped")
         return self._exit_status
 

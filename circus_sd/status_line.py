@@ -11,7 +11,7 @@ from circus_sd.watcher import Watcher
 def status_line(watchers: Mapping[str, Watcher], last_error: str) -> str:
     """Watchers active, processes, who is flapping, failed or short of resources, last error."""
     active = sum(w.state in RUNNING_STATES for w in watchers.values())
-    processes = sum(len(w.pids) for w in watchers.values())
+    processes = sum(w.process_count for w in watchers.values())
     parts = [f"{active}/{len(watchers)} watchers active, {processes} processes"]
     for state, label in ((WatcherState.PAUSED, "flapping"), (WatcherState.FAILED, "failed")):
         names = sorted(n for n, w in watchers.items() if w.state is state)

@@ -242,6 +242,11 @@ class Watcher:
         return sorted(self._pids)
 
     @property
+    def process_count(self) -> int:
+        """len(pids), without sorting them."""
+        return len(self._pids)
+
+    @property
     def wids(self) -> list[int]:
         return sorted({p.wid for p in self.processes.values() if p.pid is not None})
 
