@@ -53,7 +53,9 @@ class Log:
 
     `kind` gives the line its MESSAGE_ID; `wid` and `pid`, when it is about one process, are
     sent to journald as WID= and CHILD_PID=, as for that process's output (the arbiter adds
-    WATCHER=, the name of the watcher that decided).
+    WATCHER=, the name of the watcher that decided). `shared` names a cause that is the
+    arbiter's, not the watcher's (a shortage, a lost spawner): every watcher meets it, and the
+    arbiter warns of it once (shared_warnings.py).
     """
 
     level: int
@@ -61,6 +63,7 @@ class Log:
     kind: MessageId
     wid: int | None = None
     pid: int | None = None
+    shared: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -272,7 +272,9 @@ class Arbiter:
             self.sockets.close_all()
             loop.remove_signal_handler(signal.SIGCHLD)
             await self.output.close()
-            gc.unfreeze()  # for a caller that goes on (the tests run arbiters in process)
+            # For a caller that goes on (the tests run arbiters in process). Freezes do not nest:
+            # this releases the start's too (cli.py), and the program exits (os._exit) next.
+            gc.unfreeze()
         log.info("stopped")
         return self._exit_status
 
@@ -1063,7 +1065,7 @@ class Arbiter:
     def _execute_log(self, name: str, action: Log) -> None:
         if action.level >= logging.ERROR:
             self.last_error = action.message
-        level = self._shared_warnings.level(action.level, action.kind, self._clock())
+        level = self._shared_warnings.level(action.level, action.shared, self._clock())
         if log.isEnabledFor(level):
             subject = about(action.kind, name, action.wid, action.pid)
             log.log(level, "%s", action.message, extra=subject)

@@ -3,7 +3,8 @@ of all of them), run soon after it is asked for, but paced by what it costs: aft
 took t, the next waits until t / SHARE has passed since its start. At 10,000 children a look
 takes milliseconds and a mass stop asked for one at every loop turn (a seventh of its time);
 at a few hundred it takes a tenth of a millisecond and waits about 2 ms. After a look stalled by
-load or swap, the next waits MAX_WAIT at most: every watcher's stop waits for one (orphans.py)."""
+load or swap, the next waits MAX_WAIT after its end at most: every watcher's stop waits for one
+(orphans.py)."""
 
 from __future__ import annotations
 
@@ -43,4 +44,7 @@ class Paced:
         self._due = False
         started = self._loop.time()
         self._action()
-        self._next = started + min((self._loop.time() - started) / SHARE, MAX_WAIT)
+        ended = self._loop.time()
+        took = ended - started
+        # Idle after it, always: a look slower than MAX_WAIT must not make the next one at once.
+        self._next = ended + min(took / SHARE - took, MAX_WAIT)

@@ -1155,6 +1155,7 @@ class Watcher:
                     f"wait: retrying in {delay:.2f} s, then with backoff",
                     MessageId.SPAWNS_DEFERRED,
                     wid=process.wid,
+                    shared=cause,
                 )
             )
         elif first:
@@ -1166,6 +1167,7 @@ class Watcher:
                     f"{running} of {wanted} so far)",
                     MessageId.SPAWNS_DEFERRED,
                     wid=process.wid,
+                    shared=cause,
                 )
             )
         else:

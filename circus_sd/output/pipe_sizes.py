@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 
 PIPE_MAX = 1 << 20  # fs.pipe-max-size's default: more than that takes CAP_SYS_RESOURCE
 GROWTH = 4
@@ -22,6 +23,7 @@ SHARE = 4
 _PAGE = 4096
 _CAP_SYS_ADMIN, _CAP_SYS_RESOURCE = 21, 24  # linux/capability.h
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_PROC_USER_INIT_INO = 0xEFFFFFFD  # linux/proc_ns.h
 _SOFT = "/proc/sys/fs/pipe-user-pages-soft"
 _HARD = "/proc/sys/fs/pipe-user-pages-hard"
 
@@ -47,7 +49,13 @@ def _pipes_uncounted() -> bool:
 
 def _in_initial_user_namespace() -> bool:
     """The kernel asks for the capability in the initial user namespace: root in a rootless
-    container has every capability in its own, and its pipes are counted all the same."""
+    container has every capability in its own, and its pipes are counted all the same. The
+    initial namespace has a fixed inode (PROC_USER_INIT_INO); a child one may have an identity
+    uid_map too."""
+    try:
+        return os.stat("/proc/self/ns/user").st_ino == _PROC_USER_INIT_INO
+    except OSError:
+        pass
     try:
         with open("/proc/self/uid_map") as f:
             return f.read().split() == ["0", "0", "4294967295"]

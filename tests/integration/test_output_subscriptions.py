@@ -1,5 +1,8 @@
 """The output socket (`output_endpoint`) from a plain ZMQ SUB socket: a subscription made while
-other output flows (the arbiter sending all along) takes effect, and its lines come from then on."""
+other output flows (the arbiter sending all along) takes effect, and its lines come from then on.
+
+The flowing output keeps waking the socket's descriptor, so this does not catch a subscription
+whose wake-up a send consumed: test_subscription_reader.py holds the loop to catch that."""
 
 from __future__ import annotations
 
