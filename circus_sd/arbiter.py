@@ -272,9 +272,6 @@ class Arbiter:
             self.sockets.close_all()
             loop.remove_signal_handler(signal.SIGCHLD)
             await self.output.close()
-            # For a caller that goes on (the tests run arbiters in process). Freezes do not nest:
-            # this releases the start's too (cli.py), and the program exits (os._exit) next.
-            gc.unfreeze()
         log.info("stopped")
         return self._exit_status
 
